@@ -1,0 +1,186 @@
+"""Loading a released BAGEL / Scone folder (spec model.md §1).
+
+A folder holds ``llm_config.json``, ``vit_config.json``, ``ae.safetensors``, the weights
+(``model.safetensors`` for Scone, ``ema.safetensors`` for BAGEL-7B-MoT) and the Qwen2 tokenizer files.
+``path`` may also be a Hugging Face hub id (``Ryann829/Scone``), fetched with ``snapshot_download``
+(``HF_HUB_OFFLINE=1`` uses the local cache only).
+
+The model is built on the meta device and every tensor is read from the safetensors file, cast and
+moved to its device one at a time, so host RAM peaks near one tensor rather than a second copy of the
+29 GB model. Loading is strict: a missing file, a missing / unexpected key or a shape mismatch raises
+``CheckpointError`` naming it (upstream loads with ``strict=False`` and prints).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from modeling.autoencoder import AutoEncoder, load_autoencoder
+from modeling.bagel import Bagel
+from modeling.config import MOT_LAYER, BagelConfig, LLMConfig
+from modeling.errors import CheckpointError
+from modeling.siglip import SiglipVisionConfig
+from modeling.tokenizer import TOKENIZER_FILES, SpecialTokenIds, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILES = ("llm_config.json", "vit_config.json")
+AE_FILE = "ae.safetensors"
+WEIGHT_FILES = ("model.safetensors", "ema.safetensors")
+# Tables that are pure functions of their shape: recomputed when a (training) checkpoint omits them.
+RECOMPUTABLE = ("latent_pos_embed.pos_embed", "vit_pos_embed.pos_embed")
+
+
+@dataclass
+class LoadedModel:
+    model: Bagel
+    vae: AutoEncoder
+    tokenizer: object
+    special_ids: SpecialTokenIds
+    config: BagelConfig
+    folder: str
+    weights_file: str
+
+
+def resolve_model_path(path_or_repo: str, weights_file: str | None = None) -> str:
+    """A local folder is used as is; anything else is treated as a hub repo id and downloaded."""
+    if os.path.isdir(path_or_repo):
+        return path_or_repo
+    if os.path.exists(path_or_repo):
+        raise CheckpointError(f"--model_path {path_or_repo} is a file; expected a checkpoint folder")
+    if path_or_repo.startswith((".", "/", "~")) or path_or_repo.count("/") != 1:
+        raise CheckpointError(f"checkpoint folder not found: {path_or_repo}")
+    from huggingface_hub import snapshot_download
+
+    patterns = list(CONFIG_FILES) + [AE_FILE, *TOKENIZER_FILES, "tokenizer.json"]
+    patterns += [weights_file] if weights_file else ["model.safetensors", "ema.safetensors"]
+    try:
+        return snapshot_download(repo_id=path_or_repo, allow_patterns=patterns)
+    except Exception as e:  # offline, unknown repo, network
+        raise CheckpointError(f"could not fetch {path_or_repo!r} from the hub: {e}") from e
+
+
+def pick_weights_file(folder: str, weights_file: str | None) -> str:
+    """``None`` -> ``model.safetensors`` (Scone), falling back to ``ema.safetensors`` (BAGEL) if only that exists."""
+    if weights_file is not None:
+        path = os.path.join(folder, weights_file)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"weights file not found: {path}")
+        return path
+    for name in WEIGHT_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise CheckpointError(f"{folder} has neither {' nor '.join(WEIGHT_FILES)}")
+
+
+def _peek_shape(path: str, key: str) -> list[int] | None:
+    with safe_open(path, framework="pt") as f:
+        if key in f.keys():
+            return list(f.get_slice(key).get_shape())
+    return None
+
+
+def build_config(folder: str, weights_path: str | None = None) -> BagelConfig:
+    """Read the two JSON configs and apply upstream's inference-loader adjustments (spec §1.4)."""
+    for name in CONFIG_FILES:
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise CheckpointError(f"missing {name} in {folder}")
+    llm = LLMConfig.from_json(os.path.join(folder, "llm_config.json"))
+    llm.qk_norm, llm.tie_word_embeddings, llm.layer_module = True, False, MOT_LAYER
+    vit = SiglipVisionConfig.from_json(os.path.join(folder, "vit_config.json"))
+    # Upstream keeps the penultimate SigLIP layer: the file says 27 layers, 26 are built and stored.
+    vit.num_hidden_layers -= 1
+    max_latent = 64
+    if weights_path is not None:
+        shape = _peek_shape(weights_path, "latent_pos_embed.pos_embed")
+        if shape is not None:
+            side = int(round(shape[0] ** 0.5))
+            if side * side != shape[0]:
+                raise CheckpointError(f"{weights_path}: latent_pos_embed.pos_embed has {shape[0]} rows, not a square")
+            max_latent = side
+    from modeling.autoencoder import AutoEncoderParams
+
+    # The real VAE geometry is read from ae.safetensors by the loader; this is a placeholder of the
+    # right latent width until then.
+    return BagelConfig(llm=llm, vit=vit, vae=AutoEncoderParams(), max_latent_size=max_latent)
+
+
+def load_bagel_weights(model: Bagel, path: str, device, dtype: torch.dtype) -> None:
+    """Assign every tensor of ``path`` into the meta-built ``model``; strict with named errors."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    try:
+        f = safe_open(path, framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read weights file {path}: {e}") from e
+    with f:
+        keys = set(f.keys())
+        missing = sorted(set(expected) - keys - set(RECOMPUTABLE))
+        unexpected = sorted(keys - set(expected))
+        mismatched = []
+        for k in sorted(keys & set(expected)):
+            shape = list(f.get_slice(k).get_shape())
+            if shape != list(expected[k]):
+                mismatched.append(f"{k} (file {shape}, model {list(expected[k])})")
+        if missing or unexpected or mismatched:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} missing keys: {', '.join(missing[:8])}")
+            if unexpected:
+                parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:8])}")
+            if mismatched:
+                parts.append(f"{len(mismatched)} shape mismatches: {'; '.join(mismatched[:8])}")
+            raise CheckpointError(f"{path} does not match the model built from the configs: " + " | ".join(parts))
+        state = {}
+        for k in keys:
+            try:
+                t = f.get_tensor(k)
+            except Exception as e:  # truncated / corrupt data region
+                raise CheckpointError(f"cannot read tensor {k} from {path}: {e}") from e
+            state[k] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            del t
+    absent = [k for k in RECOMPUTABLE if k in expected and k not in state]
+    model.load_state_dict(state, strict=False, assign=True)
+    for k in absent:
+        log.info("%s not in %s: recomputing the fixed sin-cos table", k, path)
+        mod = model.get_submodule(k.rsplit(".", 1)[0])
+        mod.pos_embed = torch.nn.Parameter(torch.empty(mod.pos_embed.shape, device=device, dtype=dtype), False)
+        mod.reset_table()
+    for name in RECOMPUTABLE:
+        if name in expected:
+            model.get_parameter(name).requires_grad_(False)
+
+
+def load_pretrained(
+    path_or_repo: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    weights_file: str | None = None,
+    vae_dtype: torch.dtype | None = None,
+) -> LoadedModel:
+    """Load model + VAE + tokenizer from a released folder or hub id. ``vae_dtype`` defaults to fp32."""
+    device = torch.device(device)
+    folder = resolve_model_path(path_or_repo, weights_file)
+    missing = [n for n in (*CONFIG_FILES, AE_FILE) if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise CheckpointError(f"checkpoint folder {folder} is missing: {', '.join(missing)}")
+    weights = pick_weights_file(folder, weights_file)
+    tokenizer, special_ids, n_new = load_tokenizer(folder)
+    vae = load_autoencoder(os.path.join(folder, AE_FILE), device=device, dtype=vae_dtype or torch.float32)
+    config = build_config(folder, weights)
+    config.vae = vae.params
+    if len(tokenizer) > config.llm.vocab_size:
+        raise CheckpointError(
+            f"tokenizer has {len(tokenizer)} tokens but the model vocab is {config.llm.vocab_size} ({folder})"
+        )
+    with torch.device("meta"):
+        model = Bagel(config)
+    load_bagel_weights(model, weights, device, dtype)
+    model.eval()
+    log.info("loaded %s (%s) on %s as %s", folder, os.path.basename(weights), device, dtype)
+    return LoadedModel(model, vae, tokenizer, special_ids, config, folder, weights)

@@ -1,0 +1,92 @@
+"""Plain-dataclass configs for the BAGEL/Scone model.
+
+``LLMConfig`` mirrors the fields of ``llm_config.json`` that the model uses; ``BagelConfig`` is the
+wrapper config that upstream builds in code (it is stored in no file, spec model.md §2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+
+MOT_LAYER = "Qwen2MoTDecoderLayer"
+
+
+@dataclass
+class LLMConfig:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 32768
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+    rope_scaling: dict | None = None
+    # fork fields (set by the loaders, never read from the file in upstream inference)
+    qk_norm: bool = True
+    layer_module: str = MOT_LAYER
+    freeze_und: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json(cls, path: str) -> LLMConfig:
+        with open(path) as f:
+            raw = json.load(f)
+        names = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in raw.items() if k in names})
+        if cfg.hidden_act != "silu":
+            raise ValueError(f"{path}: hidden_act={cfg.hidden_act!r} is not supported (Qwen2 uses 'silu')")
+        if cfg.rope_scaling not in (None, {}) and cfg.rope_scaling.get("type", cfg.rope_scaling.get("rope_type")) not in (
+            None, "default"
+        ):
+            raise ValueError(f"{path}: rope_scaling={cfg.rope_scaling} is not supported (released checkpoints use none)")
+        return cfg
+
+    def to_json_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class BagelConfig:
+    """Wrapper config; defaults are those the released-checkpoint loaders use (not the class defaults)."""
+
+    llm: LLMConfig
+    vit: object  # modeling.siglip.SiglipVisionConfig
+    vae: object  # modeling.autoencoder.AutoEncoderParams
+    visual_gen: bool = True
+    visual_und: bool = True
+    latent_patch_size: int = 2
+    max_latent_size: int = 64
+    vit_max_num_patch_per_side: int = 70
+    connector_act: str = "gelu_pytorch_tanh"
+    interpolate_pos: bool = False
+    timestep_shift: float = 1.0  # training forward only; inference passes its own shift
+    # Scone's understanding bridge (training, stage II step 1). Defaults are upstream's constants.
+    semantic_layer: int = 8  # similarity from the output of this decoder layer (0-based)
+    semantic_mask_layers: tuple[int, int] = (9, 16)  # inclusive range of layers that receive the mask
+    semantic_threshold: float = 0.88
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def vae_downsample(self) -> int:
+        return self.vae.downsample
+
+    @property
+    def latent_downsample(self) -> int:
+        """Pixels per latent token side (8 * 2 = 16)."""
+        return self.vae.downsample * self.latent_patch_size
+
+    @property
+    def latent_channel(self) -> int:
+        return self.vae.z_channels
+
+    @property
+    def patch_latent_dim(self) -> int:
+        return self.latent_patch_size**2 * self.vae.z_channels
