@@ -42,7 +42,12 @@ def _apply_scale(width: int, height: int, scale: float, stride: int) -> tuple[in
 
 
 def resize_size(
-    width: int, height: int, max_size: int, min_size: int, stride: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+    width: int,
+    height: int,
+    max_size: int,
+    min_size: int,
+    stride: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     img_num: int = 1,
 ) -> tuple[int, int]:
     """Target (width, height) of upstream's MaxLongEdgeMinShortEdgeResize."""
@@ -66,7 +71,11 @@ class ImageTransform:
     """
 
     def __init__(
-        self, max_image_size: int, min_image_size: int, image_stride: int, max_pixels: int = DEFAULT_MAX_PIXELS
+        self,
+        max_image_size: int,
+        min_image_size: int,
+        image_stride: int,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         self.max_image_size = max_image_size
         self.min_image_size = min_image_size

@@ -67,10 +67,14 @@ class StepRecord:
     seqlen: int = 0
 
 
-def _forward(model: Bagel, ctx: Context, embeds, position_ids, gen_indexes=None, causal=False) -> torch.Tensor:
+def _forward(
+    model: Bagel, ctx: Context, embeds, position_ids, gen_indexes=None, causal=False
+) -> torch.Tensor:
     ctx._writable()
     seg = Segment(embeds.shape[0], ctx.cache, ctx.kv_len)
-    return model.forward_cached(embeds, position_ids, [seg], gen_indexes=gen_indexes, causal=causal, update_cache=True)
+    return model.forward_cached(
+        embeds, position_ids, [seg], gen_indexes=gen_indexes, causal=causal, update_cache=True
+    )
 
 
 @torch.no_grad()
@@ -90,7 +94,9 @@ def prefill_text(model: Bagel, ctx: Context, ids: list[int], special: SpecialTok
 
 
 def _image_embeds(model: Bagel, inner: torch.Tensor, special: SpecialTokenIds) -> torch.Tensor:
-    markers = model.embed_text(torch.tensor([special.start_of_image, special.end_of_image], device=model.device))
+    markers = model.embed_text(
+        torch.tensor([special.start_of_image, special.end_of_image], device=model.device)
+    )
     return torch.cat([markers[:1], inner.to(markers.dtype), markers[1:]], 0)
 
 
@@ -101,12 +107,22 @@ def prefill_vit(model: Bagel, ctx: Context, image: torch.Tensor, special: Specia
     p = cfg.vit.patch_size
     h, w = image.shape[1] // p, image.shape[2] // p
     patches = patchify_image(image.to(model.device), p)
-    vit_pos = flattened_position_ids(h, w, cfg.vit_max_num_patch_per_side, cfg.interpolate_pos).to(model.device)
+    vit_pos = flattened_position_ids(h, w, cfg.vit_max_num_patch_per_side, cfg.interpolate_pos).to(
+        model.device
+    )
     inner = model.embed_vit(patches, vit_pos, [h * w])
     embeds = _image_embeds(model, inner, special)
     pos = torch.full((embeds.shape[0],), ctx.rope, device=model.device, dtype=torch.long)
-    rec = StepRecord("vit", ctx.kv_len, ctx.rope, [special.start_of_image, special.end_of_image],
-                     [0, embeds.shape[0] - 1], pos.cpu(), vit_pos.cpu(), embeds.shape[0])
+    rec = StepRecord(
+        "vit",
+        ctx.kv_len,
+        ctx.rope,
+        [special.start_of_image, special.end_of_image],
+        [0, embeds.shape[0] - 1],
+        pos.cpu(),
+        vit_pos.cpu(),
+        embeds.shape[0],
+    )
     _forward(model, ctx, embeds, pos)
     ctx.kv_len += embeds.shape[0]
     ctx.rope += 1
@@ -115,14 +131,21 @@ def prefill_vit(model: Bagel, ctx: Context, image: torch.Tensor, special: Specia
 
 @torch.no_grad()
 def prefill_vae(
-    model: Bagel, vae, ctx: Context, image: torch.Tensor, special: SpecialTokenIds,
-    noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+    model: Bagel,
+    vae,
+    ctx: Context,
+    image: torch.Tensor,
+    special: SpecialTokenIds,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> StepRecord:
     """Encode image [3, H, W] (posterior sampled; ``noise`` replaces the draw) and append its clean latent."""
     cfg = model.config
     p = cfg.latent_patch_size
     vae_param = next(vae.parameters())
-    latent = vae.encode(image[None].to(vae_param.device, vae_param.dtype), noise=noise, generator=generator)[0]
+    latent = vae.encode(image[None].to(vae_param.device, vae_param.dtype), noise=noise, generator=generator)[
+        0
+    ]
     tokens = patchify_latent(latent.float(), p).to(model.device)
     h, w = latent.shape[1] // p, latent.shape[2] // p
     lat_pos = flattened_position_ids(h, w, cfg.max_latent_size, cfg.interpolate_pos).to(model.device)
@@ -130,8 +153,16 @@ def prefill_vae(
     embeds = _image_embeds(model, model.embed_latents(tokens, t0, lat_pos), special)
     n = embeds.shape[0]
     pos = torch.full((n,), ctx.rope, device=model.device, dtype=torch.long)
-    rec = StepRecord("vae", ctx.kv_len, ctx.rope, [special.start_of_image, special.end_of_image],
-                     [0, n - 1], pos.cpu(), lat_pos.cpu(), n)
+    rec = StepRecord(
+        "vae",
+        ctx.kv_len,
+        ctx.rope,
+        [special.start_of_image, special.end_of_image],
+        [0, n - 1],
+        pos.cpu(),
+        lat_pos.cpu(),
+        n,
+    )
     _forward(model, ctx, embeds, pos, gen_indexes=torch.arange(1, n - 1, device=model.device))
     ctx.kv_len += n
     ctx.rope += 1

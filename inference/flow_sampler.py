@@ -54,14 +54,18 @@ def cfg_combine(
     u = v_no_text + cfg_text_scale * (v_full - v_no_text)
     use_img = cfg_img_scale > 1.0
     if renorm_type == "text_channel":
-        scale = (v_full.norm(dim=-1, keepdim=True) / (u.norm(dim=-1, keepdim=True) + 1e-8)).clamp(renorm_min, 1.0)
+        scale = (v_full.norm(dim=-1, keepdim=True) / (u.norm(dim=-1, keepdim=True) + 1e-8)).clamp(
+            renorm_min, 1.0
+        )
         u = u * scale
         return v_no_image + cfg_img_scale * (u - v_no_image) if use_img else u
     w = v_no_image + cfg_img_scale * (u - v_no_image) if use_img else u
     if renorm_type == "global":
         scale = (torch.norm(v_full) / (torch.norm(w) + 1e-8)).clamp(renorm_min, 1.0)
     else:  # channel
-        scale = (v_full.norm(dim=-1, keepdim=True) / (w.norm(dim=-1, keepdim=True) + 1e-8)).clamp(renorm_min, 1.0)
+        scale = (v_full.norm(dim=-1, keepdim=True) / (w.norm(dim=-1, keepdim=True) + 1e-8)).clamp(
+            renorm_min, 1.0
+        )
     return w * scale
 
 

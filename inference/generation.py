@@ -63,7 +63,9 @@ def denoise(
     timesteps, dts = timestep_schedule(sampling.num_timesteps, sampling.timestep_shift)
     xs = [n.float().clone() for n in init_noise]
     cfg = model.config
-    lat_pos = [flattened_position_ids(h, w, cfg.max_latent_size, cfg.interpolate_pos).to(dev) for h, w in grids]
+    lat_pos = [
+        flattened_position_ids(h, w, cfg.max_latent_size, cfg.interpolate_pos).to(dev) for h, w in grids
+    ]
     markers = model.embed_text(torch.tensor([special.start_of_image, special.end_of_image], device=dev))
     steps = range(len(timesteps))
     for i in tqdm(steps, desc="denoising", disable=not progress, leave=False):
@@ -94,7 +96,9 @@ def denoise(
                 gen_idx.append(torch.arange(offset + 1, offset + n - 1, device=dev))
                 segs.append(Segment(n, ctx.cache, ctx.kv_len))
                 offset += n
-            hidden = model.forward_cached(torch.cat(embeds), torch.cat(pos), segs, gen_indexes=torch.cat(gen_idx))
+            hidden = model.forward_cached(
+                torch.cat(embeds), torch.cat(pos), segs, gen_indexes=torch.cat(gen_idx)
+            )
             offset = 0
             for (r, name, _), q in zip(group, [queries[j[0]] for j in group]):
                 n = q.shape[0]
@@ -102,16 +106,25 @@ def denoise(
                 offset += n
         for r in range(len(xs)):
             v = cfg_combine(
-                vel[(r, "full")], vel.get((r, "no_text")), vel.get((r, "no_image")), s_t, s_i,
-                sampling.cfg_renorm_type, sampling.cfg_renorm_min,
+                vel[(r, "full")],
+                vel.get((r, "no_text")),
+                vel.get((r, "no_image")),
+                s_t,
+                s_i,
+                sampling.cfg_renorm_type,
+                sampling.cfg_renorm_min,
             )
             if record is not None and r == 0:
-                record.append({
-                    "t": t, "x_t": xs[r].clone(), "v_cond": vel[(r, "full")].cpu(),
-                    "v_cfg_text": None if (r, "no_text") not in vel else vel[(r, "no_text")].cpu(),
-                    "v_cfg_img": None if (r, "no_image") not in vel else vel[(r, "no_image")].cpu(),
-                    "v_t": v.cpu(),
-                })
+                record.append(
+                    {
+                        "t": t,
+                        "x_t": xs[r].clone(),
+                        "v_cond": vel[(r, "full")].cpu(),
+                        "v_cfg_text": None if (r, "no_text") not in vel else vel[(r, "no_text")].cpu(),
+                        "v_cfg_img": None if (r, "no_image") not in vel else vel[(r, "no_image")].cpu(),
+                        "v_t": v.cpu(),
+                    }
+                )
             xs[r] = euler_step(xs[r], v.to(xs[r].device), float(dts[i]))
     return xs
 
@@ -140,7 +153,9 @@ def generate_text(
     for _ in range(max_new_tokens):
         emb = model.embed_text(torch.tensor([curr], device=dev))
         pos = torch.tensor([ctx.rope], device=dev)
-        h = model.forward_cached(emb, pos, [Segment(1, ctx.cache, ctx.kv_len)], causal=True, update_cache=True)
+        h = model.forward_cached(
+            emb, pos, [Segment(1, ctx.cache, ctx.kv_len)], causal=True, update_cache=True
+        )
         ctx.kv_len += 1
         ctx.rope += 1
         logits = model.logits(h)[0].float()

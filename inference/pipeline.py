@@ -110,7 +110,9 @@ class SconePipeline:
         **kwargs,
     ) -> SconePipeline:
         """``weights_file=None`` loads ``model.safetensors`` (Scone; ``ema.safetensors`` if that is all there is)."""
-        return cls(load_pretrained(path_or_hub_id, device=device, dtype=dtype, weights_file=weights_file), **kwargs)
+        return cls(
+            load_pretrained(path_or_hub_id, device=device, dtype=dtype, weights_file=weights_file), **kwargs
+        )
 
     @property
     def device(self) -> torch.device:
@@ -141,7 +143,9 @@ class SconePipeline:
         return prompt
 
     # ------------------------------------------------------------------ generation
-    def _build_contexts(self, req: GenerationRequest, generator, think, think_prompt, max_think_tokens, record):
+    def _build_contexts(
+        self, req: GenerationRequest, generator, think, think_prompt, max_think_tokens, record
+    ):
         model, sp, L = self.model, self.special, self.config.llm.num_hidden_layers
         gen, cfg_img = Context.empty(L), Context.empty(L)
         cfg_text = gen.snapshot()
@@ -155,7 +159,9 @@ class SconePipeline:
             raise ValueError(f"ref_posterior_noise has {len(noises)} tensors for {len(images)} images")
         for i, im in enumerate(images):
             noise = None if noises is None else noises[i]
-            r1 = prefill_vae(model, self.vae, gen, to_tensor_normalized(im), sp, noise=noise, generator=generator)
+            r1 = prefill_vae(
+                model, self.vae, gen, to_tensor_normalized(im), sp, noise=noise, generator=generator
+            )
             r2 = prefill_vit(model, gen, self.vit_transform(im), sp)
             if steps is not None:
                 steps += [("gen", r1), ("gen", r2)]
@@ -199,8 +205,15 @@ class SconePipeline:
         request has a seed, else from the global CPU generator.
         """
         h, w = self._check_size(height, width)
-        sampling = SamplingConfig(num_timesteps, timestep_shift, cfg_text_scale, cfg_img_scale,
-                                  tuple(cfg_interval), cfg_renorm_type, cfg_renorm_min)
+        sampling = SamplingConfig(
+            num_timesteps,
+            timestep_shift,
+            cfg_text_scale,
+            cfg_img_scale,
+            tuple(cfg_interval),
+            cfg_renorm_type,
+            cfg_renorm_min,
+        )
         dim = self.config.patch_latent_dim
         contexts, noises, thoughts = [], [], []
         for k, req in enumerate(requests):
@@ -217,12 +230,28 @@ class SconePipeline:
             thoughts.append(thought)
         if record is not None:
             c = contexts[0]
-            record["query_rope"] = {"full": c.full.rope, "no_text": c.no_text.rope, "no_image": c.no_image.rope}
-            record["query_kv_len"] = {"full": c.full.kv_len, "no_text": c.no_text.kv_len,
-                                      "no_image": c.no_image.kv_len}
+            record["query_rope"] = {
+                "full": c.full.rope,
+                "no_text": c.no_text.rope,
+                "no_image": c.no_image.rope,
+            }
+            record["query_kv_len"] = {
+                "full": c.full.kv_len,
+                "no_text": c.no_text.kv_len,
+                "no_image": c.no_image.kv_len,
+            }
         steps = record.setdefault("denoise_steps", []) if record is not None else None
-        latents = denoise(self.model, contexts, noises, [(h, w)] * len(requests), self.special, sampling,
-                          batch_branches=batch_cfg, progress=progress, record=steps)
+        latents = denoise(
+            self.model,
+            contexts,
+            noises,
+            [(h, w)] * len(requests),
+            self.special,
+            sampling,
+            batch_branches=batch_cfg,
+            progress=progress,
+            record=steps,
+        )
         outs = []
         for req, lat, thought in zip(requests, latents, thoughts):
             decoded = self.decode_latent(lat, h, w)
@@ -231,8 +260,15 @@ class SconePipeline:
             outs[0].record = record
         return outs
 
-    def generate(self, images=None, prompt: str = "", seed: int | None = None, ref_posterior_noise=None,
-                 init_noise=None, **kwargs) -> GenerationOutput:
+    def generate(
+        self,
+        images=None,
+        prompt: str = "",
+        seed: int | None = None,
+        ref_posterior_noise=None,
+        init_noise=None,
+        **kwargs,
+    ) -> GenerationOutput:
         """One image from reference ``images`` (PIL or paths) and an instruction; kwargs as generate_batch."""
         req = GenerationRequest(images or [], prompt, seed, ref_posterior_noise, init_noise)
         return self.generate_batch([req], **kwargs)[0]
@@ -289,6 +325,8 @@ class SconePipeline:
         if steps is not None:
             steps.append(("und", rec))
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        ids, logits = generate_text(model, ctx, sp, max_new_tokens, do_sample, temperature, gen, return_logits)
+        ids, logits = generate_text(
+            model, ctx, sp, max_new_tokens, do_sample, temperature, gen, return_logits
+        )
         text = self._decode_text(ids)
         return UnderstandingOutput(text=text, token_ids=ids, step_logits=logits, thought=None)

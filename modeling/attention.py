@@ -54,8 +54,12 @@ def _sdpa(q, k, v, mask=None, is_causal=False, scale=None):
     """q [Lq, H, d], k/v [Lk, H, d] -> [Lq, H, d]."""
     # 4-D inputs: with 3-D tensors PyTorch falls back to the slow math kernel (10x slower on GPU).
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-        attn_mask=None if mask is None else mask[None, None], is_causal=is_causal, scale=scale,
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=None if mask is None else mask[None, None],
+        is_causal=is_causal,
+        scale=scale,
     )
     return out[0].transpose(0, 1)
 
@@ -85,8 +89,15 @@ def varlen_attention(
     """
     if _use_flash(q):
         return _flash_varlen(
-            q, k.to(q.dtype), v.to(q.dtype), cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32),
-            max_seqlen_q, max_seqlen_k, causal=causal, softmax_scale=scale,
+            q,
+            k.to(q.dtype),
+            v.to(q.dtype),
+            cu_seqlens_q.to(torch.int32),
+            cu_seqlens_k.to(torch.int32),
+            max_seqlen_q,
+            max_seqlen_k,
+            causal=causal,
+            softmax_scale=scale,
         )
     n_rep = q.shape[1] // k.shape[1]
     out = torch.empty_like(q)

@@ -45,17 +45,20 @@ class Bagel(nn.Module):
 
     # ------------------------------------------------------------------ init
     def init_weights(self, seed: int | None = None) -> None:
-        """Random init for a fresh (non-checkpoint) model: normal(0, 0.02) linears, unit norms, sin-cos tables,
-        zero ``llm2vae`` (as upstream's ``_init_weights``)."""
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        for name, p in self.named_parameters():
-            with torch.no_grad():
+        """Random init for a fresh (non-checkpoint) model, in place on the parameters' device: normal(0, 0.02)
+        matrices, unit norm weights, zero biases, the sin-cos tables, zero ``llm2vae`` (upstream's
+        ``_init_weights``)."""
+        g = None
+        if seed is not None:
+            g = torch.Generator(device=self.device).manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
                 if name.endswith("pos_embed"):
                     continue
                 if p.ndim == 1:
-                    p.copy_(torch.ones_like(p) if "norm" in name else torch.zeros_like(p))
+                    p.fill_(1.0 if "norm" in name else 0.0)
                 else:
-                    p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).mul_(0.02).to(p))
+                    p.normal_(0.0, 0.02, generator=g)
         for m in (getattr(self, "latent_pos_embed", None), getattr(self, "vit_pos_embed", None)):
             if m is not None:
                 m.reset_table()
@@ -84,9 +87,13 @@ class Bagel(nn.Module):
         feats = self.vit_model(pixels.to(self.dtype), position_ids, cu, int(seqlens.max()))
         return self.connector(feats) + self.vit_pos_embed(position_ids)
 
-    def embed_latents(self, tokens: torch.Tensor, t: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def embed_latents(
+        self, tokens: torch.Tensor, t: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
         """tokens [N, p*p*C] latent patches, t [N] timesteps in [0, 1], position_ids [N] -> [N, H]."""
-        return self.vae2llm(tokens.to(self.dtype)) + self.time_embedder(t) + self.latent_pos_embed(position_ids)
+        return (
+            self.vae2llm(tokens.to(self.dtype)) + self.time_embedder(t) + self.latent_pos_embed(position_ids)
+        )
 
     def velocity(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final-normed gen hidden states [N, H] -> predicted velocity (noise - data) [N, p*p*C]."""
@@ -164,9 +171,13 @@ class Bagel(nn.Module):
         p = cfg.latent_patch_size
         if vae_idx is not None and vae_idx.numel():
             latent = b["padded_latent"]
-            shapes = [tuple(int(v) for v in s) for s in torch.as_tensor(b["patchified_vae_latent_shapes"]).tolist()]
+            shapes = [
+                tuple(int(v) for v in s) for s in torch.as_tensor(b["patchified_vae_latent_shapes"]).tolist()
+            ]
             # each image's latent is cropped out of the zero-padded batch before patchifying
-            clean = torch.cat([patchify_latent(latent[i, :, : h * p, : w * p], p) for i, (h, w) in enumerate(shapes)])
+            clean = torch.cat(
+                [patchify_latent(latent[i, :, : h * p, : w * p], p) for i, (h, w) in enumerate(shapes)]
+            )
             clean = clean.float()
             t = torch.sigmoid(b["packed_timesteps"].float())
             t = shifted_timestep(t, shift)
@@ -190,14 +201,19 @@ class Bagel(nn.Module):
                     return
                 with torch.no_grad():
                     res = compute_semantic_mask(
-                        hidden.detach(), sample_lens, b["packed_instruc_indexes"],
+                        hidden.detach(),
+                        sample_lens,
+                        b["packed_instruc_indexes"],
                         vit_idx if vit_idx is not None else text_idx[:0],
                         vae_idx if vae_idx is not None else text_idx[:0],
                         [tuple(s) for s in torch.as_tensor(b["patchified_vit_token_shapes"]).tolist()]
-                        if vit_idx is not None and vit_idx.numel() else [],
+                        if vit_idx is not None and vit_idx.numel()
+                        else [],
                         [tuple(s) for s in torch.as_tensor(b["patchified_vae_latent_shapes"]).tolist()]
-                        if vae_idx is not None and vae_idx.numel() else [],
-                        b.get("mse_loss_indexes"), cfg.semantic_threshold,
+                        if vae_idx is not None and vae_idx.numel()
+                        else [],
+                        b.get("mse_loss_indexes"),
+                        cfg.semantic_threshold,
                     )
                 sem["result"] = res
                 plan.key_bias = res.mask
@@ -218,11 +234,18 @@ class Bagel(nn.Module):
         res = sem.get("result")
         stats = {}
         if res is not None:
-            stats = {"semantic_masked_ratio": res.masked_ratio, "semantic_skipped_samples": res.skipped_samples}
+            stats = {
+                "semantic_masked_ratio": res.masked_ratio,
+                "semantic_skipped_samples": res.skipped_samples,
+            }
         return {
-            "mse": mse, "ce": ce, "mse_pred": mse_pred, "ce_logits": ce_logits,
+            "mse": mse,
+            "ce": ce,
+            "mse_pred": mse_pred,
+            "ce_logits": ce_logits,
             "semantic_mask": None if res is None else res.mask,
-            "semantic": res, "stats": stats,
+            "semantic": res,
+            "stats": stats,
         }
 
     @staticmethod
@@ -235,7 +258,9 @@ class Bagel(nn.Module):
 
             masks = [build_sample_mask(sl, am) for sl, am in zip(b["split_lens"], b["attn_modes"])]
         if masks is None:
-            raise KeyError("batch has no attention masks (nested_attention_masks / attention_allowed{i} / split_lens)")
+            raise KeyError(
+                "batch has no attention masks (nested_attention_masks / attention_allowed{i} / split_lens)"
+            )
         out = []
         for m in masks:
             m = torch.as_tensor(m)

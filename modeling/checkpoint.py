@@ -80,9 +80,12 @@ def pick_weights_file(folder: str, weights_file: str | None) -> str:
 
 
 def _peek_shape(path: str, key: str) -> list[int] | None:
-    with safe_open(path, framework="pt") as f:
-        if key in f.keys():
-            return list(f.get_slice(key).get_shape())
+    try:
+        with safe_open(path, framework="pt") as f:
+            if key in f.keys():
+                return list(f.get_slice(key).get_shape())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read weights file {path}: {e}") from e
     return None
 
 
@@ -102,7 +105,9 @@ def build_config(folder: str, weights_path: str | None = None) -> BagelConfig:
         if shape is not None:
             side = int(round(shape[0] ** 0.5))
             if side * side != shape[0]:
-                raise CheckpointError(f"{weights_path}: latent_pos_embed.pos_embed has {shape[0]} rows, not a square")
+                raise CheckpointError(
+                    f"{weights_path}: latent_pos_embed.pos_embed has {shape[0]} rows, not a square"
+                )
             max_latent = side
     from modeling.autoencoder import AutoEncoderParams
 
@@ -135,7 +140,9 @@ def load_bagel_weights(model: Bagel, path: str, device, dtype: torch.dtype) -> N
                 parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:8])}")
             if mismatched:
                 parts.append(f"{len(mismatched)} shape mismatches: {'; '.join(mismatched[:8])}")
-            raise CheckpointError(f"{path} does not match the model built from the configs: " + " | ".join(parts))
+            raise CheckpointError(
+                f"{path} does not match the model built from the configs: " + " | ".join(parts)
+            )
         state = {}
         for k in keys:
             try:
@@ -149,7 +156,9 @@ def load_bagel_weights(model: Bagel, path: str, device, dtype: torch.dtype) -> N
     for k in absent:
         log.info("%s not in %s: recomputing the fixed sin-cos table", k, path)
         mod = model.get_submodule(k.rsplit(".", 1)[0])
-        mod.pos_embed = torch.nn.Parameter(torch.empty(mod.pos_embed.shape, device=device, dtype=dtype), False)
+        mod.pos_embed = torch.nn.Parameter(
+            torch.empty(mod.pos_embed.shape, device=device, dtype=dtype), False
+        )
         mod.reset_table()
     for name in RECOMPUTABLE:
         if name in expected:

@@ -43,10 +43,12 @@ class LLMConfig:
         cfg = cls(**{k: v for k, v in raw.items() if k in names})
         if cfg.hidden_act != "silu":
             raise ValueError(f"{path}: hidden_act={cfg.hidden_act!r} is not supported (Qwen2 uses 'silu')")
-        if cfg.rope_scaling not in (None, {}) and cfg.rope_scaling.get("type", cfg.rope_scaling.get("rope_type")) not in (
-            None, "default"
-        ):
-            raise ValueError(f"{path}: rope_scaling={cfg.rope_scaling} is not supported (released checkpoints use none)")
+        if cfg.rope_scaling not in (None, {}) and cfg.rope_scaling.get(
+            "type", cfg.rope_scaling.get("rope_type")
+        ) not in (None, "default"):
+            raise ValueError(
+                f"{path}: rope_scaling={cfg.rope_scaling} is not supported (released checkpoints use none)"
+            )
         return cfg
 
     def to_json_dict(self) -> dict:

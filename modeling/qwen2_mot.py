@@ -35,7 +35,9 @@ class RMSNorm(nn.Module):
 @functools.lru_cache(maxsize=8)
 def _inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
     # Not a buffer: it is not in the checkpoint and a meta-device build would lose it.
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    return 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim)
+    )
 
 
 def rotary_cos_sin(
@@ -113,8 +115,20 @@ class MoTAttention(nn.Module):
             # per-head QK-norm of each expert, then RoPE
             return lambda a: norm(proj(a).view(-1, heads, hd)).view(-1, heads * hd)
 
-        q = _routed(x, route, qk(self.q_proj, self.q_norm, nh), qk(self.q_proj_moe_gen, self.q_norm_moe_gen, nh), nh * hd)
-        k = _routed(x, route, qk(self.k_proj, self.k_norm, nkv), qk(self.k_proj_moe_gen, self.k_norm_moe_gen, nkv), nkv * hd)
+        q = _routed(
+            x,
+            route,
+            qk(self.q_proj, self.q_norm, nh),
+            qk(self.q_proj_moe_gen, self.q_norm_moe_gen, nh),
+            nh * hd,
+        )
+        k = _routed(
+            x,
+            route,
+            qk(self.k_proj, self.k_norm, nkv),
+            qk(self.k_proj_moe_gen, self.k_norm_moe_gen, nkv),
+            nkv * hd,
+        )
         v = _routed(x, route, self.v_proj, self.v_proj_moe_gen, nkv * hd)
         q = apply_rotary(q.view(n, nh, hd), cos, sin)
         k = apply_rotary(k.view(n, nkv, hd), cos, sin)
@@ -136,12 +150,15 @@ class MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, route: Routing, plan) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, route: Routing, plan
+    ) -> torch.Tensor:
         h = x.shape[1]
         a = _routed(x, route, self.input_layernorm, self.input_layernorm_moe_gen, h)
         x = x + self.self_attn(a, cos, sin, route, plan, self.layer_idx)
         m = _routed(
-            x, route,
+            x,
+            route,
             lambda t: self.mlp(self.post_attention_layernorm(t)),
             lambda t: self.mlp_moe_gen(self.post_attention_layernorm_moe_gen(t)),
             h,
@@ -153,7 +170,9 @@ class Qwen2MoTModel(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         if cfg.layer_module != MOT_LAYER:
-            raise ValueError(f"layer_module {cfg.layer_module!r} is not supported; released checkpoints use {MOT_LAYER}")
+            raise ValueError(
+                f"layer_module {cfg.layer_module!r} is not supported; released checkpoints use {MOT_LAYER}"
+            )
         if not cfg.qk_norm:
             raise ValueError("qk_norm=False is not supported: released checkpoints have q/k norms")
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)

@@ -20,9 +20,15 @@ def _gen_kwargs(cases_json):
     s = cases_json["gen"]["settings"]
     h, w = s["image_shapes"]
     return dict(
-        height=h, width=w, num_timesteps=s["num_timesteps"], timestep_shift=s["timestep_shift"],
-        cfg_text_scale=s["cfg_text_scale"], cfg_img_scale=s["cfg_img_scale"], cfg_interval=tuple(s["cfg_interval"]),
-        cfg_renorm_type=s["cfg_renorm_type"], cfg_renorm_min=s["cfg_renorm_min"],
+        height=h,
+        width=w,
+        num_timesteps=s["num_timesteps"],
+        timestep_shift=s["timestep_shift"],
+        cfg_text_scale=s["cfg_text_scale"],
+        cfg_img_scale=s["cfg_img_scale"],
+        cfg_interval=tuple(s["cfg_interval"]),
+        cfg_renorm_type=s["cfg_renorm_type"],
+        cfg_renorm_min=s["cfg_renorm_min"],
     )
 
 
@@ -31,9 +37,12 @@ def gen_run(request, pipe, cases, cases_json):
     rec = {}
     refs = [str(FIXTURE / r["file"]) for r in cases_json["gen"]["refs"]]
     out = pipe.generate(
-        images=refs, prompt=cases_json["gen"]["instruction"],
+        images=refs,
+        prompt=cases_json["gen"]["instruction"],
         ref_posterior_noise=[cases["gen.ref0.vae_posterior_noise"], cases["gen.ref1.vae_posterior_noise"]],
-        init_noise=cases["gen.init_noise"], record=rec, batch_cfg=request.param == "batched",
+        init_noise=cases["gen.init_noise"],
+        record=rec,
+        batch_cfg=request.param == "batched",
         **_gen_kwargs(cases_json),
     )
     return out, rec
@@ -81,7 +90,9 @@ def test_denoising_steps_match(gen_run, cases):
         for name in ("x_t", "v_cond", "v_cfg_text", "v_cfg_img", "v_t"):
             key = f"gen.step{i}.{name}"
             if key in cases:
-                torch.testing.assert_close(st[name], cases[key], atol=1e-3 if name == "v_t" else 1e-4, rtol=1e-4)
+                torch.testing.assert_close(
+                    st[name], cases[key], atol=1e-3 if name == "v_t" else 1e-4, rtol=1e-4
+                )
             else:  # branch skipped outside the CFG interval
                 assert st[name] is None
 
@@ -98,8 +109,11 @@ def test_final_latent_and_image(gen_run, cases):
 def test_understanding_ids_and_logits(pipe, cases, cases_json):
     rec = {}
     ans = pipe.understand(
-        images=[str(FIXTURE / cases_json["und"]["image_file"])], prompt=cases_json["und"]["question"],
-        max_new_tokens=8, return_logits=True, record=rec,
+        images=[str(FIXTURE / cases_json["und"]["image_file"])],
+        prompt=cases_json["und"]["question"],
+        max_new_tokens=8,
+        return_logits=True,
+        record=rec,
     )
     assert ans.token_ids == cases["und.generate_text_output_ids"].tolist()
     torch.testing.assert_close(ans.step_logits[0], cases["und.first_logits"], atol=1e-4, rtol=1e-4)

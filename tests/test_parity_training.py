@@ -7,15 +7,16 @@ import torch
 
 
 def _batch(cases):
-    batch = {k[len("train.batch."):]: v for k, v in cases.items() if k.startswith("train.batch.")}
+    batch = {k[len("train.batch.") :]: v for k, v in cases.items() if k.startswith("train.batch.")}
     batch["padded_latent"] = cases["train.padded_latent"]
     return batch
 
 
 @pytest.mark.parametrize("sem", [0, 1])
 def test_training_losses_match_fixture(pipe, cases, sem):
-    out = pipe.model.training_losses(_batch(cases), cases["train.flow_noise"], use_semantic_mask=bool(sem),
-                                     timestep_shift=1.0)
+    out = pipe.model.training_losses(
+        _batch(cases), cases["train.flow_noise"], use_semantic_mask=bool(sem), timestep_shift=1.0
+    )
     p = f"train.sem{sem}.fp32."
     torch.testing.assert_close(out["mse"], cases[p + "mse"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out["ce"], cases[p + "ce"], atol=1e-4, rtol=1e-4)
@@ -41,7 +42,9 @@ def test_training_losses_match_fixture(pipe, cases, sem):
 def test_semantic_mask_changes_only_target_rows(pipe, cases):
     """The bridge must change the target predictions but leave every CE (text) row untouched."""
     b = _batch(cases)
-    off = pipe.model.training_losses(b, cases["train.flow_noise"], use_semantic_mask=False, timestep_shift=1.0)
+    off = pipe.model.training_losses(
+        b, cases["train.flow_noise"], use_semantic_mask=False, timestep_shift=1.0
+    )
     on = pipe.model.training_losses(b, cases["train.flow_noise"], use_semantic_mask=True, timestep_shift=1.0)
     assert torch.equal(off["ce_logits"], on["ce_logits"])
     assert (off["mse_pred"] - on["mse_pred"]).abs().max() > 1e-3

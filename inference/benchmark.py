@@ -1,0 +1,387 @@
+"""Benchmark image generation (OmniContext-jsonl / SconeEval layouts), one process per GPU.
+
+    torchrun --nproc_per_node 4 -m inference.benchmark --model_path ckpts/Scone \
+        --benchmark_dir datasets/SconeEval --output_dir results/sconeeval/Scone --rounds 3
+    python -m inference.benchmark ...        # one plain process works too
+
+Writes `{output_dir}/round{i}/{task_type}/{key}.png` for i < --rounds, plus one settings line per image
+in `{output_dir}/generation_log.rank{r}.jsonl`. Every image has its own seed derived from
+(--seed, task_type, key, round), so it does not depend on the number of processes, on the order of work
+or on resuming (`--seed_mode global` instead reproduces upstream's single seeded stream). Images are
+written atomically (temp file + rename): rerunning the command skips every image already written and
+regenerates only missing or unreadable ones. A failing case is reported at the end and does not stop
+the others; the exit code is 1 if anything failed (0 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from eval.cases import BenchmarkCase, input_image_paths, read_cases
+
+log = logging.getLogger("inference.benchmark")
+
+
+@dataclass
+class GenSettings:
+    """Sampling hyper-parameters passed to `SconePipeline.generate_batch` (Scone defaults, spec §4)."""
+
+    height: int = 1024
+    width: int = 1024
+    num_timesteps: int = 50
+    timestep_shift: float = 3.0
+    cfg_text_scale: float = 4.0
+    cfg_img_scale: float = 2.0
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    cfg_renorm_type: str = "text_channel"
+    cfg_renorm_min: float = 0.0
+
+    def kwargs(self) -> dict:
+        d = asdict(self)
+        d["cfg_interval"] = tuple(self.cfg_interval)
+        return d
+
+
+@dataclass
+class Job:
+    """One image to generate: a case in one sampling round."""
+
+    case: BenchmarkCase
+    round: int
+    out_path: Path
+    seed: int | None
+
+
+@dataclass
+class RunReport:
+    generated: int = 0
+    skipped: int = 0  # already written and readable
+    regenerated: int = 0  # existed but unreadable
+    failures: list[dict] = field(default_factory=list)  # {"round", "case", "reason"}
+
+
+def sample_seed(base_seed: int, task_type: str, key: str, rnd: int) -> int:
+    """Per-image seed in [0, 2^31): a hash of (base seed, task type, key, round)."""
+    digest = hashlib.sha256(f"{base_seed}|{task_type}|{key}|{rnd}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**31)
+
+
+def build_jobs(
+    cases: list[BenchmarkCase], output_dir: Path, rounds: int, base_seed: int, per_sample_seed: bool = True
+) -> list[Job]:
+    """All (round, case) jobs, round-major in file order (the same list on every rank)."""
+    return [
+        Job(
+            c,
+            r,
+            output_dir / f"round{r}" / c.task_type / f"{c.key}.png",
+            sample_seed(base_seed, c.task_type, c.key, r) if per_sample_seed else None,
+        )
+        for r in range(rounds)
+        for c in cases
+    ]
+
+
+def shard(jobs: list[Job], rank: int, world_size: int) -> list[Job]:
+    """Strided split: independent of what is already done (every rank sees the same full list), and task
+    types stay mixed across ranks so they finish at about the same time."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    return jobs[rank::world_size]
+
+
+def is_valid_image(path: Path) -> bool:
+    """True if `path` decodes completely as an image."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def atomic_save_png(img: Image.Image, path: Path) -> None:
+    """Save via a temp file in the same folder + os.replace, so a kill never leaves half an image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_jobs(
+    pipe,
+    jobs: list[Job],
+    benchmark_dir: Path,
+    settings: GenSettings,
+    batch_size: int = 1,
+    rank: int = 0,
+    log_file: Path | None = None,
+    log_extra: dict | None = None,
+    progress: bool = True,
+) -> RunReport:
+    """Generate this rank's `jobs` with `pipe` (anything with `generate_batch(requests, **settings)`).
+
+    Existing readable outputs are skipped; cases whose inputs are bad (path escaping the benchmark
+    folder, missing file) or whose generation raises are recorded in the report; the rest go on.
+    """
+    from inference.pipeline import GenerationRequest
+
+    report = RunReport()
+    todo: list[tuple[Job, list[Path]]] = []
+    for job in jobs:
+        if job.out_path.exists():
+            if is_valid_image(job.out_path):
+                report.skipped += 1
+                continue
+            log.warning("unreadable existing output %s: regenerating it", job.out_path)
+            report.regenerated += 1
+        try:
+            todo.append((job, input_image_paths(job.case, benchmark_dir)))
+        except (ValueError, OSError) as e:
+            report.failures.append({"round": job.round, "case": job.case.uid, "reason": str(e)})
+
+    def write_log(job: Job, seconds: float) -> None:
+        if log_file is None:
+            return
+        line = {
+            "round": job.round,
+            "task_type": job.case.task_type,
+            "key": job.case.key,
+            "image": str(job.out_path),
+            "seed": job.seed,
+            "instruction": job.case.instruction,
+            "input_images": job.case.input_images,
+            **settings.kwargs(),
+            "batch_size": batch_size,
+            "rank": rank,
+            "seconds": round(seconds, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **(log_extra or {}),
+        }
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def generate(batch: list[tuple[Job, list[Path]]]) -> None:
+        t0 = time.time()
+        reqs = [
+            GenerationRequest(images=list(paths), prompt=j.case.instruction, seed=j.seed)
+            for j, paths in batch
+        ]
+        try:
+            outs = pipe.generate_batch(reqs, **settings.kwargs())
+            if len(outs) != len(batch):
+                raise RuntimeError(f"pipeline returned {len(outs)} images for {len(batch)} requests")
+        except Exception as e:  # noqa: BLE001 -- one bad case must not kill the others
+            if len(batch) > 1:
+                log.warning(
+                    "batch of %d failed (%s: %s); retrying its cases one by one",
+                    len(batch),
+                    type(e).__name__,
+                    e,
+                )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                for item in batch:
+                    generate([item])
+                return
+            job = batch[0][0]
+            log.error("round%d %s failed: %s: %s", job.round, job.case.uid, type(e).__name__, e)
+            report.failures.append(
+                {"round": job.round, "case": job.case.uid, "reason": f"{type(e).__name__}: {e}"}
+            )
+            return
+        dt = (time.time() - t0) / len(batch)
+        for (job, _), out in zip(batch, outs):
+            atomic_save_png(out.image, job.out_path)
+            write_log(job, dt)
+            report.generated += 1
+
+    bar = tqdm(total=len(todo), desc=f"rank {rank}", position=rank, disable=not progress, dynamic_ncols=True)
+    for i in range(0, len(todo), batch_size):
+        batch = todo[i : i + batch_size]
+        generate(batch)
+        bar.update(len(batch))
+    bar.close()
+    return report
+
+
+# ----------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", required=True, help="checkpoint folder (or hub id) for SconePipeline")
+    p.add_argument("--weights_file", default=None, help="default: model.safetensors")
+    p.add_argument("--benchmark_dir", required=True, help="folder holding data.jsonl and the input images")
+    p.add_argument(
+        "--metadata_file", default=None, help=".jsonl or .json (default {benchmark_dir}/data.jsonl)"
+    )
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--rounds", type=int, default=1, help="sampling rounds -> round0..round{N-1}")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument(
+        "--seed_mode",
+        choices=("per_sample", "global"),
+        default="per_sample",
+        help="global: seed torch once before loading (upstream behaviour; depends on order and world size)",
+    )
+    p.add_argument("--batch_size", type=int, default=1, help="cases per forward pass")
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--num_timesteps", type=int, default=50)
+    p.add_argument("--timestep_shift", type=float, default=3.0)
+    p.add_argument("--cfg_text_scale", type=float, default=4.0)
+    p.add_argument("--cfg_img_scale", type=float, default=2.0)
+    p.add_argument("--cfg_interval", type=float, nargs=2, default=[0.0, 1.0])
+    p.add_argument("--cfg_renorm_type", default="text_channel", choices=("global", "channel", "text_channel"))
+    p.add_argument("--cfg_renorm_min", type=float, default=0.0)
+    p.add_argument(
+        "--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU"
+    )
+    p.add_argument(
+        "--vae_transform", type=int, nargs=3, default=[1024, 512, 16], help="max min stride (smoke tests)"
+    )
+    p.add_argument(
+        "--vit_transform", type=int, nargs=3, default=[980, 224, 14], help="max min stride (smoke tests)"
+    )
+    p.add_argument("--task_types", nargs="*", default=None, help="only these task types")
+    p.add_argument("--limit", type=int, default=None, help="only the first N cases (smoke runs)")
+    p.add_argument("--no_progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.batch_size < 1:
+        p.error("--rounds and --batch_size must be >= 1")
+    if args.seed_mode == "global" and args.batch_size != 1:
+        p.error("--seed_mode global needs --batch_size 1 (it reproduces upstream's sequential stream)")
+    return args
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return rank, world, local
+
+
+def main(argv: list[str] | None = None, pipe=None) -> int:
+    """CLI entry point; `pipe` lets tests inject an already loaded pipeline."""
+    args = parse_args(argv)
+    rank, world, local_rank = _dist_env()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(message)s")
+    use_cuda = torch.cuda.is_available()
+    use_dist = world > 1 and "MASTER_ADDR" in os.environ
+    if world > 1 and not use_dist:
+        log.warning(
+            "WORLD_SIZE=%d without MASTER_ADDR: running shard %d on its own (no rendezvous)", world, rank
+        )
+    if use_dist:
+        import torch.distributed as dist
+
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
+    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+
+    benchmark_dir, output_dir = Path(args.benchmark_dir), Path(args.output_dir)
+    cases, problems = read_cases(args.metadata_file or benchmark_dir / "data.jsonl")
+    if args.task_types:
+        cases = [c for c in cases if c.task_type in args.task_types]
+    if args.limit is not None:
+        cases = cases[: args.limit]
+    jobs = shard(
+        build_jobs(cases, output_dir, args.rounds, args.seed, args.seed_mode == "per_sample"), rank, world
+    )
+    log.info("%d case(s) x %d round(s); this rank: %d job(s)", len(cases), args.rounds, len(jobs))
+
+    if pipe is None:
+        from inference.pipeline import SconePipeline
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+            args.dtype or ("bf16" if use_cuda else "fp32")
+        ]
+        if args.seed_mode == "global":
+            torch.manual_seed(args.seed)  # before loading, like upstream (spec inference.md §7)
+        pipe = SconePipeline.from_pretrained(
+            args.model_path,
+            device=device,
+            dtype=dtype,
+            weights_file=args.weights_file,
+            vae_transform=tuple(args.vae_transform),
+            vit_transform=tuple(args.vit_transform),
+        )
+    elif args.seed_mode == "global":
+        torch.manual_seed(args.seed)
+    settings = GenSettings(
+        args.height,
+        args.width,
+        args.num_timesteps,
+        args.timestep_shift,
+        args.cfg_text_scale,
+        args.cfg_img_scale,
+        tuple(args.cfg_interval),
+        args.cfg_renorm_type,
+        args.cfg_renorm_min,
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    extra = {
+        "model_path": args.model_path,
+        "weights_file": args.weights_file,
+        "seed_mode": args.seed_mode,
+        "base_seed": args.seed,
+        "world_size": world,
+        "dtype": args.dtype or ("bf16" if use_cuda else "fp32"),
+    }
+    report = run_jobs(
+        pipe,
+        jobs,
+        benchmark_dir,
+        settings,
+        args.batch_size,
+        rank,
+        output_dir / f"generation_log.rank{rank}.jsonl",
+        extra,
+        progress=not args.no_progress,
+    )
+    failures = list(report.failures)
+    if rank == 0:
+        failures += [{"round": None, "case": p.where, "reason": p.reason} for p in problems]
+    counts = {"generated": report.generated, "skipped": report.skipped, "regenerated": report.regenerated}
+    if use_dist:
+        import torch.distributed as dist
+
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (failures, counts))
+        failures = [f for fl, _ in gathered for f in fl]
+        counts = {k: sum(c[k] for _, c in gathered) for k in counts}
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0 or not use_dist:
+        log.info("done: %s, failed %d", ", ".join(f"{k} {v}" for k, v in counts.items()), len(failures))
+        for f in failures:
+            log.error(
+                "FAILED %s%s: %s",
+                f"round{f['round']} " if f["round"] is not None else "",
+                f["case"],
+                f["reason"],
+            )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Generate one image from reference images and an instruction.
+
+    python -m inference.single_case --model_path ckpts/Scone \\
+        --instruction "The man from image 1 holds the cup from image 2." \\
+        --input_image_paths ref1.png ref2.png --seed 1234
+
+Flags mirror the original ``inference_single_case.py`` (model_path, instruction, input_image_paths,
+seed) plus the sampling knobs. Writes a PNG (default ``outputs/seed_{seed}/{time}_{prompt}.png``, the
+original layout) and prints its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import torch
+
+from inference.cli_common import add_model_args, resolve_device_dtype, resolve_model_path
+
+log = logging.getLogger("scone.single_case")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--instruction", required=True)
+    p.add_argument("--input_image_paths", nargs="*", default=[], help="reference images, in order")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--num_timesteps", type=int, default=50)
+    p.add_argument("--timestep_shift", type=float, default=3.0)
+    p.add_argument("--cfg_text_scale", type=float, default=4.0)
+    p.add_argument("--cfg_img_scale", type=float, default=2.0)
+    p.add_argument("--cfg_interval", type=float, nargs=2, default=[0.0, 1.0])
+    p.add_argument("--cfg_renorm_type", default="text_channel", choices=["global", "channel", "text_channel"])
+    p.add_argument("--cfg_renorm_min", type=float, default=0.0)
+    p.add_argument("--think", action="store_true", help="reason in text first, then generate")
+    p.add_argument("--output", default=None, help="output PNG path (default: outputs/seed_{seed}/...)")
+    p.add_argument("--output_dir", default="outputs")
+    return p
+
+
+def default_output_path(output_dir: str, seed: int, instruction: str) -> str:
+    name = instruction.replace(" ", "_").replace(".", "_")[:60]
+    name = "".join(ch for ch in name if ch.isalnum() or ch in "_-") or "image"
+    return os.path.join(output_dir, f"seed_{seed}", f"{time.strftime('%Y%m%d-%H%M%S')}_{name}.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from inference.pipeline import SconePipeline
+
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    model_path = resolve_model_path(args.model_path)
+    try:
+        pipe = SconePipeline.from_pretrained(
+            model_path, device=device, dtype=dtype, weights_file=args.weights_file
+        )
+        out = pipe.generate(
+            images=args.input_image_paths,
+            prompt=args.instruction,
+            seed=args.seed,
+            height=args.height,
+            width=args.width,
+            num_timesteps=args.num_timesteps,
+            timestep_shift=args.timestep_shift,
+            cfg_text_scale=args.cfg_text_scale,
+            cfg_img_scale=args.cfg_img_scale,
+            cfg_interval=tuple(args.cfg_interval),
+            cfg_renorm_type=args.cfg_renorm_type,
+            cfg_renorm_min=args.cfg_renorm_min,
+            think=args.think,
+            progress=True,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    path = args.output or default_output_path(args.output_dir, args.seed, args.instruction)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    out.image.save(path)
+    if out.thought:
+        log.info("thought: %s", out.thought)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())

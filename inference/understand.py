@@ -1,0 +1,53 @@
+"""Answer a question about images (VQA) with the understanding expert.
+
+python -m inference.understand --model_path ckpts/Scone --images photo.png --question "What is this?"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from inference.cli_common import add_model_args, resolve_device_dtype, resolve_model_path
+
+log = logging.getLogger("scone.understand")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--images", nargs="*", default=[])
+    p.add_argument("--question", required=True)
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--do_sample", action="store_true")
+    p.add_argument("--temperature", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--think", action="store_true")
+    args = p.parse_args(argv)
+    from inference.pipeline import SconePipeline
+
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    try:
+        pipe = SconePipeline.from_pretrained(
+            resolve_model_path(args.model_path), device=device, dtype=dtype, weights_file=args.weights_file
+        )
+        ans = pipe.understand(
+            images=args.images,
+            prompt=args.question,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.do_sample,
+            temperature=args.temperature,
+            seed=args.seed,
+            think=args.think,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    print(ans.text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
