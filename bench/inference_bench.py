@@ -66,8 +66,15 @@ def build(config: str, device: torch.device, dtype: torch.dtype) -> SconePipelin
     cfg = BagelConfig(
         llm=LLMConfig(**c["llm"]), vit=SiglipVisionConfig(**c["vit"]), vae=AutoEncoderParams(**c["vae"])
     )
+    # build directly in the target dtype: an fp32 7B model would not fit next to its bf16 copy
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Bagel(cfg)
+    finally:
+        torch.set_default_dtype(default)
     with torch.device(device):
-        model = Bagel(cfg).to(dtype)
         vae = AutoEncoder(cfg.vae)
     model.init_weights(seed=0)
     model.llm2vae.weight.data.normal_(0, 0.02)  # non-zero velocities so the run is not degenerate
