@@ -1,0 +1,172 @@
+"""Semantic alignment (spec benchmarks.md 4.4): a VLM judge (Qwen2.5-VL behind an OpenAI-compatible
+server: vLLM or SGLang) rates 0-10 how well the generated image matches the case's instruction, with a
+per-subset rubric (our own wording, `prompts/{name}.txt`, `{instruction}` placeholder; `prompt_dir`
+loads other wording, e.g. the PSR authors' text for upstream comparability).
+
+The score is the first `[Score]: x` of the reply. A reply that never parses (after the client's retries)
+is a *failure* in the report. Upstream silently scored it 5; `upstream_compat=True` reproduces that for
+comparison and labels such cases `defaulted`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from eval.psrbench.data import Case
+
+if TYPE_CHECKING:  # the judge client needs `openai`; SC/position-only runs must not
+    from eval.judge.client import JudgeClient, JudgeResult
+
+log = logging.getLogger(__name__)
+
+# Subsets judged by the VLM -> prompt template name. Position is scored geometrically (position.py).
+SEMANTIC_PROMPTS: dict[str, str] = {
+    "Attribute": "attribute",
+    "Action": "action",
+    "Background": "background",
+    "Complex": "complex",
+    "Three": "three",
+    "Four": "four",
+}
+PROMPT_DIR = Path(__file__).parent / "prompts"
+PLACEHOLDER = "{instruction}"
+SCORE_RE = re.compile(r"\[Score\]:\s*([\d.]+)")
+UPSTREAM_DEFAULT_SCORE = 5.0
+# Upstream client settings (PSR): temperature 0.2, API key "psr" on port 17140.
+DEFAULT_TEMPERATURE = 0.2
+
+
+def parse_bracket_score(text: str) -> float:
+    """First `[Score]: x` in `text` -> float in [0, 10]; ValueError otherwise (the client then retries)."""
+    if not text:
+        raise ValueError("empty reply")
+    m = SCORE_RE.search(text)
+    if m is None:
+        raise ValueError(f"no '[Score]: x' in reply: {text[-200:]!r}")
+    try:
+        score = float(m.group(1))
+    except ValueError:
+        raise ValueError(f"score {m.group(1)!r} is not a number") from None
+    if not math.isfinite(score) or not 0.0 <= score <= 10.0:
+        raise ValueError(f"score {score} outside [0, 10]")
+    return score
+
+
+def load_prompt_templates(prompt_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """subset -> template text, from `prompt_dir` (default: the bundled prompts). Each file must exist
+    and contain the `{instruction}` placeholder."""
+    root = Path(prompt_dir) if prompt_dir is not None else PROMPT_DIR
+    out = {}
+    for subset, name in SEMANTIC_PROMPTS.items():
+        path = root / f"{name}.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt template for {subset} not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        if PLACEHOLDER not in text:
+            raise ValueError(f"{path}: template has no {PLACEHOLDER} placeholder")
+        out[subset] = text
+    return out
+
+
+def build_prompt(template: str, instruction: str) -> str:
+    # str.replace, not str.format: rubric text may contain other braces
+    return template.replace(PLACEHOLDER, instruction.strip())
+
+
+@dataclass
+class SemanticResult:
+    status: str  # "scored", "failed" or "defaulted" (upstream_compat only)
+    score: float | None
+    raw: str | None
+    error: str | None
+    attempts: int
+    cached: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "score": self.score,
+            "error": self.error,
+            "attempts": self.attempts,
+            "cached": self.cached,
+            "raw": self.raw,
+        }
+
+
+def _to_result(r: JudgeResult, upstream_compat: bool) -> SemanticResult:
+    if r.ok:
+        return SemanticResult("scored", float(r.value), r.raw, None, r.attempts, r.cached)
+    never_parsed = r.raw is not None and (r.error or "").startswith("unparseable")
+    if upstream_compat and never_parsed:
+        return SemanticResult("defaulted", UPSTREAM_DEFAULT_SCORE, r.raw, r.error, r.attempts, False)
+    return SemanticResult("failed", None, r.raw, r.error, r.attempts, False)
+
+
+def semantic_alignment(
+    items: list[tuple[Case, Path]],
+    client: JudgeClient,
+    templates: dict[str, str],
+    *,
+    upstream_compat: bool = False,
+    scoring_round: int = 0,
+    progress: bool = True,
+) -> list[SemanticResult]:
+    """Judge each (case, generated image path) -> results in the same order.
+
+    Only cases of SEMANTIC_PROMPTS subsets are allowed. Raises JudgeFatalError when the server cannot be
+    used at all (auth, unknown model, quota): nothing is scored rather than everything failing.
+    """
+    from eval.judge.client import JudgeJob
+
+    jobs = []
+    for case, image in items:
+        if case.subset not in templates:
+            raise ValueError(f"{case.uid}: no semantic-alignment prompt for subset {case.subset}")
+        prompt = build_prompt(templates[case.subset], case.instruction)
+        jobs.append(JudgeJob(prompt, [image], parse_bracket_score, scoring_round=scoring_round, tag=case.uid))
+    results = client.judge_many(jobs, progress=progress)
+    return [_to_result(r, upstream_compat) for r in results]
+
+
+def make_judge_client(
+    model: str,
+    base_url: str,
+    *,
+    api_key_env: str = "PSR_JUDGE_API_KEY",
+    cache_dir: str | os.PathLike | None = None,
+    max_concurrency: int = 8,
+    max_retries: int = 5,
+    timeout: float = 180.0,
+    temperature: float | None = DEFAULT_TEMPERATURE,
+    seed: int | None = 0,
+    max_tokens: int = 1400,
+) -> JudgeClient:
+    """The shared judge client configured for a local Qwen2.5-VL server. A server started without
+    `--api-key` accepts any key: when `api_key_env` is unset, the placeholder "EMPTY" is sent."""
+    from eval.judge.client import JudgeClient
+
+    api_key = None if os.environ.get(api_key_env) else "EMPTY"
+    if api_key:
+        log.info(
+            "%s is not set: sending the placeholder key 'EMPTY' (fine for a server without --api-key)",
+            api_key_env,
+        )
+    return JudgeClient(
+        model=model,
+        base_url=base_url,
+        api_key=api_key,
+        api_key_env=api_key_env,
+        cache_dir=cache_dir,
+        max_concurrency=max_concurrency,
+        max_retries=max_retries,
+        timeout=timeout,
+        temperature=temperature,
+        seed=seed,
+        max_tokens=max_tokens,
+    )
