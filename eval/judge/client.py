@@ -1,0 +1,345 @@
+"""One judge client for any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, SGLang, ...).
+
+Request shape: one user message, the text prompt first, then every image as a base64 data URL (PNG by
+default). Temperature and seed are sent where the server accepts them (a 400 naming one of them drops
+that parameter for the rest of the run, with a warning). Retries with exponential backoff + jitter on
+rate limits, 5xx, timeouts, connection errors and unparseable replies; quota exhaustion, auth errors and
+an unknown model stop the whole run at once (JudgeFatalError) instead of hammering the server.
+Finished judgements go to a disk cache so a rerun makes zero calls for them. The API key is read from the
+environment, never logged (error texts are redacted) and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import openai
+from tqdm import tqdm
+
+from eval.judge.cache import JudgeCache, UsageLedger, cache_key
+from eval.judge.images import ImageLike, encode_image, image_hash, load_rgb
+
+log = logging.getLogger(__name__)
+
+_QUOTA_CODES = {"insufficient_quota", "insufficient_user_quota", "billing_hard_limit_reached"}
+_OPTIONAL_PARAMS = ("seed", "temperature")
+
+
+class JudgeFatalError(RuntimeError):
+    """The run cannot go on (quota exhausted, bad key, unknown model): stop instead of retrying."""
+
+
+@dataclass
+class JudgeResult:
+    """Outcome of one judgement. `value` is parse(raw) when ok; `error` says why not otherwise."""
+
+    ok: bool
+    value: Any
+    raw: str | None
+    error: str | None
+    attempts: int  # HTTP attempts made for this item in this run (0 when served from the cache)
+    cached: bool
+
+
+@dataclass
+class JudgeJob:
+    """Arguments of one `JudgeClient.judge` call, for `judge_many`."""
+
+    prompt: str
+    images: list
+    parse: Callable[[str], Any]
+    scoring_round: int = 0
+    tag: str = ""
+
+
+class _Retryable(Exception):
+    """Internal: an attempt failed in a way worth retrying."""
+
+    def __init__(self, kind: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind, self.retry_after = kind, retry_after
+
+
+class _ItemFailure(Exception):
+    """Internal: this item cannot succeed (e.g. content policy); no retry, the run goes on."""
+
+
+class JudgeClient:
+    """Thread-safe judge. `usage` counts requests, tokens, retries, failures and cache hits."""
+
+    def __init__(
+        self,
+        model: str = "gpt-4.1",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        cache_dir: str | os.PathLike | None = None,
+        max_concurrency: int = 8,
+        max_retries: int = 5,
+        timeout: float = 180.0,
+        temperature: float | None = 0.0,
+        seed: int | None = 0,
+        max_tokens: int | None = 1400,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        extra_body: dict | None = None,
+        image_format: str = "png",
+    ):
+        if max_concurrency < 1 or max_retries < 0:
+            raise ValueError("max_concurrency must be >= 1 and max_retries >= 0")
+        self.model, self.base_url = model, base_url
+        self._api_key, self.api_key_env = api_key, api_key_env
+        self.max_concurrency, self.max_retries, self.timeout = max_concurrency, max_retries, timeout
+        self.temperature, self.seed, self.max_tokens = temperature, seed, max_tokens
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.extra_body, self.image_format = dict(extra_body or {}), image_format
+        self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
+        self.usage = UsageLedger()
+        self._sem = threading.BoundedSemaphore(max_concurrency)
+        self._lock = threading.Lock()
+        self._openai: openai.OpenAI | None = None
+        self._dropped: set[str] = set()
+        self._fatal: str | None = None
+        self._urls: OrderedDict[str, str] = OrderedDict()
+        self._sleep = time.sleep  # replaced in tests
+
+    # ---------------------------------------------------------------- plumbing
+    def _client(self) -> openai.OpenAI:
+        """The openai client, built on first use so that a fully cached rerun needs no key at all."""
+        with self._lock:
+            if self._openai is None:
+                key = self._api_key or (os.environ.get(self.api_key_env) if self.api_key_env else None)
+                if not key:
+                    self._set_fatal(
+                        f"no API key: set the environment variable {self.api_key_env} "
+                        "(or pass --api_key_env NAME of a variable that holds it)"
+                    )
+                    raise JudgeFatalError(self._fatal)
+                self._key_for_redaction = key
+                # retries are ours (classified, jittered, ledgered), so the SDK's own are off
+                self._openai = openai.OpenAI(
+                    api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+                )
+            return self._openai
+
+    def _redact(self, text: str) -> str:
+        key = getattr(self, "_key_for_redaction", None) or self._api_key
+        return text.replace(key, "***") if key else text
+
+    def _set_fatal(self, message: str) -> None:
+        if self._fatal is None:
+            self._fatal = message
+            self.usage.fatal = message
+            log.error("judge stopped: %s", message)
+
+    def close(self) -> None:
+        if self._openai is not None:
+            self._openai.close()
+
+    def _data_url(self, img, digest: str) -> str:
+        """Encoded data URL, memoised for the last few images: the PF, SC and DIS calls of one case send
+        the same pictures, and PNG-encoding a 1024x1024 image costs far more than a dict lookup."""
+        with self._lock:
+            if digest in self._urls:
+                self._urls.move_to_end(digest)
+                return self._urls[digest]
+        url = encode_image(img, self.image_format)
+        with self._lock:
+            self._urls[digest] = url
+            while len(self._urls) > 32:
+                self._urls.popitem(last=False)
+        return url
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: concurrent workers do not retry in lockstep
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.backoff_max))
+        return delay
+
+    # ---------------------------------------------------------------- one HTTP attempt
+    def _request(self, prompt: str, urls: list[str], scoring_round: int) -> str:
+        """One chat-completions call -> reply text. Raises _Retryable, _ItemFailure or JudgeFatalError."""
+        content = [{"type": "text", "text": prompt}]
+        content += [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+        kwargs: dict[str, Any] = {}
+        if self.max_tokens is not None:  # None: let the server decide (PSRBench's VLM client sends none)
+            kwargs["max_tokens"] = self.max_tokens
+        if self.temperature is not None and "temperature" not in self._dropped:
+            kwargs["temperature"] = self.temperature
+        if self.seed is not None and "seed" not in self._dropped:
+            # a distinct seed per scoring round keeps the K judging passes independent samples
+            kwargs["seed"] = int(self.seed) + int(scoring_round)
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        client = self._client()
+        self.usage.add(requests=1)
+        try:
+            resp = client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": content}], **kwargs
+            )
+        except openai.APITimeoutError as e:  # subclass of APIConnectionError: test it first
+            raise _Retryable("timeout", f"timeout: {e}") from None
+        except openai.APIConnectionError as e:
+            raise _Retryable("connection", f"connection error: {e}") from None
+        except openai.APIStatusError as e:
+            self._classify_status(e)
+        usage = getattr(resp, "usage", None)
+        if usage is not None:
+            self.usage.add(
+                prompt_tokens=int(usage.prompt_tokens or 0),
+                completion_tokens=int(usage.completion_tokens or 0),
+            )
+        if not resp.choices:
+            raise _Retryable("empty", "reply has no choices")
+        return resp.choices[0].message.content or ""
+
+    def _classify_status(self, e: openai.APIStatusError) -> NoReturn:
+        status, code = e.status_code, getattr(e, "code", None)
+        body = e.body if isinstance(e.body, dict) else {}
+        err = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
+        code = code or err.get("code") or err.get("type")
+        msg = self._redact(f"HTTP {status} {code or ''}: {getattr(e, 'message', e)}".strip())
+        if code in _QUOTA_CODES or err.get("type") in _QUOTA_CODES:
+            self._set_fatal(f"quota exhausted ({msg}); add credit or change the key, then rerun to resume")
+            raise JudgeFatalError(self._fatal)
+        if status in (401, 403):
+            self._set_fatal(f"authentication failed ({msg}); check {self.api_key_env}")
+            raise JudgeFatalError(self._fatal)
+        if status == 404:
+            self._set_fatal(f"endpoint or model not found ({msg}); check --base_url and --judge_model")
+            raise JudgeFatalError(self._fatal)
+        if status == 429:
+            retry_after = None
+            try:
+                retry_after = float(e.response.headers.get("retry-after"))
+            except (TypeError, ValueError, AttributeError):
+                pass
+            raise _Retryable("rate_limit", msg, retry_after)
+        if status >= 500 or status in (408, 409):
+            raise _Retryable(f"http_{status}", msg)
+        if status == 400:
+            text = str(getattr(e, "message", "")).lower()
+            for p in _OPTIONAL_PARAMS:
+                if (
+                    p in text
+                    and p not in self._dropped
+                    and any(
+                        w in text
+                        for w in ("unsupported", "not supported", "unrecognized", "unknown", "extra")
+                    )
+                ):
+                    with self._lock:
+                        if p not in self._dropped:
+                            self._dropped.add(p)
+                            self.usage.dropped_params.append(p)
+                            log.warning("server rejects '%s'; sending requests without it from now on", p)
+                    raise _Retryable("dropped_param", msg, retry_after=0.0)
+        raise _ItemFailure(msg)
+
+    # ---------------------------------------------------------------- public API
+    def judge(
+        self,
+        prompt: str,
+        images: list[ImageLike],
+        parse: Callable[[str], Any],
+        *,
+        scoring_round: int = 0,
+        tag: str = "",
+    ) -> JudgeResult:
+        """Ask the judge about `images` (PIL / path / bytes) with `prompt`; `parse(reply)` must return the
+        value or raise ValueError (-> retry, then ok=False). Raises JudgeFatalError to stop the run."""
+        if self._fatal is not None:
+            raise JudgeFatalError(self._fatal)
+        try:
+            rgb = [load_rgb(im) for im in images]
+        except (OSError, TypeError, ValueError) as e:
+            self.usage.add(failures=1)
+            return JudgeResult(False, None, None, f"image error: {e}", 0, False)
+        hashes = [f"{self.image_format}:{image_hash(im)}" for im in rgb]
+        key = cache_key(self.model, prompt, hashes, scoring_round)
+        if self.cache is not None and (entry := self.cache.get(key)) is not None:
+            try:
+                value = parse(entry["raw"])
+                self.usage.add(cache_hits=1)
+                return JudgeResult(True, value, entry["raw"], None, 0, True)
+            except (ValueError, KeyError, TypeError):
+                log.warning("[%s] cached reply no longer parses; asking again", tag)
+        urls = [self._data_url(im, h) for im, h in zip(rgb, hashes)]
+
+        attempts, raw, error = 0, None, None
+        max_attempts = self.max_retries + 1
+        while attempts < max_attempts:
+            if self._fatal is not None:
+                raise JudgeFatalError(self._fatal)
+            attempts += 1
+            retry_after = None
+            try:
+                with self._sem:
+                    raw = self._request(prompt, urls, scoring_round)
+                value = parse(raw)
+            except _Retryable as e:
+                error, retry_after = str(e), e.retry_after
+                self.usage.error(e.kind)
+                if e.kind == "dropped_param":
+                    attempts -= 1  # not the item's fault: a free attempt
+            except _ItemFailure as e:
+                error = str(e)
+                self.usage.error("rejected")
+                break
+            except ValueError as e:
+                error = f"unparseable reply: {e}"
+                self.usage.error("unparseable")
+            else:
+                if self.cache is not None:
+                    self.cache.put(
+                        key, {"raw": raw, "model": self.model, "scoring_round": scoring_round, "tag": tag}
+                    )
+                self.usage.add(successes=1)
+                return JudgeResult(True, value, raw, None, attempts, False)
+            if attempts < max_attempts:
+                self.usage.add(retries=1)
+                delay = self._backoff(attempts, retry_after)
+                log.debug("[%s] attempt %d failed (%s); retrying in %.2fs", tag, attempts, error, delay)
+                self._sleep(delay)
+        self.usage.add(failures=1)
+        log.warning("[%s] failed after %d attempt(s): %s", tag, attempts, error)
+        return JudgeResult(False, None, raw, error, attempts, False)
+
+    def judge_many(self, jobs: list[JudgeJob], progress: bool = True) -> list[JudgeResult]:
+        """Run `jobs` with at most `max_concurrency` in flight; results in job order. A JudgeFatalError in
+        any job cancels the pending ones and is re-raised (finished ones are already cached)."""
+        if not jobs:
+            return []
+        results: list[JudgeResult | None] = [None] * len(jobs)
+        bar = tqdm(total=len(jobs), desc=f"judge {self.model}", disable=not progress, dynamic_ncols=True)
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            futures = {
+                pool.submit(
+                    self.judge, j.prompt, j.images, j.parse, scoring_round=j.scoring_round, tag=j.tag
+                ): i
+                for i, j in enumerate(jobs)
+            }
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=1.0)
+                    for f in done:
+                        results[futures[f]] = f.result()  # re-raises JudgeFatalError
+                        bar.update(1)
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+            finally:
+                bar.close()
+        return results  # type: ignore[return-value]

@@ -1,0 +1,71 @@
+"""Images for the judge: loading (PIL / path / bytes), encoding as data URLs, content hashes, and the
+reference-image downscaling of the benchmark protocol (spec/benchmarks.md §1.1)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import math
+import os
+from pathlib import Path
+from typing import Union
+
+from PIL import Image, ImageOps
+
+ImageLike = Union[Image.Image, str, os.PathLike, bytes]
+
+_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg")}
+
+
+def load_rgb(image: ImageLike) -> Image.Image:
+    """Open `image` (PIL image, file path or encoded bytes), apply EXIF orientation, convert to RGB."""
+    if isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, bytes):
+        img = Image.open(io.BytesIO(image))
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"judge image not found: {path}")
+        with Image.open(path) as f:
+            return ImageOps.exif_transpose(f).convert("RGB")
+    else:
+        raise TypeError(f"unsupported judge image type {type(image).__name__}")
+    img = ImageOps.exif_transpose(img)
+    return img.convert("RGB")
+
+
+def encode_image(img: Image.Image, fmt: str = "png") -> str:
+    """RGB image -> `data:image/...;base64,...` URL. PNG is lossless; "jpeg" (PIL default quality 75)
+    reproduces the benchmark authors' client."""
+    if fmt not in _FORMATS:
+        raise ValueError(f"image format must be one of {sorted(_FORMATS)}, got {fmt!r}")
+    pil_fmt, mime = _FORMATS[fmt]
+    buf = io.BytesIO()
+    img.save(buf, format=pil_fmt)
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def image_hash(img: Image.Image) -> str:
+    """sha256 over mode, size and raw pixels: stable across PNG encoder versions, unlike file bytes."""
+    h = hashlib.sha256()
+    h.update(f"{img.mode}:{img.width}x{img.height}:".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def resize_reference(img: Image.Image, max_pixels: int = 1024 * 1024, multiple: int = 16) -> Image.Image:
+    """Downscale a reference image the way the benchmark protocol does before judging.
+
+    If w*h > max_pixels both sides are scaled by sqrt(max_pixels / (w*h)) and truncated; then both sides
+    are always floored to a multiple of `multiple` (PIL default resize filter).
+    """
+    w, h = img.size
+    if w * h > max_pixels:
+        s = math.sqrt(max_pixels / (w * h))
+        w, h = int(w * s), int(h * s)
+    w, h = (w // multiple) * multiple, (h // multiple) * multiple
+    if w <= 0 or h <= 0:
+        raise ValueError(f"reference image {img.size} is smaller than {multiple}px on one side")
+    return img.resize((w, h)) if (w, h) != img.size else img

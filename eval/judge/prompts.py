@@ -1,0 +1,53 @@
+"""Judge prompt templates: our own rubric files in eval/prompts/, optionally overridden by the files of
+`--prompt_dir` (e.g. the benchmark authors' original wording, for exact reproduction).
+
+Templates use `string.Template` placeholders: `${instruction}`, `${num_references}`, `${subject}`
+(write a literal dollar sign as `$$`). Every substitution is strict: an unknown placeholder is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from string import Template
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "prompts"
+TEMPLATE_NAMES = {
+    "omnicontext": ("omnicontext_pf", "omnicontext_sc", "omnicontext_sc_scene"),
+    "sconeeval": ("sconeeval_pf", "sconeeval_sc", "sconeeval_sc_scene", "sconeeval_dis"),
+}
+
+
+class PromptSet:
+    """Named templates of one benchmark plus where each came from (path, sha256) for the score report."""
+
+    def __init__(self, benchmark: str, prompt_dir: str | os.PathLike | None = None):
+        if benchmark not in TEMPLATE_NAMES:
+            raise ValueError(f"no prompt templates for benchmark {benchmark!r}")
+        self.templates: dict[str, Template] = {}
+        self.sources: dict[str, dict] = {}
+        for name in TEMPLATE_NAMES[benchmark]:
+            path = BUILTIN_DIR / f"{name}.txt"
+            if prompt_dir is not None:
+                if not Path(prompt_dir).is_dir():
+                    raise FileNotFoundError(f"--prompt_dir {prompt_dir} is not a directory")
+                custom = Path(prompt_dir) / f"{name}.txt"
+                if custom.is_file():
+                    path = custom
+                else:
+                    log.warning("prompt %s: %s not found, using the built-in template", name, custom)
+            text = path.read_text(encoding="utf-8")
+            self.templates[name] = Template(text)
+            self.sources[name] = {"path": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+    def render(self, name: str, **fields: object) -> str:
+        try:
+            return self.templates[name].substitute(**{k: str(v) for k, v in fields.items()})
+        except KeyError as e:
+            raise ValueError(
+                f"prompt template {self.sources[name]['path']} uses unknown placeholder {e}"
+            ) from None

@@ -1,0 +1,63 @@
+"""OmniContext scoring (spec/benchmarks.md §2): per case a PF and an SC judgement over
+[resized reference images..., generated image]; overall = sqrt(PF*SC); means per task type and Average.
+
+    python -m eval.omnicontext --benchmark_dir datasets/OmniContext-jsonl \
+        --result_dir results/omnicontext/Scone --output_dir results/omnicontext/Scone/scores
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from PIL import Image
+
+from eval.cases import BenchmarkCase
+from eval.judge.client import JudgeResult
+from eval.judge.parsing import parse_score_json, parse_score_reason
+from eval.judge.prompts import PromptSet
+from eval.scoring import Call, add_common_args, run_cli
+
+
+def build_calls(
+    case: BenchmarkCase, refs: list[Image.Image], output: Image.Image, prompts: PromptSet
+) -> list[Call]:
+    images = [*refs, output]
+    # PF never uses a scene variant (as the benchmark authors); SC does for scene task types
+    sc_name = "omnicontext_sc_scene" if "scene" in case.task_type else "omnicontext_sc"
+    return [
+        Call("PF", prompts.render("omnicontext_pf", instruction=case.instruction), images, parse_score_json),
+        Call("SC", prompts.render(sc_name, instruction=case.instruction), images, parse_score_json),
+    ]
+
+
+def make_record(case: BenchmarkCase, results: dict[str, JudgeResult]) -> dict:
+    rec = {}
+    for name in ("PF", "SC"):
+        score, reason = parse_score_reason(results[name].raw)
+        rec[f"{name}_score"], rec[f"{name}_score_reason"] = score, reason
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, "OmniContext-jsonl")
+    p.add_argument(
+        "--language", default=None, help="keep only cases with this instruction_language (e.g. en)"
+    )
+    args = p.parse_args(argv)
+    args.benchmark = "omnicontext"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    def language_filter(case: BenchmarkCase) -> str | None:
+        if args.language and case.raw.get("instruction_language") != args.language:
+            return "skip"
+        return None
+
+    return run_cli(args, build_calls, make_record, language_filter)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

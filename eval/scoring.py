@@ -1,0 +1,299 @@
+"""Shared scoring driver for OmniContext and SconeEval: find generated images, run the judge calls of every
+(sampling round, judging pass, case), write per-group records and the aggregated tables.
+
+Resume: every finished judgement is in the judge's disk cache, so rerunning the same command after a
+kill (or a quota stop) re-issues only the calls that never finished and produces the same tables.
+Layout written to `--output_dir`:
+    round{r}/scoring{s}/score.jsonl     one record per case (scores, reasons, or "failed": reason)
+    scores.json / scores.csv / scores.md aggregated tables (eval/aggregation.py)
+    usage.jsonl                          one judge usage ledger per run (appended)
+    judge_cache/                         default --cache_dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from eval.aggregation import aggregate, get_benchmark, write_outputs
+from eval.cases import BenchmarkCase, CaseProblem, input_image_paths, read_cases
+from eval.judge.cache import atomic_write_text
+from eval.judge.client import JudgeClient, JudgeFatalError, JudgeResult
+from eval.judge.images import load_rgb, resize_reference
+from eval.judge.prompts import PromptSet
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED_CASES, EXIT_FATAL = 0, 1, 2
+
+
+@dataclass
+class Call:
+    """One judge request of a case. `name` is "PF", "SC" or "DIS/<image>/<subject>"."""
+
+    name: str
+    prompt: str
+    images: list[Image.Image]
+    parse: Callable[[str], Any]
+
+
+# build_calls(case, refs (resized, RGB), output image, prompts) -> calls
+CallBuilder = Callable[[BenchmarkCase, list[Image.Image], Image.Image, PromptSet], list[Call]]
+# make_record(case, {call name: JudgeResult}) -> record fields (PF_score, SC_score, DIS_pred, reasons...)
+RecordMaker = Callable[[BenchmarkCase, dict[str, JudgeResult]], dict]
+
+
+def round_dirs(result_dir: Path, rounds: int | None) -> list[tuple[int, Path]]:
+    """[(round index, folder with {task_type}/{key}.png)]. `rounds=None` autodetects `round{i}/` folders
+    and falls back to a flat folder (one round, e.g. images written by the upstream scripts)."""
+    if rounds is not None:
+        dirs = [(i, result_dir / f"round{i}") for i in range(rounds)]
+        missing = [str(d) for _, d in dirs if not d.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"result folders not found: {', '.join(missing)}")
+        return dirs
+    found = sorted(int(p.name[5:]) for p in result_dir.glob("round*") if p.is_dir() and p.name[5:].isdigit())
+    if found:
+        if found != list(range(len(found))):
+            raise ValueError(f"{result_dir}: round folders {found} are not round0..round{len(found) - 1}")
+        return [(i, result_dir / f"round{i}") for i in found]
+    if not result_dir.is_dir():
+        raise FileNotFoundError(f"result folder not found: {result_dir}")
+    return [(0, result_dir)]
+
+
+def _score_one(
+    client: JudgeClient,
+    case: BenchmarkCase,
+    benchmark_dir: Path,
+    image_dir: Path,
+    rnd: int,
+    scoring: int,
+    prompts: PromptSet,
+    build_calls: CallBuilder,
+    make_record: RecordMaker,
+) -> dict:
+    """Judge one case of one group -> record (always has key/task_type; "failed" when it did not work)."""
+    base = {"key": case.key, "task_type": case.task_type, "instruction": case.instruction}
+    if case.subject_label is not None:
+        base["subject_label"] = case.subject_label
+    out_path = image_dir / case.task_type / f"{case.key}.png"
+    base["output_image_path"] = str(out_path)
+    try:
+        refs = [resize_reference(load_rgb(p)) for p in input_image_paths(case, benchmark_dir)]
+    except (OSError, ValueError) as e:
+        return {**base, "failed": f"reference image: {e}"}
+    if not out_path.is_file():
+        return {**base, "failed": "missing output image"}
+    try:
+        output = load_rgb(out_path)
+    except (OSError, ValueError) as e:
+        return {**base, "failed": f"unreadable output image: {e}"}
+    results: dict[str, JudgeResult] = {}
+    tag = f"round{rnd}/scoring{scoring}/{case.uid}"
+    for call in build_calls(case, refs, output, prompts):
+        res = client.judge(
+            call.prompt, call.images, call.parse, scoring_round=scoring, tag=f"{tag}/{call.name}"
+        )
+        if not res.ok:
+            return {**base, "failed": f"{call.name}: {res.error} (after {res.attempts} attempt(s))"}
+        results[call.name] = res
+    return {**base, **make_record(case, results)}
+
+
+def score_benchmark(
+    bench_name: str,
+    cases: list[BenchmarkCase],
+    benchmark_dir: Path,
+    result_dir: Path,
+    output_dir: Path,
+    client: JudgeClient,
+    prompts: PromptSet,
+    build_calls: CallBuilder,
+    make_record: RecordMaker,
+    rounds: int | None = None,
+    scorings: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Judge every (round, scoring, case) and aggregate. Raises JudgeFatalError on quota/auth stops
+    (after cancelling pending work; finished judgements are cached)."""
+    bench = get_benchmark(bench_name)
+    dirs = round_dirs(result_dir, rounds)
+    units = [(r, d, s, c) for r, d in dirs for s in range(scorings) for c in cases]
+    records: list[dict | None] = [None] * len(units)
+    bar = tqdm(total=len(units), desc=f"score {bench.name}", disable=not progress, dynamic_ncols=True)
+    # cases run concurrently; the client's semaphore bounds the requests actually in flight
+    with ThreadPoolExecutor(max_workers=client.max_concurrency) as pool:
+        futures = [
+            pool.submit(_score_one, client, c, benchmark_dir, d, r, s, prompts, build_calls, make_record)
+            for r, d, s, c in units
+        ]
+        try:
+            for i, f in enumerate(futures):
+                records[i] = f.result()
+                bar.update(1)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            bar.close()
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for (r, _, s, _), rec in zip(units, records):
+        groups.setdefault((r, s), []).append(rec)
+    for (r, s), recs in groups.items():
+        lines = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in recs)
+        atomic_write_text(output_dir / f"round{r}" / f"scoring{s}" / "score.jsonl", lines)
+    return aggregate(groups, bench)
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
+    p.add_argument(
+        "--benchmark_dir", required=True, help=f"folder with data.jsonl and images ({default_dir})"
+    )
+    p.add_argument("--metadata_file", default=None, help="default: {benchmark_dir}/data.jsonl")
+    p.add_argument(
+        "--result_dir", required=True, help="generated images: round{i}/{task_type}/{key}.png or flat"
+    )
+    p.add_argument("--output_dir", required=True, help="where scores, per-case records and the cache go")
+    p.add_argument("--method", default="Scone", help="row name in the leaderboard table")
+    p.add_argument("--rounds", type=int, default=None, help="sampling rounds to read (default: autodetect)")
+    p.add_argument("--scorings", type=int, default=1, help="independent judging passes per round (paper: 3)")
+    p.add_argument("--judge_model", default="gpt-4.1", help="e.g. gpt-4.1-2025-04-14 (pin a snapshot)")
+    p.add_argument("--base_url", default=None, help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    p.add_argument("--max_concurrency", type=int, default=8)
+    p.add_argument("--max_retries", type=int, default=5)
+    p.add_argument("--timeout", type=float, default=180.0)
+    p.add_argument("--temperature", type=float, default=0.0, help="negative: do not send a temperature")
+    p.add_argument("--seed", type=int, default=0, help="negative: do not send a seed")
+    p.add_argument("--max_tokens", type=int, default=1400)
+    p.add_argument("--backoff_base", type=float, default=1.0)
+    p.add_argument("--backoff_max", type=float, default=60.0)
+    p.add_argument(
+        "--image_format", choices=("png", "jpeg"), default="png", help="jpeg = upstream's encoding"
+    )
+    p.add_argument("--cache_dir", default=None, help="default: {output_dir}/judge_cache")
+    p.add_argument("--prompt_dir", default=None, help="folder with template files overriding eval/prompts/")
+    p.add_argument("--task_types", nargs="*", default=None, help="only these task types (default: all)")
+    p.add_argument("--no_progress", action="store_true")
+
+
+def run_cli(
+    args: argparse.Namespace,
+    build_calls: CallBuilder,
+    make_record: RecordMaker,
+    case_filter: Callable[[BenchmarkCase], str | None] | None = None,
+) -> int:
+    """Common main(): read cases, judge, write outputs, print the table; returns the exit code."""
+    bench = get_benchmark(args.benchmark)
+    benchmark_dir = Path(args.benchmark_dir)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cases, problems = read_cases(args.metadata_file or benchmark_dir / "data.jsonl")
+    kept: list[BenchmarkCase] = []
+    for c in cases:
+        reason = None
+        if c.task_type not in bench.task_types:
+            reason = f"unknown task_type {c.task_type!r}"
+        elif args.task_types and c.task_type not in args.task_types:
+            continue
+        elif case_filter is not None:
+            reason = case_filter(c)
+            if reason == "skip":
+                continue
+        if reason:
+            problems.append(CaseProblem(c.uid, reason))
+        else:
+            kept.append(c)
+    for p in problems:
+        log.error("invalid case %s", p)
+    prompts = PromptSet(bench.name, args.prompt_dir)
+    client = JudgeClient(
+        model=args.judge_model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        cache_dir=args.cache_dir or output_dir / "judge_cache",
+        max_concurrency=args.max_concurrency,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        temperature=None if args.temperature < 0 else args.temperature,
+        seed=None if args.seed < 0 else args.seed,
+        max_tokens=args.max_tokens,
+        backoff_base=args.backoff_base,
+        backoff_max=args.backoff_max,
+        image_format=args.image_format,
+    )
+    started = time.time()
+    code = EXIT_OK
+    try:
+        result = score_benchmark(
+            bench.name,
+            kept,
+            benchmark_dir,
+            Path(args.result_dir),
+            output_dir,
+            client,
+            prompts,
+            build_calls,
+            make_record,
+            rounds=args.rounds,
+            scorings=args.scorings,
+            progress=not args.no_progress,
+        )
+    except JudgeFatalError as e:
+        log.error("scoring stopped: %s. Finished judgements are cached; rerun the same command to resume.", e)
+        result, code = None, EXIT_FATAL
+    finally:
+        client.close()
+        usage = {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()}
+        with open(output_dir / "usage.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(usage) + "\n")
+        log.info("judge usage: %s", json.dumps(usage))
+    if result is None:
+        return code
+    extra = {
+        "judge": {
+            "model": args.judge_model,
+            "base_url": args.base_url,
+            "temperature": args.temperature,
+            "seed": args.seed,
+            "image_format": args.image_format,
+            "max_tokens": args.max_tokens,
+        },
+        "prompts": prompts.sources,
+        "invalid_cases": [str(p) for p in problems],
+    }
+    md = write_outputs(result, output_dir, method=args.method, extra=extra)
+    print(md)
+    failed = result["cases"]["failed"]
+    if failed or problems:
+        log.error(
+            "%d judged case(s) failed and %d invalid case(s) were not scored; see %s/scores.json",
+            failed,
+            len(problems),
+            output_dir,
+        )
+        for tb in result["groups"]:
+            for fl in tb["failures"]:
+                log.error(
+                    "  round%d/scoring%d %s/%s: %s",
+                    tb["round"],
+                    tb["scoring"],
+                    fl["task_type"],
+                    fl["key"],
+                    fl["reason"],
+                )
+        code = EXIT_FAILED_CASES
+    return code
