@@ -229,7 +229,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", required=True, help="checkpoint folder (or hub id) for SconePipeline")
     p.add_argument("--weights_file", default=None, help="default: model.safetensors")
-    p.add_argument("--benchmark_dir", required=True, help="folder holding data.jsonl and the input images")
+    p.add_argument(
+        "--benchmark",
+        choices=("jsonl", "psrbench"),
+        default="jsonl",
+        help="jsonl: OmniContext-jsonl / SconeEval layout; psrbench: the 7 PSRBench subset JSON files",
+    )
+    p.add_argument(
+        "--benchmark_dir",
+        "--data_root",
+        dest="benchmark_dir",
+        required=True,
+        help="folder holding data.jsonl (or PSRBench's subset JSONs) and the input images",
+    )
     p.add_argument(
         "--metadata_file", default=None, help=".jsonl or .json (default {benchmark_dir}/data.jsonl)"
     )
@@ -299,7 +311,24 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
     device = f"cuda:{local_rank}" if use_cuda else "cpu"
 
     benchmark_dir, output_dir = Path(args.benchmark_dir), Path(args.output_dir)
-    cases, problems = read_cases(args.metadata_file or benchmark_dir / "data.jsonl")
+    psr_cases = None
+    if args.benchmark == "psrbench":
+        from eval.psrbench.data import load_psrbench_cases
+
+        psr_cases = load_psrbench_cases(benchmark_dir, subsets=args.task_types)
+        cases = [
+            BenchmarkCase(
+                key=c.key,
+                task_type=c.task_type,
+                instruction=c.instruction,
+                input_images=list(c.input_relpaths),
+                raw=c.record,
+            )
+            for c in psr_cases
+        ]
+        problems = []
+    else:
+        cases, problems = read_cases(args.metadata_file or benchmark_dir / "data.jsonl")
     if args.task_types:
         cases = [c for c in cases if c.task_type in args.task_types]
     if args.limit is not None:
@@ -371,6 +400,12 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
         counts = {k: sum(c[k] for _, c in gathered) for k in counts}
         dist.barrier()
         dist.destroy_process_group()
+    if psr_cases is not None and rank == 0:
+        from eval.psrbench.data import write_results_json
+
+        # PSR's evaluators read {subset}.json with a result_path per entry
+        for r in range(args.rounds):
+            write_results_json(psr_cases, output_dir / f"round{r}")
     if rank == 0 or not use_dist:
         log.info("done: %s, failed %d", ", ".join(f"{k} {v}" for k, v in counts.items()), len(failures))
         for f in failures:
