@@ -1,0 +1,1 @@
+"""ShapeWorld: a synthetic subject-driven world (coloured shapes on backgrounds), see docs/shapeworld.md."""
