@@ -1,0 +1,222 @@
+"""End-to-end tests of train/pretrain.py in one process on the tiny fixture checkpoint (CPU, fp32)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train.args import parse_args
+from train.pretrain import NonFiniteLossError, main, train
+
+CKPT = os.path.join(os.path.dirname(__file__), "fixtures", "bagel-tiny", "checkpoint")
+
+
+def args_for(out, *extra):
+    return parse_args(
+        [
+            "--model_path",
+            CKPT,
+            "--device",
+            "cpu",
+            "--results_dir",
+            str(out),
+            "--checkpoint_dir",
+            str(out / "ckpt"),
+            "--log_every",
+            "1",
+            "--save_every",
+            "1000",
+            "--warmup_steps",
+            "0",
+            "--activation_checkpointing",
+            "False",
+            *extra,
+        ]
+    )
+
+
+def metrics(out) -> list[dict]:
+    with open(out / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(out) -> dict[int, tuple[float, float]]:
+    return {r["step"]: (r["mse"], r["ce"]) for r in metrics(out) if "event" not in r}
+
+
+SYN = ["--synthetic_data", "--synthetic_spec"]
+
+
+def test_tiny_model_overfits_a_handful_of_samples(tmp_path):
+    spec = json.dumps({"text_loss": True, "num_distinct": 2, "image_size": 32, "vit_size": 28, "text_len": 8})
+    train(args_for(tmp_path, *SYN, spec, "--total_steps", "16", "--lr", "5e-3"))
+    rec = losses(tmp_path)
+    first_mse = sum(rec[s][0] for s in range(3)) / 3
+    last_mse = sum(rec[s][0] for s in range(11, 16)) / 5
+    assert rec[15][1] < 0.3 * rec[0][1], (rec[0], rec[15])  # CE memorises the two instructions
+    assert last_mse < 0.8 * first_mse, (first_mse, last_mse)
+
+
+def test_freeze_flags_keep_frozen_weights_unchanged(tmp_path):
+    """Stage II step 1 as scripted: ViT, gen expert and gen bridges frozen, semantic mask on."""
+    spec = json.dumps({"text_loss": True})
+    flags = [
+        "--freeze_vit",
+        "--freeze_llm_gen",
+        "True",
+        "--freeze_mlp_gen",
+        "True",
+        "--use_semantic_mask",
+        "True",
+    ]
+    train(args_for(tmp_path, *SYN, spec, "--total_steps", "2", "--lr", "1e-2", *flags))
+    before = load_file(os.path.join(CKPT, "model.safetensors"))
+    after = load_file(str(tmp_path / "ckpt" / "0000001" / "model.safetensors"))
+    assert set(before) == set(after)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    frozen = {
+        k
+        for k in before
+        if k.startswith(("vit_model.", "vae2llm.", "llm2vae.")) or "moe_gen" in k or "pos_embed" in k
+    }
+    assert not (changed & frozen), sorted(changed & frozen)[:5]
+    for k in (
+        "language_model.layers.0.self_attn.q_proj.weight",
+        "connector.fc1.weight",
+        "time_embedder.mlp.0.weight",
+        "language_model.model.embed_tokens.weight",
+        "language_model.model.norm.weight",
+    ):
+        k = k.replace("language_model.layers", "language_model.model.layers")
+        assert k in changed, k
+    assert "semantic_masked_ratio" in metrics(tmp_path)[0]
+
+
+def _nan_after(monkeypatch, bad_calls):
+    from modeling.bagel import Bagel
+
+    orig = Bagel.training_losses
+    calls = {"n": 0}
+
+    def patched(self, *a, **kw):
+        out = orig(self, *a, **kw)
+        if bad_calls == "all" or calls["n"] in bad_calls:
+            out["mse"] = out["mse"] * float("nan")
+        calls["n"] += 1
+        return out
+
+    monkeypatch.setattr(Bagel, "training_losses", patched)
+
+
+def test_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch):
+    _nan_after(monkeypatch, {1})
+    summary = train(args_for(tmp_path, *SYN, "{}", "--total_steps", "3", "--lr", "1e-3"))
+    assert summary["nonfinite_skipped"] == 1
+    events = [r for r in metrics(tmp_path) if r.get("event") == "skip_nonfinite"]
+    assert [e["step"] for e in events] == [1]
+    assert metrics(tmp_path)[-1]["nonfinite_skipped"] == 1
+    after = load_file(str(tmp_path / "ckpt" / "0000002" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in after.values())
+
+
+def test_persistent_nonfinite_loss_stops_clearly(tmp_path, monkeypatch):
+    _nan_after(monkeypatch, "all")
+    with pytest.raises(NonFiniteLossError, match="2 consecutive steps"):
+        train(args_for(tmp_path, *SYN, "{}", "--total_steps", "5", "--max_nonfinite_steps", "2"))
+    assert not (tmp_path / "ckpt").exists() or not os.listdir(tmp_path / "ckpt")
+    argv = [
+        "--model_path",
+        CKPT,
+        "--device",
+        "cpu",
+        "--results_dir",
+        str(tmp_path / "b"),
+        "--checkpoint_dir",
+        str(tmp_path / "b" / "ckpt"),
+        "--synthetic_data",
+        "--total_steps",
+        "5",
+        "--max_nonfinite_steps",
+        "2",
+    ]
+    assert main(argv) == 3
+
+
+# ------------------------------------------------------------------ kill-and-resume on real tiny parquet data
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from data.tiny_data import make_tiny_dataset
+
+    root = tmp_path_factory.mktemp("tinydata")
+    make_tiny_dataset(str(root), num_files=2, rows_per_file=6, rows_per_group=3, num_vlm=6, seed=0)
+    return str(root)
+
+
+def parquet_args(out, data_root, total, *extra):
+    return args_for(
+        out,
+        "--dataset_config_file",
+        os.path.join(os.path.dirname(CKPT), "..", "..", "..", "data", "configs", "scone_tiny.yaml"),
+        "--data_root",
+        data_root,
+        "--num_workers",
+        "1",
+        "--expected_num_tokens",
+        "300",
+        "--max_num_tokens",
+        "420",
+        "--max_num_tokens_per_sample",
+        "420",
+        "--prefer_buffer_before",
+        "200",
+        "--lr",
+        "1e-3",
+        "--ema",
+        "0.5",
+        "--total_steps",
+        str(total),
+        "--auto_resume",
+        *extra,
+    )
+
+
+def test_kill_and_resume_matches_straight_run(tmp_path, tiny_data):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(parquet_args(straight, tiny_data, 6))
+    train(parquet_args(resumed, tiny_data, 3))  # "killed" after step 2 (its final save)
+    # leftovers of a crash mid-save and foreign folders must not be picked by auto-resume
+    (resumed / "ckpt" / ".tmp-0000004-999").mkdir()
+    (resumed / "ckpt" / "0000009").mkdir()  # incomplete: no model / train_state
+    (resumed / "ckpt" / "notes").mkdir()
+    train(parquet_args(resumed, tiny_data, 6))
+
+    a, b = losses(straight), losses(resumed)
+    assert sorted(a) == list(range(6)) and sorted(b) == list(range(6))
+    for s in range(6):
+        assert a[s] == pytest.approx(b[s], rel=1e-5, abs=1e-6), (s, a[s], b[s])
+    for name in ("model.safetensors", "ema.safetensors"):
+        wa = load_file(str(straight / "ckpt" / "0000005" / name))
+        wb = load_file(str(resumed / "ckpt" / "0000005" / name))
+        assert set(wa) == set(wb)
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+    da = torch.load(straight / "ckpt" / "0000005" / "data_status.pt", weights_only=True)
+    db = torch.load(resumed / "ckpt" / "0000005" / "data_status.pt", weights_only=True)
+    assert da == db  # same data order / positions
+    state = json.loads((resumed / "ckpt" / "0000005" / "train_state.json").read_text())
+    assert state["step"] == 5 and state["world_size"] == 1
+
+    # the step folder is itself a released-layout folder: the inference pipeline loads and generates
+    pipeline = pytest.importorskip("inference.pipeline")
+    pipe = pipeline.SconePipeline.from_pretrained(str(resumed / "ckpt" / "0000005"))
+    out = pipe.generate(images=[], prompt="a red ball", seed=0, height=32, width=32, num_timesteps=3)
+    assert out.image.size == (32, 32)
+    trained = load_file(str(resumed / "ckpt" / "0000005" / "model.safetensors"))
+    assert torch.equal(pipe.model.llm2vae.weight.detach(), trained["llm2vae.weight"])
+    assert not torch.equal(
+        trained["llm2vae.weight"], wb["llm2vae.weight"]
+    )  # EMA differs from the live weights

@@ -1,0 +1,231 @@
+"""Training checkpoints: atomic step folders that are also released-layout model folders (spec §9).
+
+Layout of ``{checkpoint_dir}/{step:07d}/`` (``step`` = index of the last executed step; a resume starts
+at ``step + 1``, like upstream):
+
+| file | content |
+|---|---|
+| ``model.safetensors`` | full Bagel state dict, clean keys, parameter dtype (rank 0) |
+| ``ema.safetensors`` | full state dict with EMA values for trainable keys (only with ``--ema``) |
+| ``optimizer/`` | ``torch.distributed.checkpoint`` folder of the sharded AdamW state (every rank writes its shard; DCP can reshard on load) |
+| ``scheduler.pt`` | LR schedule counter |
+| ``train_state.json`` | step, counters, world size, num_workers, seeds |
+| ``data_status.pt`` | list indexed by rank of that rank's data-pipeline state |
+| ``llm_config.json``, ``vit_config.json``, ``ae.safetensors``, tokenizer files | copied from the model folder, so the step folder loads with ``load_pretrained`` / ``SconePipeline.from_pretrained`` |
+
+Everything is written into ``.tmp-{step:07d}-…`` and renamed at the end, so a crash never leaves a
+numeric folder behind; ``find_latest_checkpoint`` only considers complete numeric folders. Multi-node
+runs need ``checkpoint_dir`` on a filesystem shared by all nodes (every rank writes optimizer shards).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+
+import torch
+import torch.nn as nn
+
+from train.parallel import all_gather_object, barrier, broadcast_object
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+OPTIM_DIR = "optimizer"
+SCHEDULER_FILE = "scheduler.pt"
+TRAIN_STATE_FILE = "train_state.json"
+DATA_STATUS_FILE = "data_status.pt"
+# Files that make a step folder a released-layout folder (model.md §1.1).
+FOLDER_FILES = (
+    "llm_config.json",
+    "vit_config.json",
+    "ae.safetensors",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+REQUIRED_FOLDER_FILES = ("llm_config.json", "vit_config.json", "ae.safetensors")
+COMPLETE_MARKERS = (MODEL_FILE, TRAIN_STATE_FILE)
+
+
+def step_dir_name(step: int) -> str:
+    return f"{step:07d}"
+
+
+def clean_key(name: str) -> str:
+    """Strip wrapper prefixes (activation checkpoint / torch.compile) should any have crept in."""
+    for junk in ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module."):
+        name = name.replace(junk, "")
+    return name
+
+
+def find_latest_checkpoint(checkpoint_dir: str) -> str | None:
+    """Numerically largest complete step folder; non-numeric names and temp folders are ignored."""
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    best = None
+    for name in os.listdir(checkpoint_dir):
+        path = os.path.join(checkpoint_dir, name)
+        if not (name.isdigit() and os.path.isdir(path)):
+            continue
+        if not all(os.path.isfile(os.path.join(path, f)) for f in COMPLETE_MARKERS):
+            logger.warning("ignoring incomplete checkpoint folder %s", path)
+            continue
+        if best is None or int(name) > best[0]:
+            best = (int(name), path)
+    return None if best is None else best[1]
+
+
+def gather_full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full, CPU, clean-key state dict on rank 0 (``{}`` on other ranks). Collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {clean_key(k): v for k, v in sd.items()}
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.detach().contiguous() for k, v in state.items()}, path, metadata=metadata or {"format": "pt"}
+    )
+
+
+def copy_folder_files(src_folder: str, dst: str) -> list[str]:
+    """Copy configs, VAE and tokenizer files (real copies, not links: the source may be deleted)."""
+    missing = [f for f in REQUIRED_FOLDER_FILES if not os.path.isfile(os.path.join(src_folder, f))]
+    if missing:
+        raise FileNotFoundError(
+            f"model folder {src_folder} lacks {', '.join(missing)}; cannot make a loadable step folder"
+        )
+    copied = []
+    for f in FOLDER_FILES:
+        src = os.path.join(src_folder, f)
+        if os.path.isfile(src):
+            shutil.copy2(os.path.realpath(src), os.path.join(dst, f))
+            copied.append(f)
+    return copied
+
+
+def save_checkpoint(
+    checkpoint_dir: str,
+    step: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    train_state: dict,
+    data_status,
+    model_folder: str,
+    rank: int,
+    ema=None,
+) -> str:
+    """Write ``{checkpoint_dir}/{step:07d}`` atomically. Collective: every rank must call it.
+
+    ``data_status`` is this rank's data-pipeline state (any object ``torch.save`` can store with
+    plain containers / tensors); the file holds the list over ranks.
+    """
+    from torch.distributed.checkpoint import save as dcp_save
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    t0 = time.time()
+    final = os.path.join(checkpoint_dir, step_dir_name(step))
+    tmp = broadcast_object(
+        os.path.join(checkpoint_dir, f".tmp-{step_dir_name(step)}-{os.getpid()}") if rank == 0 else None
+    )
+    if rank == 0:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier()
+
+    full = gather_full_model_state(model)
+    ema_full = ema.full_state_dict(rank) if ema is not None else None
+    osd = get_optimizer_state_dict(model, optimizer)
+    no_dist = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    dcp_save({"optimizer": osd}, checkpoint_id=os.path.join(tmp, OPTIM_DIR), no_dist=no_dist)
+    statuses = all_gather_object(data_status)
+
+    if rank == 0:
+        _save_safetensors(full, os.path.join(tmp, MODEL_FILE))
+        if ema_full is not None:
+            merged = dict(full)
+            merged.update({clean_key(k): v for k, v in ema_full.items()})
+            _save_safetensors(merged, os.path.join(tmp, EMA_FILE))
+        torch.save(scheduler.state_dict(), os.path.join(tmp, SCHEDULER_FILE))
+        torch.save(statuses, os.path.join(tmp, DATA_STATUS_FILE))
+        copy_folder_files(model_folder, tmp)
+        # train_state.json last among the files: it is one of the completeness markers.
+        with open(os.path.join(tmp, TRAIN_STATE_FILE), "w") as f:
+            json.dump({**train_state, "step": step}, f, indent=2, sort_keys=True)
+        if os.path.exists(final):  # re-saving a step (e.g. after a resume): swap, then drop the old one
+            old = os.path.join(checkpoint_dir, f".old-{step_dir_name(step)}-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        logger.info("saved checkpoint %s in %.1fs", final, time.time() - t0)
+    barrier()
+    return final
+
+
+def load_train_state(step_dir: str) -> dict:
+    path = os.path.join(step_dir, TRAIN_STATE_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} missing: {step_dir} is not a complete training checkpoint")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_optimizer(step_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Restore the sharded AdamW state (DCP reshards if the world size changed)."""
+    from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    path = os.path.join(step_dir, OPTIM_DIR)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"optimizer state {path} missing (use --resume_model_only to restart it)")
+    osd = get_optimizer_state_dict(model, optimizer)
+    state = {"optimizer": osd}
+    no_dist = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    dcp_load(state, checkpoint_id=path, no_dist=no_dist)
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"])
+
+
+def load_scheduler(step_dir: str, scheduler) -> None:
+    path = os.path.join(step_dir, SCHEDULER_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} missing")
+    scheduler.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def load_data_status(step_dir: str, rank: int, world_size: int):
+    """This rank's entry of ``data_status.pt``; raises if the file's rank count differs from ours."""
+    path = os.path.join(step_dir, DATA_STATUS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} missing: cannot resume the data order")
+    statuses = torch.load(path, map_location="cpu", weights_only=True)
+    if len(statuses) != world_size:
+        raise ValueError(
+            f"{path} holds data state for {len(statuses)} ranks but this run has {world_size}; data resume "
+            "needs the same world size (or restart the data with --resume_model_only)"
+        )
+    return statuses[rank]
+
+
+def load_ema(step_dir: str, ema) -> None:
+    from safetensors.torch import load_file
+
+    path = os.path.join(step_dir, EMA_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} missing although --ema is set for the resumed run")
+    ema.load_full_state_dict(load_file(path))

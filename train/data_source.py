@@ -1,0 +1,95 @@
+"""Where the loop's packs come from: the packed parquet pipeline (``data/``) or synthetic packs.
+
+A source has ``next_batch() -> dict`` (one packed batch, upstream key names), ``state_dict()`` (this
+rank's resumable position, stored in ``data_status.pt``), ``load_state_dict(state)`` and
+``counters() -> dict`` (skip / error counters, logged under ``data/``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from train.synthetic import SyntheticSource, SyntheticSpec
+
+logger = logging.getLogger(__name__)
+
+
+def build_data_source(args, lm, info, data_status):
+    """Build the source for this rank and restore ``data_status`` (from a resumed checkpoint) if given."""
+    if args.synthetic_data:
+        base = {
+            "max_latent_size": lm.config.max_latent_size,
+            "vit_max_patch_per_side": lm.config.vit_max_num_patch_per_side,
+            "vocab": min(len(lm.tokenizer), 256),
+        }
+        known = set(SyntheticSpec.__dataclass_fields__)
+        unknown = set(args.synthetic_spec) - known
+        if unknown:
+            raise SystemExit(f"--synthetic_spec: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        spec = SyntheticSpec(**{**base, **args.synthetic_spec})
+        src = SyntheticSource(
+            spec,
+            args.data_seed,
+            info.rank,
+            info.world_size,
+            lm.special_ids.as_dict(),
+            accum=args.gradient_accumulation_steps,
+        )
+        if data_status is not None:
+            src.load_state_dict(data_status)
+        return src
+    return ParquetSource(args, lm, info, data_status)
+
+
+class ParquetSource:
+    """The ``data/`` pipeline: ``PackedDataset`` over the YAML mix + DataLoader + a state tracker that
+    records the state of the last pack actually *consumed* from each worker (prefetched packs are not
+    counted, so a resume continues exactly after the last trained pack)."""
+
+    def __init__(self, args, lm, info, data_status):
+        from data.data_state import DataStateTracker
+        from data.packed_dataset import build_dataloader, build_packed_dataset
+
+        cfg = lm.config
+        self.dataset = build_packed_dataset(
+            args.dataset_config_file,
+            lm.tokenizer,
+            lm.special_ids,
+            rank=info.rank,
+            world_size=info.world_size,
+            num_workers=args.num_workers,
+            data_seed=args.data_seed,
+            expected_num_tokens=args.expected_num_tokens,
+            max_num_tokens=args.max_num_tokens,
+            max_num_tokens_per_sample=args.max_num_tokens_per_sample,
+            prefer_buffer_before=args.prefer_buffer_before,
+            max_buffer_size=args.max_buffer_size,
+            text_cond_dropout_prob=args.text_cond_dropout_prob,
+            vit_cond_dropout_prob=args.vit_cond_dropout_prob,
+            vae_cond_dropout_prob=args.vae_cond_dropout_prob,
+            max_latent_size=cfg.max_latent_size,
+            vit_patch_size=cfg.vit.patch_size,
+            max_num_patch_per_side=cfg.vit_max_num_patch_per_side,
+            vae_image_downsample=cfg.latent_downsample,
+            interpolate_pos=cfg.interpolate_pos,
+            data_root=args.data_root,
+            data_state=data_status,
+        )
+        self.loader = build_dataloader(
+            self.dataset, prefetch_factor=args.prefetch_factor, pin_memory=info.device.type == "cuda"
+        )
+        self.tracker = DataStateTracker(
+            info.rank, info.world_size, args.num_workers, args.data_seed, initial=data_status
+        )
+        self._it = iter(self.loader)
+
+    def next_batch(self) -> dict:
+        batch = next(self._it)
+        self.tracker.update(batch)
+        return batch
+
+    def state_dict(self) -> dict:
+        return self.tracker.state_dict()
+
+    def counters(self) -> dict:
+        return self.tracker.stats()

@@ -1,0 +1,98 @@
+"""Which weights a run starts from, and building the model for training (spec training.md §9).
+
+Resolution order (``resolve_start``):
+
+1. ``--auto_resume`` and ``checkpoint_dir`` holds a complete step folder → resume the newest one fully
+   (model + optimizer + scheduler + data + counters; EMA weights only if ``--ema``).
+2. ``--resume_from DIR`` → weights from DIR (``ema.safetensors`` when ``--finetune_from_ema`` and
+   ``--resume_model_only``, else ``model.safetensors``); full train-state resume unless
+   ``--resume_model_only``.
+3. Neither → weights from ``--model_path`` itself (``ema.safetensors`` with ``--finetune_from_ema``,
+   else ``model.safetensors``, falling back to ``ema.safetensors`` like the inference loader).
+   Upstream would silently start from random weights here; we never do.
+
+Configs, VAE and tokenizer always come from ``--model_path`` (a released-layout folder; every step
+folder we write is one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from train.checkpointing import EMA_FILE, MODEL_FILE, find_latest_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StartPoint:
+    weights_path: str  # safetensors file with the Bagel state dict
+    resume_dir: str | None  # step folder whose train state is restored (None: fresh start)
+    reason: str
+
+
+def resolve_start(
+    model_path: str,
+    checkpoint_dir: str | None,
+    auto_resume: bool,
+    resume_from: str | None,
+    resume_model_only: bool,
+    finetune_from_ema: bool,
+) -> StartPoint:
+    if auto_resume and checkpoint_dir:
+        latest = find_latest_checkpoint(checkpoint_dir)
+        if latest is not None:
+            return StartPoint(os.path.join(latest, MODEL_FILE), latest, f"auto-resume from {latest}")
+    if resume_from:
+        if not os.path.isdir(resume_from):
+            raise FileNotFoundError(f"--resume_from {resume_from} is not a folder")
+        use_ema = finetune_from_ema and resume_model_only
+        if finetune_from_ema and not resume_model_only:
+            logger.warning(
+                "--finetune_from_ema only applies with --resume_model_only (upstream too); using model weights"
+            )
+        name = EMA_FILE if use_ema else MODEL_FILE
+        path = os.path.join(resume_from, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--resume_from {resume_from} has no {name}")
+        return StartPoint(path, None if resume_model_only else resume_from, f"weights from {path}")
+    names = (EMA_FILE,) if finetune_from_ema else (MODEL_FILE, EMA_FILE)
+    for name in names:
+        path = os.path.join(model_path, name)
+        if os.path.isfile(path):
+            return StartPoint(path, None, f"weights from {path}")
+    raise FileNotFoundError(
+        f"--model_path {model_path} has no {' or '.join(names)} and no --resume_from was given"
+    )
+
+
+def load_for_training(model_path: str, weights_path: str, dtype: torch.dtype = torch.float32):
+    """Build Bagel from ``model_path``'s configs and fill it from ``weights_path`` on the CPU.
+
+    Returns ``modeling.checkpoint.LoadedModel``. Every rank loads on the CPU; FSDP then keeps only its
+    shard on the device. (Host RAM per rank ≈ the model size in ``dtype``.)
+    """
+    from modeling.checkpoint import LoadedModel, load_pretrained
+
+    folder = os.path.abspath(model_path)
+    weights_path = os.path.abspath(weights_path)
+    if os.path.dirname(weights_path) == folder:
+        return load_pretrained(folder, "cpu", dtype, weights_file=os.path.basename(weights_path))
+
+    from modeling.autoencoder import load_autoencoder
+    from modeling.bagel import Bagel
+    from modeling.checkpoint import AE_FILE, build_config, load_bagel_weights
+    from modeling.tokenizer import load_tokenizer
+
+    tokenizer, special_ids, _ = load_tokenizer(folder)
+    vae = load_autoencoder(os.path.join(folder, AE_FILE), device="cpu", dtype=torch.float32)
+    config = build_config(folder, weights_path)
+    config.vae = vae.params
+    with torch.device("meta"):
+        model = Bagel(config)
+    load_bagel_weights(model, weights_path, torch.device("cpu"), dtype)
+    return LoadedModel(model, vae, tokenizer, special_ids, config, folder, weights_path)

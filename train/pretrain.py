@@ -1,0 +1,370 @@
+"""Scone / BAGEL training entry point: small parts wired in one short loop.
+
+    torchrun --nproc_per_node 8 train/pretrain.py --model_path ckpts/BAGEL-7B-MoT --dataset_config_file ...
+    python -m train.pretrain --model_path tests/fixtures/bagel-tiny/checkpoint --synthetic_data --device cpu
+
+One step: fetch ``gradient_accumulation_steps`` packs → all-reduce the loss-token counts → per pack
+``vae.encode(padded_images)`` (no grad, posterior sampled) → ``model.training_losses`` → loss normalised to
+a global per-token mean (spec §5) → backward → clip → skip if non-finite → AdamW step → LR → EMA →
+log → save. Every random draw of the loop (VAE posterior, flow noise) comes from a generator seeded by
+``(global_seed, step, global pack index)``, so runs are reproducible, resumable without RNG state and
+independent of the world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+
+import torch
+
+if __package__ in (None, ""):  # `torchrun train/pretrain.py`: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from train import checkpointing as ckpt
+from train.args import check_model_matches_args, compute_dtype, parse_args
+from train.data_source import build_data_source
+from train.freeze import FreezeFlags, apply_freeze, keep_frozen_in_eval
+from train.metrics import (
+    MetricLogger,
+    Throughput,
+    attention_flop_coeff,
+    dense_llm_params,
+    guess_peak_tflops,
+    peak_memory_gib,
+    step_flops,
+)
+from train.model_setup import load_for_training, resolve_start
+from train.optim import EMA, WarmupSchedule, build_optimizer, clip_grad_norm, trainable_parameters
+from train.parallel import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_sum,
+    apply_activation_checkpointing,
+    apply_fsdp,
+    build_mesh,
+    cleanup_distributed,
+    init_distributed,
+    set_gradient_sync,
+)
+
+logger = logging.getLogger("train")
+
+# Submodules sharded as their own FSDP units besides the blocks: each is only used through its forward.
+FSDP_SUBMODULES = ("vit_model", "connector", "language_model.model.embed_tokens")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def block_classes() -> tuple[type, ...]:
+    """Per-block module classes for activation checkpointing and FSDP units."""
+    from modeling.qwen2_mot import MoTDecoderLayer
+    from modeling.siglip import SiglipEncoderLayer
+
+    return (MoTDecoderLayer, SiglipEncoderLayer)
+
+
+def pack_seed(global_seed: int, step: int, pack_index: int) -> int:
+    """Seed of every random draw for one pack (world-size independent)."""
+    return (global_seed * 1_000_003 + step) * 10_007 + pack_index
+
+
+def loss_counts(batch: dict, reweight: bool) -> tuple[float, float, float]:
+    """(#MSE tokens, CE normaliser, #tokens) of one pack."""
+    n_mse = float(len(batch.get("mse_loss_indexes", ())))
+    if "ce_loss_indexes" in batch:
+        n_ce = float(batch["ce_loss_weights"].sum()) if reweight else float(len(batch["ce_loss_indexes"]))
+    else:
+        n_ce = 0.0
+    return n_mse, n_ce, float(batch["sequence_length"])
+
+
+def setup_logging(rank: int, results_dir: str | None) -> None:
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if rank == 0 and results_dir:
+        os.makedirs(results_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(results_dir, "train.log")))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def build_model(args, info: DistInfo, dtype: torch.dtype):
+    """Load weights, freeze, checkpoint activations, shard. Returns (LoadedModel, start point, summary)."""
+    start = resolve_start(
+        args.model_path,
+        args.checkpoint_dir,
+        args.auto_resume,
+        args.resume_from,
+        args.resume_model_only,
+        args.finetune_from_ema,
+    )
+    logger.info("start: %s", start.reason)
+    lm = load_for_training(args.model_path, start.weights_path, torch.float32)
+    check_model_matches_args(args, lm.config)
+    model, vae = lm.model, lm.vae
+    model.config.llm.freeze_und = args.freeze_und
+    flags = FreezeFlags.from_args(args)
+    summary = apply_freeze(model, flags, vae, args.freeze_vae)
+    logger.info("parameters (trainable / frozen):\n%s", summary.table())
+    model.train()
+    keep_frozen_in_eval(model, flags, vae, args.freeze_vae)
+    vae.to(info.device)
+    if args.activation_checkpointing:
+        n = apply_activation_checkpointing(model, block_classes())
+        logger.info("activation checkpointing on %d blocks", n)
+    if info.distributed:
+        num_shard = args.num_shard or info.world_size
+        mesh = build_mesh(
+            args.sharding_strategy, info.world_size, args.num_replicate, num_shard, info.device.type
+        )
+        mixed = dtype != torch.float32
+        apply_fsdp(
+            model,
+            mesh,
+            block_classes(),
+            FSDP_SUBMODULES,
+            param_dtype=dtype if mixed else None,
+            reduce_dtype=(torch.bfloat16 if args.reduce_dtype == "bf16" else torch.float32)
+            if mixed
+            else None,
+            cpu_offload=args.cpu_offload,
+            forward_methods=("training_losses",),
+        )
+    else:
+        model.to(info.device)
+    return lm, start, flags
+
+
+def train(args) -> dict:
+    """Run training; returns a summary dict (final step, counters). Raises ``NonFiniteLossError``."""
+    info = init_distributed(args.device)
+    setup_logging(info.rank, args.results_dir)
+    dtype = compute_dtype(args, info.device.type)
+    torch.manual_seed(args.global_seed * info.world_size + info.rank)
+    lm, start, flags = build_model(args, info, dtype)
+    model, vae = lm.model, lm.vae
+
+    optimizer = build_optimizer(model, args.lr, (args.beta1, args.beta2), args.eps)
+    scheduler = WarmupSchedule(
+        optimizer, args.lr, args.lr_scheduler, args.warmup_steps, args.total_steps, args.min_lr
+    )
+    ema = EMA(model, args.ema) if args.ema > 0 else None
+    state = {"tokens_seen": 0.0, "nonfinite_skipped": 0, "samples_seen": 0}
+    data_status = None
+    first_step = 0
+    if start.resume_dir is not None:
+        ckpt.load_optimizer(start.resume_dir, model, optimizer)
+        ckpt.load_scheduler(start.resume_dir, scheduler)
+        saved = ckpt.load_train_state(start.resume_dir)
+        for k in ("world_size", "num_workers", "gradient_accumulation_steps", "data_seed"):
+            if k in saved and saved[k] != _run_facts(args, info)[k]:
+                raise SystemExit(
+                    f"cannot resume {start.resume_dir}: {k} was {saved[k]}, now {_run_facts(args, info)[k]} (the "
+                    "data order depends on it); use --resume_from with --resume_model_only to restart the data"
+                )
+        state.update({k: saved[k] for k in state if k in saved})
+        data_status = ckpt.load_data_status(start.resume_dir, info.rank, info.world_size)
+        if ema is not None and os.path.isfile(os.path.join(start.resume_dir, ckpt.EMA_FILE)):
+            ckpt.load_ema(start.resume_dir, ema)
+        first_step = int(saved["step"]) + 1
+        logger.info("resumed train state at step %d", first_step)
+
+    data = build_data_source(args, lm, info, data_status)
+    mlog = MetricLogger(
+        args.results_dir,
+        info.is_main,
+        {
+            "enabled": bool(args.wandb_project),
+            "project": args.wandb_project,
+            "name": args.wandb_name,
+            "runid": args.wandb_runid,
+            "resume": args.wandb_resume,
+            "offline": args.wandb_offline,
+            "config": vars(args),
+            "dir": args.results_dir,
+        },
+    )
+    peak = args.peak_device_tflops or guess_peak_tflops(info.device)
+    dense, attn = dense_llm_params(model), attention_flop_coeff(model)
+    params = trainable_parameters(model)
+    # bf16 model compute comes from FSDP's param_dtype (the model casts activations to its weights'
+    # dtype); autocast is only used around the fp32 VAE encoder, as upstream.
+    vae_autocast = (
+        torch.autocast("cuda", dtype=dtype)
+        if info.device.type == "cuda" and dtype != torch.float32
+        else contextlib.nullcontext()
+    )
+    tput = Throughput()
+    accum, world = args.gradient_accumulation_steps, info.world_size
+    consecutive_bad = 0
+    step = first_step - 1
+    last_saved = None
+    for step in range(first_step, args.total_steps):
+        packs = [data.next_batch() for _ in range(accum)]
+        local = [loss_counts(b, args.ce_loss_reweighting) for b in packs]
+        lens = [int(x) for b in packs for x in torch.as_tensor(b["sample_lens"]).tolist()]
+        n_mse, n_ce, n_tok, n_samples = all_reduce_sum(
+            [*(sum(c[i] for c in local) for i in range(3)), float(len(lens))], info.device
+        )
+        flops = all_reduce_sum([step_flops(dense, attn, int(sum(c[2] for c in local)), lens)], info.device)[0]
+        mse_sum = ce_sum = 0.0
+        stats = {}
+        for a, batch in enumerate(packs):
+            g = torch.Generator().manual_seed(pack_seed(args.global_seed, step, info.rank * accum + a))
+            batch = to_device(batch, info.device)
+            with torch.no_grad(), vae_autocast:
+                batch["padded_latent"] = vae.encode(batch["padded_images"], generator=g)
+            n_vae = len(batch.get("packed_vae_token_indexes", ()))
+            noise = torch.randn(n_vae, lm.config.patch_latent_dim, generator=g)
+            set_gradient_sync(model, a == accum - 1)
+            out = model.training_losses(
+                batch,
+                flow_noise=noise,
+                use_semantic_mask=args.use_semantic_mask,
+                timestep_shift=args.timestep_shift,
+            )
+            # Σ over this pack's tokens, normalised by the global count; FSDP averages grads over ranks,
+            # hence the factor W: the gradient is that of the global per-token mean.
+            loss = None
+            if out["mse"] is not None:
+                m = out["mse"].float().mean(-1).sum() * world / max(n_mse, 1.0)
+                loss = m * args.mse_weight
+                mse_sum += float(m.detach())
+            if out["ce"] is not None:
+                ce = out["ce"].float()
+                if args.ce_loss_reweighting:
+                    ce = ce * batch["ce_loss_weights"].to(ce.device)
+                c = ce.sum() * world / max(n_ce, 1.0)
+                loss = c * args.ce_weight if loss is None else loss + c * args.ce_weight
+                ce_sum += float(c.detach())
+            if loss is None:
+                raise RuntimeError(
+                    f"step {step}: a pack has neither MSE nor CE targets ({batch.get('batch_data_indexes')})"
+                )
+            loss.backward()
+            stats.update(out.get("stats") or {})
+        mse_g, ce_g = (v / world for v in all_reduce_sum([mse_sum, ce_sum], info.device))
+        grad_norm = clip_grad_norm(params, args.max_grad_norm)
+        bad = all_reduce_max(
+            [0.0 if math.isfinite(mse_g + ce_g) and math.isfinite(grad_norm) else 1.0], info.device
+        )[0]
+        lr = scheduler.apply(step)
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            consecutive_bad += 1
+            state["nonfinite_skipped"] += 1
+            mlog.event(
+                step, "skip_nonfinite", mse=mse_g, ce=ce_g, grad_norm=grad_norm, consecutive=consecutive_bad
+            )
+            if consecutive_bad >= args.max_nonfinite_steps:
+                mlog.close()
+                raise NonFiniteLossError(
+                    f"loss or gradient non-finite for {consecutive_bad} consecutive steps (last: step {step}, mse "
+                    f"{mse_g}, ce {ce_g}, grad norm {grad_norm}); stopping. Lower --lr, check the data, or resume "
+                    "from an earlier checkpoint"
+                )
+        else:
+            consecutive_bad = 0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update()
+        state["tokens_seen"] += n_tok
+        state["samples_seen"] += int(n_samples)
+        tput.add(1, n_tok, flops)
+
+        if step % args.log_every == 0 or step == args.total_steps - 1:
+            rec = {
+                "mse": mse_g,
+                "ce": ce_g,
+                "loss": mse_g * args.mse_weight + ce_g * args.ce_weight,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": n_tok,
+                "mse_tokens": n_mse,
+                "ce_tokens": n_ce,
+                "nonfinite_skipped": state["nonfinite_skipped"],
+                "peak_mem_gib": peak_memory_gib(info.device),
+                **tput.rates(peak * world),
+                **_data_counters(data),
+                **stats,
+            }
+            mlog.log(step, rec)
+            tput.reset()
+        if (step > 0 and step % args.save_every == 0) or step == args.total_steps - 1:
+            _save(args, info, step, model, optimizer, scheduler, ema, state, data, lm.folder)
+            last_saved = step
+    if last_saved != step and step >= first_step:
+        _save(args, info, step, model, optimizer, scheduler, ema, state, data, lm.folder)
+    mlog.close()
+    return {"last_step": step, **state}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors, and lists of tensors (per-sample attention masks), moved to ``device``."""
+    if device.type == "cpu":
+        return batch
+
+    def move(v):
+        if torch.is_tensor(v):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, list) and v and all(torch.is_tensor(x) for x in v):
+            return [x.to(device, non_blocking=True) for x in v]
+        return v
+
+    return {k: move(v) for k, v in batch.items()}
+
+
+def _run_facts(args, info: DistInfo) -> dict:
+    return {
+        "world_size": info.world_size,
+        "num_workers": args.num_workers,
+        "data_seed": args.data_seed,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "global_seed": args.global_seed,
+    }
+
+
+def _data_counters(data) -> dict:
+    c = data.counters() if hasattr(data, "counters") else {}
+    return {f"data/{k}": v for k, v in c.items()}
+
+
+def _save(args, info, step, model, optimizer, scheduler, ema, state, data, folder) -> None:
+    ckpt.save_checkpoint(
+        args.checkpoint_dir,
+        step,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_state={**state, **_run_facts(args, info)},
+        data_status=data.state_dict(),
+        model_folder=folder,
+        rank=info.rank,
+        ema=ema,
+    )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except NonFiniteLossError as e:
+        logger.error("%s", e)
+        return 3
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
