@@ -189,7 +189,7 @@ class Bagel(nn.Module):
             has_mse = t > 0
         und_idx = torch.cat(und_parts).sort().values
         route = Routing(und_idx, vae_idx if vae_idx is not None and vae_idx.numel() else None)
-        plan = MaskedAttention(sample_lens, self._sample_masks(b, sample_lens))
+        plan = MaskedAttention(sample_lens, self._sample_masks(b, sample_lens, dev))
 
         sem = {}
         after_layer = None
@@ -249,7 +249,7 @@ class Bagel(nn.Module):
         }
 
     @staticmethod
-    def _sample_masks(b: dict, sample_lens: list[int]) -> list[torch.Tensor]:
+    def _sample_masks(b: dict, sample_lens: list[int], device=None) -> list[torch.Tensor]:
         masks = b.get("nested_attention_masks")
         if masks is None and "attention_allowed0" in b:
             masks = [b[f"attention_allowed{i}"] for i in range(len(sample_lens))]
@@ -264,5 +264,5 @@ class Bagel(nn.Module):
         out = []
         for m in masks:
             m = torch.as_tensor(m)
-            out.append(m if m.dtype == torch.bool else m == 0)
+            out.append((m if m.dtype == torch.bool else m == 0).to(device))
         return out
