@@ -37,22 +37,13 @@ class Context:
     def _writable(self) -> None:
         # A snapshot that falls behind its shared cache must not append in the middle of it.
         if self.kv_len != len(self.cache):
-            fork = KVCache(len(self.cache.keys))
-            for i in range(len(fork.keys)):
-                k, v = self.cache.get(i, self.kv_len)
-                fork.keys[i] = None if k is None else k.clone()
-                fork.values[i] = None if v is None else v.clone()
-            self.cache = fork
+            self.cache = self.cache.prefix(self.kv_len, clone=True)
 
     def fork(self) -> Context:
-        """An independent copy (used by text generation, which must not modify the caller's context)."""
-        c = Context(self.cache, self.kv_len, self.rope)
-        fork = KVCache(len(self.cache.keys))
-        for i in range(len(fork.keys)):
-            k, v = self.cache.get(i, self.kv_len)
-            fork.keys[i], fork.values[i] = k, v  # shared prefix; appends create new tensors via cat
-        c.cache = fork
-        return c
+        """An independent copy (used by text generation, which must not modify the caller's context).
+
+        The prefix is shared: ``KVCache.append`` concatenates into new tensors, never in place."""
+        return Context(self.cache.prefix(self.kv_len), self.kv_len, self.rope)
 
 
 @dataclass

@@ -47,6 +47,15 @@ class KVCache:
             self.keys[layer] = torch.cat([self.keys[layer], k.detach()], dim=0)
             self.values[layer] = torch.cat([self.values[layer], v.detach()], dim=0)
 
+    def prefix(self, length: int, clone: bool = False) -> KVCache:
+        """A new cache holding the first ``length`` tokens (views unless ``clone``; appends never write into them)."""
+        out = KVCache(len(self.keys))
+        for i in range(len(self.keys)):
+            k, v = self.get(i, length)
+            out.keys[i] = None if k is None else (k.clone() if clone else k)
+            out.values[i] = None if v is None else (v.clone() if clone else v)
+        return out
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
