@@ -12,6 +12,7 @@ Layout expected under the data root for the released data::
     Scone-S2I-57K/parquet_info/{...same names...}.json      (keys = full parquet paths, see parquet_io.py)
     bagel_example/{t2i, editing/..., vlm/...}               (BAGEL's example data)
     scone_tiny/...                                          (written by scripts/make_tiny_data.py)
+    shapeworld/...                                          (python -m data.synthetic.make_shapeworld)
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ DATASET_INFO: dict[str, dict[str, dict]] = {
         "tiny_multi_candidate": {
             "data_dir": "scone_tiny/parquet_data/tiny_multi_candidate",
             "parquet_info_path": "scone_tiny/parquet_info/tiny_multi_candidate.json",
+        },
+        # python -m data.synthetic.make_shapeworld --out <data_root>/shapeworld (scripts/tiny/)
+        "shapeworld_single_candidate": {
+            "data_dir": "shapeworld/parquet_data/shapeworld_single_candidate",
+            "parquet_info_path": "shapeworld/parquet_info/shapeworld_single_candidate.json",
+        },
+        "shapeworld_multi_candidate": {
+            "data_dir": "shapeworld/parquet_data/shapeworld_multi_candidate",
+            "parquet_info_path": "shapeworld/parquet_info/shapeworld_multi_candidate.json",
         },
     },
     "t2i_pretrain": {

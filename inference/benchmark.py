@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,6 +54,17 @@ class GenSettings:
         d = asdict(self)
         d["cfg_interval"] = tuple(self.cfg_interval)
         return d
+
+
+def resolve_settings(args: argparse.Namespace, model_defaults: dict) -> GenSettings:
+    """Command-line values where given, else the pipeline's model defaults, else Scone's (GenSettings)."""
+    out = {}
+    for f in fields(GenSettings):
+        v = getattr(args, f.name)
+        if v is None:
+            v = model_defaults.get(f.name, f.default)
+        out[f.name] = tuple(v) if f.name == "cfg_interval" else v
+    return GenSettings(**out)
 
 
 @dataclass
@@ -255,23 +266,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="global: seed torch once before loading (upstream behaviour; depends on order and world size)",
     )
     p.add_argument("--batch_size", type=int, default=1, help="cases per forward pass")
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--num_timesteps", type=int, default=50)
-    p.add_argument("--timestep_shift", type=float, default=3.0)
-    p.add_argument("--cfg_text_scale", type=float, default=4.0)
-    p.add_argument("--cfg_img_scale", type=float, default=2.0)
-    p.add_argument("--cfg_interval", type=float, nargs=2, default=[0.0, 1.0])
-    p.add_argument("--cfg_renorm_type", default="text_channel", choices=("global", "channel", "text_channel"))
-    p.add_argument("--cfg_renorm_min", type=float, default=0.0)
+    dflt = "default: the model's (scone_config.json), else Scone's {}"
+    p.add_argument("--height", type=int, default=None, help=dflt.format(1024))
+    p.add_argument("--width", type=int, default=None, help=dflt.format(1024))
+    p.add_argument("--num_timesteps", type=int, default=None, help=dflt.format(50))
+    p.add_argument("--timestep_shift", type=float, default=None, help=dflt.format(3.0))
+    p.add_argument("--cfg_text_scale", type=float, default=None, help=dflt.format(4.0))
+    p.add_argument("--cfg_img_scale", type=float, default=None, help=dflt.format(2.0))
+    p.add_argument("--cfg_interval", type=float, nargs=2, default=None, help=dflt.format("0 1"))
+    p.add_argument(
+        "--cfg_renorm_type",
+        default=None,
+        choices=("global", "channel", "text_channel"),
+        help=dflt.format("text_channel"),
+    )
+    p.add_argument("--cfg_renorm_min", type=float, default=None, help=dflt.format(0.0))
     p.add_argument(
         "--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU"
     )
     p.add_argument(
-        "--vae_transform", type=int, nargs=3, default=[1024, 512, 16], help="max min stride (smoke tests)"
+        "--vae_transform", type=int, nargs=3, default=None, help="max min stride (default: the model's)"
     )
     p.add_argument(
-        "--vit_transform", type=int, nargs=3, default=[980, 224, 14], help="max min stride (smoke tests)"
+        "--vit_transform", type=int, nargs=3, default=None, help="max min stride (default: the model's)"
     )
     p.add_argument("--task_types", nargs="*", default=None, help="only these task types")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases (smoke runs)")
@@ -351,22 +368,12 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
             device=device,
             dtype=dtype,
             weights_file=args.weights_file,
-            vae_transform=tuple(args.vae_transform),
-            vit_transform=tuple(args.vit_transform),
+            vae_transform=None if args.vae_transform is None else tuple(args.vae_transform),
+            vit_transform=None if args.vit_transform is None else tuple(args.vit_transform),
         )
     elif args.seed_mode == "global":
         torch.manual_seed(args.seed)
-    settings = GenSettings(
-        args.height,
-        args.width,
-        args.num_timesteps,
-        args.timestep_shift,
-        args.cfg_text_scale,
-        args.cfg_img_scale,
-        tuple(args.cfg_interval),
-        args.cfg_renorm_type,
-        args.cfg_renorm_min,
-    )
+    settings = resolve_settings(args, getattr(pipe, "defaults", {}))
     output_dir.mkdir(parents=True, exist_ok=True)
     extra = {
         "model_path": args.model_path,

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 import torch
 
-DEFAULT_MODEL_CANDIDATES = ("ckpts/scone-tiny", "ckpts/Scone")
+# A downloaded Scone wins; a fresh clone falls back to the shipped tiny ShapeWorld model.
+DEFAULT_MODEL_CANDIDATES = ("ckpts/Scone", "ckpts/scone-tiny")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model_path",
         default=None,
-        help="released-layout folder or hub id (default: $SCONE_MODEL_PATH, else ckpts/scone-tiny, "
-        "else ckpts/Scone)",
+        help="released-layout folder or hub id (default: $SCONE_MODEL_PATH, else ckpts/Scone if downloaded, "
+        "else the shipped tiny ShapeWorld model ckpts/scone-tiny)",
     )
     p.add_argument("--weights_file", default=None, help="model.safetensors (default) or ema.safetensors")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -33,11 +36,14 @@ def resolve_model_path(arg: str | None) -> str:
     env = os.environ.get("SCONE_MODEL_PATH")
     if env:
         return env
+    # relative to the working directory first, then to this checkout (the shipped tiny model)
     for cand in DEFAULT_MODEL_CANDIDATES:
-        if os.path.isdir(cand):
-            return cand
+        for path in (cand, os.path.join(REPO_ROOT, cand)):
+            if os.path.isdir(path):
+                logging.getLogger(__name__).info("no --model_path given: using %s", path)
+                return path
     raise SystemExit(
-        "no --model_path given and none of ckpts/scone-tiny, ckpts/Scone exists (see ckpts/README.md)"
+        "no --model_path given and none of ckpts/Scone, ckpts/scone-tiny exists (see ckpts/README.md)"
     )
 
 

@@ -5,7 +5,8 @@
     out.image.save("out.png")
     ans = pipe.understand(images=[img], prompt="What is in the picture?")
 
-Defaults are Scone's published single-case settings (spec inference.md §4). Inputs are checked up
+Defaults are Scone's published single-case settings (spec inference.md §4), unless the model folder's
+``scone_config.json`` states its own (``pipe.defaults``). Inputs are checked up
 front: unreadable images, empty prompts and sizes that are not multiples of 16 raise ``ValueError``
 with a clear message; RGBA / grayscale / CMYK / palette images are converted to RGB (alpha composited
 on white, as upstream).
@@ -84,21 +85,55 @@ def load_image(image) -> Image.Image:
     return pil_img2rgb(image)
 
 
+# Scone's published settings (spec inference.md §4). A model folder may override any of them in the
+# "inference" object of its scone_config.json (the tiny ShapeWorld model does: 96 px, fewer steps).
+UPSTREAM_DEFAULTS: dict = {
+    "vae_transform": (1024, 512, 16),  # ImageTransform(max, min, stride) of the references' VAE path
+    "vit_transform": (980, 224, 14),
+    "height": 1024,
+    "width": 1024,
+    "num_timesteps": 50,
+    "timestep_shift": 3.0,
+    "cfg_text_scale": 4.0,
+    "cfg_img_scale": 2.0,
+    "cfg_interval": (0.0, 1.0),
+    "cfg_renorm_type": "text_channel",
+    "cfg_renorm_min": 0.0,
+}
+SAMPLING_KEYS = tuple(k for k in UPSTREAM_DEFAULTS if not k.endswith("_transform"))
+
+
+def model_defaults(config) -> dict:
+    """Upstream defaults updated with the folder's ``scone_config.json`` "inference" entries (validated)."""
+    own = dict(config.extra.get("inference", {}))
+    unknown = sorted(set(own) - set(UPSTREAM_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"scone_config.json inference: unknown keys {unknown} (known: {list(UPSTREAM_DEFAULTS)})"
+        )
+    out = {**UPSTREAM_DEFAULTS, **own}
+    for k in ("vae_transform", "vit_transform", "cfg_interval"):
+        out[k] = tuple(out[k])
+    return out
+
+
 class SconePipeline:
     def __init__(
         self,
         loaded: LoadedModel,
-        vae_transform: tuple[int, int, int] = (1024, 512, 16),
-        vit_transform: tuple[int, int, int] = (980, 224, 14),
+        vae_transform: tuple[int, int, int] | None = None,
+        vit_transform: tuple[int, int, int] | None = None,
     ):
+        """Transforms default to the model's (``self.defaults``); pass them to override."""
         self.loaded = loaded
         self.model = loaded.model
         self.vae = loaded.vae
         self.tokenizer = loaded.tokenizer
         self.special = loaded.special_ids
         self.config = loaded.config
-        self.vae_transform = ImageTransform(*vae_transform)
-        self.vit_transform = ImageTransform(*vit_transform)
+        self.defaults = model_defaults(loaded.config)
+        self.vae_transform = ImageTransform(*(vae_transform or self.defaults["vae_transform"]))
+        self.vit_transform = ImageTransform(*(vit_transform or self.defaults["vit_transform"]))
 
     @classmethod
     def from_pretrained(
@@ -182,15 +217,15 @@ class SconePipeline:
     def generate_batch(
         self,
         requests: list[GenerationRequest],
-        height: int = 1024,
-        width: int = 1024,
-        num_timesteps: int = 50,
-        timestep_shift: float = 3.0,
-        cfg_text_scale: float = 4.0,
-        cfg_img_scale: float = 2.0,
-        cfg_interval: tuple[float, float] = (0.0, 1.0),
-        cfg_renorm_type: str = "text_channel",
-        cfg_renorm_min: float = 0.0,
+        height: int | None = None,
+        width: int | None = None,
+        num_timesteps: int | None = None,
+        timestep_shift: float | None = None,
+        cfg_text_scale: float | None = None,
+        cfg_img_scale: float | None = None,
+        cfg_interval: tuple[float, float] | None = None,
+        cfg_renorm_type: str | None = None,
+        cfg_renorm_min: float | None = None,
         think: bool = False,
         think_prompt: str | None = None,
         max_think_tokens: int = 1000,
@@ -202,17 +237,30 @@ class SconePipeline:
 
         Random draws per request, in upstream's order: one VAE posterior noise per reference image, then
         the initial latent noise [h*w, p*p*C] — from ``torch.Generator().manual_seed(seed)`` when the
-        request has a seed, else from the global CPU generator.
+        request has a seed, else from the global CPU generator. Sampling arguments left at None take the
+        model's defaults (``self.defaults``: Scone's published settings unless the folder overrides them).
         """
-        h, w = self._check_size(height, width)
+        given = {
+            "height": height,
+            "width": width,
+            "num_timesteps": num_timesteps,
+            "timestep_shift": timestep_shift,
+            "cfg_text_scale": cfg_text_scale,
+            "cfg_img_scale": cfg_img_scale,
+            "cfg_interval": cfg_interval,
+            "cfg_renorm_type": cfg_renorm_type,
+            "cfg_renorm_min": cfg_renorm_min,
+        }
+        o = {k: self.defaults[k] if v is None else v for k, v in given.items()}
+        h, w = self._check_size(o["height"], o["width"])
         sampling = SamplingConfig(
-            num_timesteps,
-            timestep_shift,
-            cfg_text_scale,
-            cfg_img_scale,
-            tuple(cfg_interval),
-            cfg_renorm_type,
-            cfg_renorm_min,
+            o["num_timesteps"],
+            o["timestep_shift"],
+            o["cfg_text_scale"],
+            o["cfg_img_scale"],
+            tuple(o["cfg_interval"]),
+            o["cfg_renorm_type"],
+            o["cfg_renorm_min"],
         )
         dim = self.config.patch_latent_dim
         contexts, noises, thoughts = [], [], []

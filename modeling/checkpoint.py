@@ -13,6 +13,7 @@ moved to its device one at a time, so host RAM peaks near one tensor rather than
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 
 from modeling.autoencoder import AutoEncoder, load_autoencoder
 from modeling.bagel import Bagel
-from modeling.config import MOT_LAYER, BagelConfig, LLMConfig
+from modeling.config import MOT_LAYER, SCONE_CONFIG_FILE, BagelConfig, LLMConfig
 from modeling.errors import CheckpointError
 from modeling.siglip import SiglipVisionConfig
 from modeling.tokenizer import TOKENIZER_FILES, SpecialTokenIds, load_tokenizer
@@ -57,7 +58,7 @@ def resolve_model_path(path_or_repo: str, weights_file: str | None = None) -> st
         raise CheckpointError(f"checkpoint folder not found: {path_or_repo}")
     from huggingface_hub import snapshot_download
 
-    patterns = list(CONFIG_FILES) + [AE_FILE, *TOKENIZER_FILES, "tokenizer.json"]
+    patterns = list(CONFIG_FILES) + [SCONE_CONFIG_FILE, AE_FILE, *TOKENIZER_FILES, "tokenizer.json"]
     patterns += [weights_file] if weights_file else ["model.safetensors", "ema.safetensors"]
     try:
         return snapshot_download(repo_id=path_or_repo, allow_patterns=patterns)
@@ -113,7 +114,15 @@ def build_config(folder: str, weights_path: str | None = None) -> BagelConfig:
 
     # The real VAE geometry is read from ae.safetensors by the loader; this is a placeholder of the
     # right latent width until then.
-    return BagelConfig(llm=llm, vit=vit, vae=AutoEncoderParams(), max_latent_size=max_latent)
+    config = BagelConfig(llm=llm, vit=vit, vae=AutoEncoderParams(), max_latent_size=max_latent)
+    scone_path = os.path.join(folder, SCONE_CONFIG_FILE)
+    if os.path.isfile(scone_path):  # optional: bridge layers and inference defaults of a non-7B model
+        try:
+            with open(scone_path) as f:
+                config.apply_scone_config(json.load(f), scone_path)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"invalid {scone_path}: {e}") from e
+    return config
 
 
 def load_bagel_weights(model: Bagel, path: str, device, dtype: torch.dtype) -> None:

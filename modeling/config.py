@@ -10,6 +10,11 @@ import json
 from dataclasses import dataclass, field, fields
 
 MOT_LAYER = "Qwen2MoTDecoderLayer"
+# Optional file of a model folder (released checkpoints have none; the tiny ShapeWorld model has one):
+# {"semantic_layer": int, "semantic_mask_layers": [lo, hi], "semantic_threshold": float,
+#  "inference": {generation defaults: vae_transform, vit_transform, height, width, num_timesteps, ...}}
+SCONE_CONFIG_FILE = "scone_config.json"
+SCONE_CONFIG_KEYS = ("semantic_layer", "semantic_mask_layers", "semantic_threshold", "inference")
 
 
 @dataclass
@@ -74,7 +79,29 @@ class BagelConfig:
     semantic_layer: int = 8  # similarity from the output of this decoder layer (0-based)
     semantic_mask_layers: tuple[int, int] = (9, 16)  # inclusive range of layers that receive the mask
     semantic_threshold: float = 0.88
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(
+        default_factory=dict
+    )  # "inference": per-model generation defaults (scone_config.json)
+
+    def apply_scone_config(self, raw: dict, where: str = SCONE_CONFIG_FILE) -> None:
+        """Take the bridge layers and inference defaults from a ``scone_config.json`` dict (validated)."""
+        unknown = sorted(set(raw) - set(SCONE_CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown} (known: {list(SCONE_CONFIG_KEYS)})")
+        n = self.llm.num_hidden_layers
+        layer = int(raw.get("semantic_layer", self.semantic_layer))
+        lo, hi = (int(v) for v in raw.get("semantic_mask_layers", self.semantic_mask_layers))
+        if not (0 <= layer < lo <= hi < n):
+            raise ValueError(
+                f"{where}: need 0 <= semantic_layer < mask layers lo <= hi < {n} layers, "
+                f"got semantic_layer={layer}, semantic_mask_layers=[{lo}, {hi}]"
+            )
+        self.semantic_layer, self.semantic_mask_layers = layer, (lo, hi)
+        self.semantic_threshold = float(raw.get("semantic_threshold", self.semantic_threshold))
+        if "inference" in raw:
+            if not isinstance(raw["inference"], dict):
+                raise ValueError(f"{where}: 'inference' must be an object")
+            self.extra["inference"] = dict(raw["inference"])
 
     @property
     def vae_downsample(self) -> int:

@@ -11,7 +11,7 @@ at ``step + 1``, like upstream):
 | ``scheduler.pt`` | LR schedule counter |
 | ``train_state.json`` | step, counters, world size, num_workers, seeds |
 | ``data_status.pt`` | list indexed by rank of that rank's data-pipeline state |
-| ``llm_config.json``, ``vit_config.json``, ``ae.safetensors``, tokenizer files | copied from the model folder, so the step folder loads with ``load_pretrained`` / ``SconePipeline.from_pretrained`` |
+| ``llm_config.json``, ``vit_config.json``, ``scone_config.json`` (if any), ``ae.safetensors``, tokenizer files | copied from the model folder, so the step folder loads with ``load_pretrained`` / ``SconePipeline.from_pretrained`` |
 
 Everything is written into ``.tmp-{step:07d}-…`` and renamed at the end, so a crash never leaves a
 numeric folder behind; ``find_latest_checkpoint`` only considers complete numeric folders. Multi-node
@@ -43,6 +43,7 @@ DATA_STATUS_FILE = "data_status.pt"
 FOLDER_FILES = (
     "llm_config.json",
     "vit_config.json",
+    "scone_config.json",
     "ae.safetensors",
     "vocab.json",
     "merges.txt",

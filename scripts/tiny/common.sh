@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Shared settings of the tiny ShapeWorld recipe (scripts/tiny/*.sh source this file).
+# Everything runs on the CPU in float32. Work goes to $WORK (git-ignored); the world data to $DATA_ROOT.
+#   WORK=./ckpts/tiny-work   DATA_ROOT=$WORK/data   NPROC=1 (>1: torchrun with the gloo backend)
+#   STEP_SCALE=1.0  multiplies every stage's step count (the CI smoke run uses a tiny value)
+WORK=${WORK:-./ckpts/tiny-work}
+DATA_ROOT=${DATA_ROOT:-$WORK/data}
+NPROC=${NPROC:-1}
+STEP_SCALE=${STEP_SCALE:-1.0}
+TOKENS=${TOKENS:-3072}            # tokens per packed step (~12 ShapeWorld samples)
+PYTHON=${PYTHON:-python}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+
+# scaled N -> max(2, round(N * STEP_SCALE))
+scaled() { $PYTHON -c "import sys; print(max(2, round(int(sys.argv[1]) * float(sys.argv[2]))))" "$1" "$STEP_SCALE"; }
+# step folder written last by a stage of TOTAL steps (index of the last step, zero padded)
+last_folder() { printf "%s/%s/%07d" "$WORK" "$1" $(($2 - 1)); }
+
+# run_tiny_stage DATA_YAML FROM_FOLDER EXP_NAME TOTAL_STEPS WARMUP LR [stage flags...]
+# Like scripts/train_common.sh, but from-scratch sized: a higher, cosine-decayed LR, the ViT trained
+# (the tiny SigLIP starts random, unlike the 7B one), no activation checkpointing (it only costs time on
+# a CPU), and small packs.
+run_tiny_stage() {
+  local data_yaml=$1 from=$2 exp=$3 total=$4 warmup=$5 lr=$6
+  shift 6
+  local launch=("$PYTHON" -m train.pretrain)
+  if [ "$NPROC" -gt 1 ]; then launch=(torchrun --standalone --nproc_per_node "$NPROC" -m train.pretrain); fi
+  # shellcheck disable=SC2086
+  "${launch[@]}" \
+    --dataset_config_file "$data_yaml" --data_root "$DATA_ROOT" \
+    --model_path "$from" --resume_from "$from" --resume_model_only True --auto_resume True \
+    --results_dir "$WORK/results/$exp" --checkpoint_dir "$WORK/$exp" \
+    --device cpu --dtype fp32 --sharding_strategy FULL_SHARD --activation_checkpointing False \
+    --max_latent_size 16 --lr "$lr" --min_lr "$($PYTHON -c "print($lr / 10)")" --lr_scheduler cosine \
+    --warmup_steps "$warmup" --total_steps "$total" --save_every 200 --log_every 10 \
+    --num_workers 1 --expected_num_tokens "$TOKENS" --max_num_tokens "$TOKENS" \
+    --max_num_tokens_per_sample "$TOKENS" --prefer_buffer_before 1024 \
+    --freeze_vit False --visual_und True --freeze_und False \
+    --text_cond_dropout_prob 0.1 --vae_cond_dropout_prob 0.0 --vit_cond_dropout_prob 0.0 \
+    "$@" $EXTRA_ARGS
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# 4. Stage II (distinction) on single- + multi-candidate world data. Step 1: generation expert and its
+# bridges frozen, understanding expert trained, semantic mask on (SEMANTIC_MASK=False: the ablation).
+# Step 2: everything trained, mask off, as in scripts/train_stage2_step*.sh.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+SEMANTIC_MASK=${SEMANTIC_MASK:-True}
+TAG=${TAG:-$([ "$SEMANTIC_MASK" = True ] && echo mask || echo nomask)}
+S1_FINAL=$(last_folder stage1_step2 "$(scaled 300)")
+A=$(scaled 300); B=$(scaled 400)
+run_tiny_stage data/configs/shapeworld_stage2.yaml "$S1_FINAL" "stage2_step1_$TAG" "$A" "$(scaled 20)" 3e-4 \
+  --freeze_llm_und False --freeze_llm_gen True --freeze_mlp_und False --freeze_mlp_gen True \
+  --use_semantic_mask "$SEMANTIC_MASK"
+run_tiny_stage data/configs/shapeworld_stage2.yaml "$(last_folder "stage2_step1_$TAG" "$A")" \
+  "stage2_step2_$TAG" "$B" "$(scaled 20)" 3e-4 \
+  --freeze_llm_und False --freeze_llm_gen False --freeze_mlp_und False --freeze_mlp_gen False
