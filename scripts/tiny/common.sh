@@ -13,6 +13,12 @@ EXTRA_ARGS=${EXTRA_ARGS:-}
 
 # scaled N -> max(2, round(N * STEP_SCALE))
 scaled() { $PYTHON -c "import sys; print(max(2, round(int(sys.argv[1]) * float(sys.argv[2]))))" "$1" "$STEP_SCALE"; }
+# Steps per stage (defined once; every script finds a stage's final folder from these).
+S1_STEP1_STEPS=$(scaled 900)
+S1_STEP2_STEPS=$(scaled 200)
+S2_STEP1_STEPS=$(scaled 200)
+S2_STEP2_STEPS=$(scaled 300)
+
 # step folder written last by a stage of TOTAL steps (index of the last step, zero padded)
 last_folder() { printf "%s/%s/%07d" "$WORK" "$1" $(($2 - 1)); }
 

@@ -3,7 +3,6 @@
 # continuation at a lower LR (the world has no separate "refined" set; see docs/shapeworld.md).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-S1=$(scaled 1400); S2=$(scaled 300)
-run_tiny_stage data/configs/shapeworld_stage1.yaml "$WORK/init" stage1_step1 "$S1" "$(scaled 100)" 1e-3
-run_tiny_stage data/configs/shapeworld_stage1.yaml "$(last_folder stage1_step1 "$S1")" stage1_step2 "$S2" \
+run_tiny_stage data/configs/shapeworld_stage1.yaml "$WORK/init" stage1_step1 "$S1_STEP1_STEPS" "$(scaled 100)" 1e-3
+run_tiny_stage data/configs/shapeworld_stage1.yaml "$(last_folder stage1_step1 "$S1_STEP1_STEPS")" stage1_step2 "$S1_STEP2_STEPS" \
   "$(scaled 20)" 3e-4

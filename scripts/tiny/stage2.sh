@@ -6,8 +6,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 SEMANTIC_MASK=${SEMANTIC_MASK:-True}
 TAG=${TAG:-$([ "$SEMANTIC_MASK" = True ] && echo mask || echo nomask)}
-S1_FINAL=$(last_folder stage1_step2 "$(scaled 300)")
-A=$(scaled 300); B=$(scaled 400)
+S1_FINAL=$(last_folder stage1_step2 "$S1_STEP2_STEPS")
+A=$S2_STEP1_STEPS; B=$S2_STEP2_STEPS
 run_tiny_stage data/configs/shapeworld_stage2.yaml "$S1_FINAL" "stage2_step1_$TAG" "$A" "$(scaled 20)" 3e-4 \
   --freeze_llm_und False --freeze_llm_gen True --freeze_mlp_und False --freeze_mlp_gen True \
   --use_semantic_mask "$SEMANTIC_MASK"

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modeling.autoencoder import load_autoencoder
+# run as a file from anywhere: make the checkout importable
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from modeling.autoencoder import load_autoencoder  # noqa: E402
 
 logger = logging.getLogger("vae_roundtrip")
 
