@@ -119,9 +119,13 @@ def build_config(folder: str, weights_path: str | None = None) -> BagelConfig:
     if os.path.isfile(scone_path):  # optional: bridge layers and inference defaults of a non-7B model
         try:
             with open(scone_path) as f:
-                config.apply_scone_config(json.load(f), scone_path)
+                raw = json.load(f)
+        except ValueError as e:
+            raise CheckpointError(f"{scone_path} is not valid JSON: {e}") from e
+        try:
+            config.apply_scone_config(raw, scone_path)
         except (ValueError, TypeError) as e:
-            raise CheckpointError(f"invalid {scone_path}: {e}") from e
+            raise CheckpointError(str(e)) from e  # the message names the file
     return config
 
 

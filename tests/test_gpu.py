@@ -14,9 +14,15 @@ def _gen(pipe, cases, cases_json):
     s = cases_json["gen"]["settings"]
     refs = [str(FIXTURE / r["file"]) for r in cases_json["gen"]["refs"]]
     return pipe.generate(
-        images=refs, prompt=cases_json["gen"]["instruction"], height=64, width=64,
-        num_timesteps=s["num_timesteps"], timestep_shift=s["timestep_shift"], cfg_text_scale=s["cfg_text_scale"],
-        cfg_img_scale=s["cfg_img_scale"], cfg_interval=tuple(s["cfg_interval"]),
+        images=refs,
+        prompt=cases_json["gen"]["instruction"],
+        height=64,
+        width=64,
+        num_timesteps=s["num_timesteps"],
+        timestep_shift=s["timestep_shift"],
+        cfg_text_scale=s["cfg_text_scale"],
+        cfg_img_scale=s["cfg_img_scale"],
+        cfg_interval=tuple(s["cfg_interval"]),
         ref_posterior_noise=[cases["gen.ref0.vae_posterior_noise"], cases["gen.ref1.vae_posterior_noise"]],
         init_noise=cases["gen.init_noise"],
     )
@@ -40,6 +46,9 @@ def test_cuda_bf16_generation_and_understanding(cases, cases_json):
     err = (out.latent - cases["gen.final_latent"]).abs()
     # the fixture README reports up to ~0.5 max / 0.08 mean abs for upstream's own bf16 path
     assert err.mean() < 0.1, err.mean()
-    ans = pipe.understand(images=[str(FIXTURE / cases_json["und"]["image_file"])],
-                          prompt=cases_json["und"]["question"], max_new_tokens=8)
+    ans = pipe.understand(
+        images=[str(FIXTURE / cases_json["und"]["image_file"])],
+        prompt=cases_json["und"]["question"],
+        max_new_tokens=8,
+    )
     assert ans.token_ids == cases["und.generate_text_output_ids"].tolist()

@@ -87,7 +87,7 @@ def test_tiny_folder_loads_like_a_released_one(tiny_folder):
     assert cfg.llm.num_hidden_layers == 6 and cfg.semantic_layer == 1 and cfg.semantic_mask_layers == (2, 3)
     assert cfg.max_latent_size == 16 and cfg.vae.ch == 32
     # the folder's inference defaults replace Scone's 1024 px / 50 steps
-    assert pipe.defaults["height"] == 96 and pipe.defaults["num_timesteps"] == 25
+    assert pipe.defaults["height"] == 96 and pipe.defaults["num_timesteps"] == 20
     assert pipe.vae_transform.max_image_size == 96
     text = "Place the striped triangle from image 1 on the left, on the blue background from image 2."
     ids = encode(pipe.tokenizer, text)
@@ -114,7 +114,7 @@ def Image_from_world():
         ({"semantic_layer": 1, "semantic_mask_layers": [2, 6]}, "semantic_mask_layers"),
         ({"semantic_layer": 3, "semantic_mask_layers": [2, 4]}, "semantic_layer"),
         ({"semantic_layers": 1}, "unknown keys"),
-        ({"inference": [96]}, "inference"),
+        ({"semantic_layer": 1, "semantic_mask_layers": [2, 3], "inference": [96]}, "inference"),
     ],
 )
 def test_bad_scone_config_is_a_named_error(tiny_folder, tmp_path, bad, match):
