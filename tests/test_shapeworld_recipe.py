@@ -92,14 +92,14 @@ def test_tiny_folder_loads_like_a_released_one(tiny_folder):
     text = "Place the striped triangle from image 1 on the left, on the blue background from image 2."
     ids = encode(pipe.tokenizer, text)
     assert len(ids) <= 24 and pipe.tokenizer.decode(ids) == text  # ~one token per word
-    ref = Image_from_world()
+    ref = world_reference()
     out = pipe.generate(
         images=[ref], prompt="Place the circle from image 1 in the middle.", seed=1, num_timesteps=2
     )
     assert out.image.size == (96, 96)
 
 
-def Image_from_world():
+def world_reference():
     import random
 
     from data.synthetic.shapeworld import render_case, sample_case
@@ -150,29 +150,44 @@ def test_folder_without_scone_config_keeps_upstream_values(tiny_folder, tmp_path
 
 def test_export_writes_half_precision_and_generates_the_same_image(tiny_folder, tmp_path):
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     from inference.pipeline import SconePipeline
     from train.export_model import export_folder
 
-    # give the random model some non-zero output head so the comparison means something
+    # The random init has a zero llm2vae head (velocity 0); give it a random one so that the image depends
+    # on every weight of the model, not only on the VAE.
+    src = tmp_path / "trained"
+    shutil.copytree(tiny_folder, src)
+    state = load_file(str(src / "model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    state["llm2vae.weight"] = torch.randn(state["llm2vae.weight"].shape, generator=g) * 0.5
+    save_file(state, str(src / "model.safetensors"))
     out = tmp_path / "shipped"
-    sizes = export_folder(str(tiny_folder), str(out), "fp16")
-    assert sizes["model.safetensors"] < 0.6 * os.path.getsize(tiny_folder / "model.safetensors")
+    sizes = export_folder(str(src), str(out), "fp16")
+    assert sizes["model.safetensors"] < 0.6 * os.path.getsize(src / "model.safetensors")
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert all(f.get_slice(k).get_dtype() in ("F16", "I64") for k in f.keys())
-    assert (out / "scone_config.json").read_text() == (tiny_folder / "scone_config.json").read_text()
-    a = SconePipeline.from_pretrained(str(tiny_folder)).generate(
-        images=[Image_from_world()],
+    assert (out / "scone_config.json").read_text() == (src / "scone_config.json").read_text()
+    a = SconePipeline.from_pretrained(str(src)).generate(
+        images=[world_reference()],
         prompt="Place the circle from image 1 on the left.",
         seed=5,
         num_timesteps=3,
     )
     b = SconePipeline.from_pretrained(str(out)).generate(
-        images=[Image_from_world()],
+        images=[world_reference()],
         prompt="Place the circle from image 1 on the left.",
         seed=5,
         num_timesteps=3,
     )
+    noise_only = SconePipeline.from_pretrained(str(tiny_folder)).generate(
+        images=[world_reference()],
+        prompt="Place the circle from image 1 on the left.",
+        seed=5,
+        num_timesteps=3,
+    )
+    assert (a.decoded - noise_only.decoded).abs().max() > 0.1  # the head matters
     assert (a.decoded - b.decoded).abs().max() < 0.05
     with pytest.raises(ValueError, match="differ"):
         export_folder(str(out), str(out))
