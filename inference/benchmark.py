@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.cases import BenchmarkCase, input_image_paths, read_cases
+from inference.cli_common import add_sampling_args
 
 log = logging.getLogger("inference.benchmark")
 
@@ -266,21 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="global: seed torch once before loading (upstream behaviour; depends on order and world size)",
     )
     p.add_argument("--batch_size", type=int, default=1, help="cases per forward pass")
-    dflt = "default: the model's (scone_config.json), else Scone's {}"
-    p.add_argument("--height", type=int, default=None, help=dflt.format(1024))
-    p.add_argument("--width", type=int, default=None, help=dflt.format(1024))
-    p.add_argument("--num_timesteps", type=int, default=None, help=dflt.format(50))
-    p.add_argument("--timestep_shift", type=float, default=None, help=dflt.format(3.0))
-    p.add_argument("--cfg_text_scale", type=float, default=None, help=dflt.format(4.0))
-    p.add_argument("--cfg_img_scale", type=float, default=None, help=dflt.format(2.0))
-    p.add_argument("--cfg_interval", type=float, nargs=2, default=None, help=dflt.format("0 1"))
-    p.add_argument(
-        "--cfg_renorm_type",
-        default=None,
-        choices=("global", "channel", "text_channel"),
-        help=dflt.format("text_channel"),
-    )
-    p.add_argument("--cfg_renorm_min", type=float, default=None, help=dflt.format(0.0))
+    add_sampling_args(p)
     p.add_argument(
         "--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU"
     )

@@ -100,7 +100,6 @@ UPSTREAM_DEFAULTS: dict = {
     "cfg_renorm_type": "text_channel",
     "cfg_renorm_min": 0.0,
 }
-SAMPLING_KEYS = tuple(k for k in UPSTREAM_DEFAULTS if not k.endswith("_transform"))
 
 
 def model_defaults(config) -> dict:

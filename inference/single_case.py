@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from inference.cli_common import add_model_args, resolve_device_dtype, resolve_model_path
+from inference.cli_common import add_model_args, add_sampling_args, resolve_device_dtype, resolve_model_path
 
 log = logging.getLogger("scone.single_case")
 
@@ -30,21 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", required=True)
     p.add_argument("--input_image_paths", nargs="*", default=[], help="reference images, in order")
     p.add_argument("--seed", type=int, default=1234)
-    model_default = "default: the model's (scone_config.json), else Scone's {}"
-    p.add_argument("--height", type=int, default=None, help=model_default.format(1024))
-    p.add_argument("--width", type=int, default=None, help=model_default.format(1024))
-    p.add_argument("--num_timesteps", type=int, default=None, help=model_default.format(50))
-    p.add_argument("--timestep_shift", type=float, default=None, help=model_default.format(3.0))
-    p.add_argument("--cfg_text_scale", type=float, default=None, help=model_default.format(4.0))
-    p.add_argument("--cfg_img_scale", type=float, default=None, help=model_default.format(2.0))
-    p.add_argument("--cfg_interval", type=float, nargs=2, default=None, help=model_default.format("0 1"))
-    p.add_argument(
-        "--cfg_renorm_type",
-        default=None,
-        choices=["global", "channel", "text_channel"],
-        help=model_default.format("text_channel"),
-    )
-    p.add_argument("--cfg_renorm_min", type=float, default=None, help=model_default.format(0.0))
+    add_sampling_args(p)
     p.add_argument("--think", action="store_true", help="reason in text first, then generate")
     p.add_argument("--output", default=None, help="output PNG path (default: outputs/seed_{seed}/...)")
     p.add_argument("--output_dir", default="outputs")

@@ -20,12 +20,12 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
+from modeling.checkpoint import AE_FILE
 from train.checkpointing import FOLDER_FILES, MODEL_FILE, REQUIRED_FOLDER_FILES
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-AE_FILE = "ae.safetensors"
 
 
 def _cast_file(src: str, dst: str, dtype: torch.dtype) -> int:

@@ -17,12 +17,13 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 # run as a file from anywhere: make the checkout importable
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from data.transforms import to_tensor_normalized  # noqa: E402
+from inference.pipeline import SconePipeline  # noqa: E402
 from modeling.autoencoder import load_autoencoder  # noqa: E402
 
 logger = logging.getLogger("vae_roundtrip")
@@ -30,13 +31,8 @@ logger = logging.getLogger("vae_roundtrip")
 
 @torch.no_grad()
 def roundtrip(ae, image: Image.Image) -> Image.Image:
-    x = (
-        torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None] / 127.5
-        - 1
-    )
-    y = ae.decode(ae.encode_mean(x))[0]
-    arr = ((y * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr)
+    x = to_tensor_normalized(image)[None]
+    return SconePipeline.to_pil(ae.decode(ae.encode_mean(x)))
 
 
 def main(argv=None) -> int:
