@@ -214,7 +214,8 @@ class AutoEncoder(nn.Module):
         self.encoder = Encoder(params)
         self.decoder = Decoder(params)
 
-    def _run_encoder(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels [B, 3, H, W] in [-1, 1] -> unscaled posterior (mean, logvar), each [B, z, H/8, W/8]."""
         w = self.encoder.conv_in.weight
         mean, logvar = torch.chunk(self.encoder(x.to(device=w.device, dtype=w.dtype)), 2, dim=1)
         return mean, logvar
@@ -231,7 +232,20 @@ class AutoEncoder(nn.Module):
         device this module is on. The posterior arithmetic is done in float32; the result has the
         module's dtype.
         """
-        mean, logvar = self._run_encoder(x)
+        mean, logvar = self.posterior(x)
+        return self.sample_posterior(mean, logvar, noise, generator)
+
+    def sample_posterior(
+        self,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The second half of ``encode``: a scaled sample of the posterior (mean, logvar) [B, z, h, w].
+
+        Split out so a frozen VAE's posteriors can be cached (train/vae_cache.py) and sampled afresh.
+        """
         if noise is None:
             noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32, device="cpu")
         elif noise.shape != mean.shape:
@@ -242,7 +256,7 @@ class AutoEncoder(nn.Module):
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic variant of ``encode``: the posterior mean, scaled. [B, 3, H, W] -> [B, z, H/8, W/8]."""
-        mean, _ = self._run_encoder(x)
+        mean, _ = self.posterior(x)
         return self.scale_factor * (mean - self.shift_factor)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -220,3 +220,30 @@ def test_kill_and_resume_matches_straight_run(tmp_path, tiny_data):
     assert not torch.equal(
         trained["llm2vae.weight"], wb["llm2vae.weight"]
     )  # EMA differs from the live weights
+
+
+def test_vae_posterior_cache_gives_the_same_losses_with_fewer_encodes(tmp_path):
+    spec = json.dumps({"num_distinct": 2, "image_size": 32, "vit_size": 28, "text_len": 8})
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    train(args_for(plain, *SYN, spec, "--total_steps", "4", "--lr", "1e-3"))
+    cache_file = str(tmp_path / "posteriors.safetensors")
+    cache_args = ["--vae_cache_gb", "0.01", "--vae_cache_file", cache_file]
+    train(args_for(cached, *SYN, spec, "--total_steps", "4", "--lr", "1e-3", *cache_args))
+    a, b = losses(plain), losses(cached)
+    assert a.keys() == b.keys() == {0, 1, 2, 3}
+    for s in a:
+        assert b[s][0] == pytest.approx(a[s][0], rel=1e-4, abs=1e-6), (s, a[s], b[s])
+    last = [r for r in metrics(cached) if "event" not in r][-1]
+    assert last["vae_cache/hits"] > 0 and last["vae_cache/misses"] <= 4  # two distinct samples' images
+    # a later run (the next stage) starts from the saved file and encodes nothing
+    warm = tmp_path / "warm"
+    train(args_for(warm, *SYN, spec, "--total_steps", "2", "--lr", "1e-3", *cache_args))
+    last = [r for r in metrics(warm) if "event" not in r][-1]
+    assert last["vae_cache/misses"] == 0 and last["vae_cache/hits"] > 0
+
+
+def test_vae_cache_needs_a_frozen_vae(tmp_path):
+    with pytest.raises(SystemExit, match="vae_cache_gb"):
+        args_for(tmp_path, *SYN, "{}", "--vae_cache_gb", "1", "--freeze_vae", "False")
+    with pytest.raises(SystemExit, match="vae_cache_gb"):
+        args_for(tmp_path, *SYN, "{}", "--vae_cache_file", str(tmp_path / "c.safetensors"))

@@ -174,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("freezing")
     _add(g, "freeze_vae", type=bool, default=True)
+    _add(
+        g,
+        "vae_cache_gb",
+        type=float,
+        default=0.0,
+        help="keep the frozen VAE's posteriors of up to this many GB in host memory (train/vae_cache.py); "
+        "0 = off, as upstream. Worth it when the encoder is a large part of a step (tiny models, CPU)",
+    )
+    _add(
+        g,
+        "vae_cache_file",
+        default="",
+        help="load the posterior cache from / save it to this safetensors file (per rank: .rank<r> added when "
+        "there are several), so later stages on the same images start warm; needs --vae_cache_gb",
+    )
     _add(g, "freeze_vit", type=bool, default=False)
     _add(g, "freeze_llm", type=bool, default=False)
     _add(g, "freeze_llm_und", type=bool, default=False)
@@ -264,6 +279,10 @@ def validate_args(args) -> None:
         raise SystemExit("give --dataset_config_file (or --synthetic_data for a smoke run)")
     if args.gradient_accumulation_steps < 1:
         raise SystemExit("--gradient_accumulation_steps must be >= 1")
+    if args.vae_cache_gb < 0 or (args.vae_cache_gb > 0 and not args.freeze_vae):
+        raise SystemExit("--vae_cache_gb needs a frozen VAE (--freeze_vae True) and a value >= 0")
+    if args.vae_cache_file and args.vae_cache_gb <= 0:
+        raise SystemExit("--vae_cache_file needs --vae_cache_gb > 0")
     if args.save_every < 1 or args.log_every < 1:
         raise SystemExit("--save_every and --log_every must be >= 1")
     if args.upstream_compat:

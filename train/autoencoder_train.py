@@ -66,7 +66,7 @@ def ae_losses(ae: AutoEncoder, x: torch.Tensor, kl_weight: float) -> dict[str, t
 
     x: [B, 3, H, W] in [-1, 1]. Returns ``loss``, ``l1``, ``mse``, ``kl`` (scalars).
     """
-    mean, logvar = ae._run_encoder(x)
+    mean, logvar = ae.posterior(x)
     logvar = logvar.clamp(-30.0, 20.0)
     s = ae.scale_factor
     mu = s * (mean - ae.shift_factor)  # the latent the generator sees

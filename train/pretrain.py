@@ -50,6 +50,7 @@ from train.parallel import (
     init_distributed,
     set_gradient_sync,
 )
+from train.vae_cache import PosteriorCache, vae_fingerprint
 
 logger = logging.getLogger("train")
 
@@ -203,6 +204,13 @@ def train(args) -> dict:
         if info.device.type == "cuda" and dtype != torch.float32
         else contextlib.nullcontext()
     )
+    cache, cache_file, fingerprint = None, "", ""
+    if args.vae_cache_gb > 0:
+        cache = PosteriorCache(int(args.vae_cache_gb * 2**30))
+        if args.vae_cache_file:
+            cache_file = args.vae_cache_file + (f".rank{info.rank}" if info.world_size > 1 else "")
+            fingerprint = vae_fingerprint(vae)
+            cache.load(cache_file, fingerprint)
     tput = Throughput()
     accum, world = args.gradient_accumulation_steps, info.world_size
     consecutive_bad = 0
@@ -222,7 +230,10 @@ def train(args) -> dict:
             g = torch.Generator().manual_seed(pack_seed(args.global_seed, step, info.rank * accum + a))
             batch = to_device(batch, info.device)
             with torch.no_grad(), vae_autocast:
-                batch["padded_latent"] = vae.encode(batch["padded_images"], generator=g)
+                images = batch["padded_images"]
+                batch["padded_latent"] = (
+                    cache.encode(vae, images, g) if cache is not None else vae.encode(images, generator=g)
+                )
             n_vae = len(batch.get("packed_vae_token_indexes", ()))
             noise = torch.randn(n_vae, lm.config.patch_latent_dim, generator=g)
             set_gradient_sync(model, a == accum - 1)
@@ -298,6 +309,14 @@ def train(args) -> dict:
                 **_data_counters(data),
                 **stats,
             }
+            if cache is not None:
+                rec.update(
+                    {
+                        "vae_cache/hits": cache.hits,
+                        "vae_cache/misses": cache.misses,
+                        "vae_cache/gib": cache.bytes / 2**30,
+                    }
+                )
             mlog.log(step, rec)
             tput.reset()
         if (step > 0 and step % args.save_every == 0) or step == args.total_steps - 1:
@@ -305,6 +324,8 @@ def train(args) -> dict:
             last_saved = step
     if last_saved != step and step >= first_step:
         _save(args, info, step, model, optimizer, scheduler, ema, state, data, lm.folder)
+    if cache_file:
+        cache.save(cache_file, fingerprint)
     mlog.close()
     return {"last_step": step, **state}
 
