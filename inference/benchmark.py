@@ -33,23 +33,24 @@ from tqdm import tqdm
 
 from eval.cases import BenchmarkCase, input_image_paths, read_cases
 from inference.cli_common import add_sampling_args
+from inference.pipeline import UPSTREAM_DEFAULTS
 
 log = logging.getLogger("inference.benchmark")
 
 
 @dataclass
 class GenSettings:
-    """Sampling hyper-parameters passed to `SconePipeline.generate_batch` (Scone defaults, spec §4)."""
+    """Sampling hyper-parameters passed to `SconePipeline.generate_batch` (defaults: upstream's, spec §4)."""
 
-    height: int = 1024
-    width: int = 1024
-    num_timesteps: int = 50
-    timestep_shift: float = 3.0
-    cfg_text_scale: float = 4.0
-    cfg_img_scale: float = 2.0
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
-    cfg_renorm_type: str = "text_channel"
-    cfg_renorm_min: float = 0.0
+    height: int = UPSTREAM_DEFAULTS["height"]
+    width: int = UPSTREAM_DEFAULTS["width"]
+    num_timesteps: int = UPSTREAM_DEFAULTS["num_timesteps"]
+    timestep_shift: float = UPSTREAM_DEFAULTS["timestep_shift"]
+    cfg_text_scale: float = UPSTREAM_DEFAULTS["cfg_text_scale"]
+    cfg_img_scale: float = UPSTREAM_DEFAULTS["cfg_img_scale"]
+    cfg_interval: tuple[float, float] = UPSTREAM_DEFAULTS["cfg_interval"]
+    cfg_renorm_type: str = UPSTREAM_DEFAULTS["cfg_renorm_type"]
+    cfg_renorm_min: float = UPSTREAM_DEFAULTS["cfg_renorm_min"]
 
     def kwargs(self) -> dict:
         d = asdict(self)

@@ -26,13 +26,13 @@ import os
 import random
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from data.synthetic.shapeworld import TASK_TYPES, render_case, sample_case
+from data.transforms import to_tensor_normalized
 from modeling.autoencoder import AutoEncoder, AutoEncoderParams
 
 logger = logging.getLogger(__name__)
@@ -50,15 +50,13 @@ def world_batch(rng: random.Random, batch_size: int, size: int, crop: int = 0) -
         refs, target = render_case(case)
         images.extend([*refs, target])
     rng.shuffle(images)
-    arrays = []
+    tensors = []
     for im in images[:batch_size]:
-        a = np.asarray(im.convert("RGB"), dtype=np.float32)
         if 0 < crop < size:
             y, x = rng.randrange(0, size - crop + 1, 8), rng.randrange(0, size - crop + 1, 8)
-            a = a[y : y + crop, x : x + crop]
-        arrays.append(a)
-    arr = np.stack(arrays)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+            im = im.crop((x, y, x + crop, y + crop))
+        tensors.append(to_tensor_normalized(im))
+    return torch.stack(tensors)
 
 
 def ae_losses(ae: AutoEncoder, x: torch.Tensor, kl_weight: float) -> dict[str, torch.Tensor]:
