@@ -87,7 +87,7 @@ def test_tiny_folder_loads_like_a_released_one(tiny_folder):
     assert cfg.llm.num_hidden_layers == 6 and cfg.semantic_layer == 1 and cfg.semantic_mask_layers == (2, 3)
     assert cfg.max_latent_size == 16 and cfg.vae.ch == 32
     # the folder's inference defaults replace Scone's 1024 px / 50 steps
-    assert pipe.defaults["height"] == 96 and pipe.defaults["num_timesteps"] == 20
+    assert pipe.defaults["height"] == 96 and pipe.defaults["num_timesteps"] == 25
     assert pipe.vae_transform.max_image_size == 96
     text = "Place the striped triangle from image 1 on the left, on the blue background from image 2."
     ids = encode(pipe.tokenizer, text)
@@ -204,7 +204,7 @@ def test_end_to_end_recipe_smoke(tmp_path):
     env.update(
         WORK=str(tmp_path / "work"),
         PYTHON=sys.executable,
-        STEP_SCALE="0.002",
+        STEP_SCALE="0.001",  # every stage: max(2, steps * scale) = 2 steps
         NUM_TRAIN="60",
         NUM_EVAL="6",
         TOKENS="1024",

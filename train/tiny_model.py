@@ -71,7 +71,7 @@ TINY_SCONE = {
         "vit_transform": [70, 28, 14],
         "height": 96,
         "width": 96,
-        "num_timesteps": 20,
+        "num_timesteps": 25,
         "timestep_shift": 1.0,
         "cfg_text_scale": 2.0,
         "cfg_img_scale": 1.0,
