@@ -2,6 +2,7 @@
 
     python bench/train_bench.py                                   # tiny fixture model on CPU
     python bench/train_bench.py --preset 7b --num_layers 4 --device cuda --image_size 1024 --num_refs 2
+    python bench/train_bench.py --image_size 96 --vit_size 70 --samples_per_pack 8 --warmup 3 --vae_cache
 
 ``--preset 7b`` builds the released BAGEL-7B-MoT geometry (H 3584, 28 heads, 4 KV heads, MLP 18944,
 vocab 152064, SigLIP 1152×26, FLUX VAE) with random weights; ``--num_layers`` trims the LLM so that a
@@ -26,6 +27,7 @@ from train.optim import build_optimizer, clip_grad_norm  # noqa: E402
 from train.parallel import apply_activation_checkpointing  # noqa: E402
 from train.pretrain import to_device  # noqa: E402
 from train.synthetic import SyntheticSpec, make_pack  # noqa: E402
+from train.vae_cache import PosteriorCache  # noqa: E402
 
 logger = logging.getLogger("train_bench")
 FIXTURE = os.path.join(
@@ -92,6 +94,12 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--activation_checkpointing", action="store_true")
     p.add_argument("--use_semantic_mask", action="store_true")
+    p.add_argument(
+        "--vae_cache",
+        action="store_true",
+        help="encode through train/vae_cache.PosteriorCache; the timed steps reuse the warmup steps' packs, so "
+        "they measure a warm cache (training's --vae_cache_gb once every image has been seen)",
+    )
     p.add_argument("--peak_device_tflops", type=float, default=0.0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -145,14 +153,19 @@ def main(argv=None) -> None:
     dense, attn = dense_llm_params(model), attention_flop_coeff(model)
     peak = args.peak_device_tflops or guess_peak_tflops(device)
 
+    cache = PosteriorCache(2**34) if args.vae_cache else None
+    if cache is not None and args.warmup < 1:
+        p.error("--vae_cache needs --warmup >= 1 (the warmup steps fill the cache)")
     times, toks, flops = [], 0, 0.0
     for i in range(args.warmup + args.steps):
-        batch = make_pack(spec, range(i * spec.samples_per_pack, (i + 1) * spec.samples_per_pack), 0, special)
+        k = i % args.warmup if cache is not None else i
+        batch = make_pack(spec, range(k * spec.samples_per_pack, (k + 1) * spec.samples_per_pack), 0, special)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.no_grad(), autocast:
-            batch["padded_latent"] = vae.encode(batch["padded_images"].to(device))
+            images = batch["padded_images"].to(device)
+            batch["padded_latent"] = cache.encode(vae, images) if cache is not None else vae.encode(images)
         batch = to_device(batch, device)
         out = model.training_losses(batch, use_semantic_mask=args.use_semantic_mask)
         loss = out["mse"].float().mean()
@@ -168,6 +181,8 @@ def main(argv=None) -> None:
             flops += step_flops(dense, attn, int(batch["sequence_length"]), batch["sample_lens"].tolist())
     total = sum(times)
     print(f"preset {args.preset} layers {cfg.llm.num_hidden_layers} device {device} dtype {dtype}")
+    if cache is not None:
+        print(f"VAE posterior cache: {cache.hits} hits, {cache.misses} misses (timed steps all hits)")
     print(
         f"tokens/pack {toks // len(times)}  step {total / len(times) * 1e3:.1f} ms  tokens/s {toks / total:.1f}"
     )
