@@ -28,12 +28,21 @@ from modeling.autoencoder import AutoEncoder
 logger = logging.getLogger(__name__)
 
 
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    """The bytes of a tensor's values (on the CPU, contiguous), for hashing."""
+    return t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def _nbytes(mean: torch.Tensor, logvar: torch.Tensor) -> int:
+    return mean.numel() * mean.element_size() + logvar.numel() * logvar.element_size()
+
+
 def vae_fingerprint(vae: AutoEncoder) -> str:
     """Digest of the encoder's weights: a saved cache is only valid for the VAE that made it."""
     h = hashlib.blake2b(digest_size=16)
     for name, t in sorted(vae.encoder.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(_raw_bytes(t.float()))
     return h.hexdigest()
 
 
@@ -58,21 +67,20 @@ class PosteriorCache:
     @staticmethod
     def key(image: torch.Tensor) -> bytes:
         """Digest of one padded image [3, H, W] (content, shape, dtype)."""
-        t = image.detach().to("cpu").contiguous()
         h = hashlib.blake2b(digest_size=16)
-        h.update(f"{tuple(t.shape)}|{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(f"{tuple(image.shape)}|{image.dtype}".encode())
+        h.update(_raw_bytes(image))
         return h.digest()
 
     def _put(self, key: bytes, mean: torch.Tensor, logvar: torch.Tensor) -> None:
-        size = mean.numel() * mean.element_size() + logvar.numel() * logvar.element_size()
+        size = _nbytes(mean, logvar)
         if size > self.max_bytes:
             return
         self._entries[key] = (mean, logvar)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            _, (m, lv) = self._entries.popitem(last=False)
-            self.bytes -= m.numel() * m.element_size() + lv.numel() * lv.element_size()
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= _nbytes(*evicted)
 
     @torch.no_grad()
     def encode(
@@ -101,9 +109,8 @@ class PosteriorCache:
             logvars.append(lv)
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
-        for k, (m, lv) in fresh.items():
-            if k not in self._entries:
-                self._put(k, m, lv)
+        for k, (m, lv) in fresh.items():  # only now: a small cache must not evict this batch's entries early
+            self._put(k, m, lv)
         dtype = vae.encoder.conv_in.weight.dtype
         mean = torch.stack(means).to(device=images.device)
         logvar = torch.stack(logvars).to(device=images.device)
