@@ -79,6 +79,11 @@ DATASET_INFO: dict[str, dict[str, dict]] = {
         },
         # scripts/make_tiny_data.py
         "tiny_vlm": {"data_dir": "scone_tiny/vlm/images", "jsonl_path": "scone_tiny/vlm/tiny_vlm.jsonl"},
+        # python -m data.synthetic.make_shapeworld --num_vlm N (captions of training references)
+        "shapeworld_vlm": {
+            "data_dir": "shapeworld/vlm/images",
+            "jsonl_path": "shapeworld/vlm/shapeworld_vlm.jsonl",
+        },
     },
 }
 

@@ -47,6 +47,7 @@ from data.synthetic.shapeworld import LAYOUTS, Case, case_from_record
 from data.transforms import pil_img2rgb
 from eval.aggregation import aggregate, write_outputs
 from eval.cases import read_cases
+from eval.judge.cache import atomic_write_text
 from eval.scoring import round_dirs
 
 logger = logging.getLogger(__name__)
@@ -495,6 +496,34 @@ def judge_results(records: list[dict], image_dir: str, progress: bool = True) ->
     return out
 
 
+def attribute_accuracy(records: list[dict]) -> dict:
+    """Where the points go: the share of requested subjects (over all judged ``records``) found with the
+    right value of each attribute (a missing subject counts as wrong), and of cases with the right
+    background. Chance for a model that ignores the references: shape 1/6, colour 1/7, pattern 1/3,
+    size 1/2 (the instruction names only the shape, or for intra-category distinction one attribute)."""
+    subjects = [s for r in records if not r.get("failed") for s in r["judge"]["subjects"]]
+    cases = [r for r in records if not r.get("failed")]
+    out = {"subjects": len(subjects), "cases": len(cases)}
+    if not subjects:
+        return out
+    for key in ("present", "position_ok"):
+        out[key] = sum(s[key] for s in subjects) / len(subjects)
+    for attr in ("shape", *(a for a in ATTRIBUTE_FACTORS if a != "shape")):
+        ok = sum(s["present"] and s["detection"][attr] == s["requested"][attr] for s in subjects)
+        out[attr] = ok / len(subjects)
+    out["background_ok"] = sum(r["judge"]["background_ok"] for r in cases) / len(cases)
+    return out
+
+
+def render_attribute_accuracy(acc: dict) -> str:
+    """Markdown table of ``attribute_accuracy``."""
+    keys = [k for k in acc if k not in ("subjects", "cases")]
+    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+    row = "| " + " | ".join(f"{100 * acc[k]:.0f}%" for k in keys) + " |\n"
+    title = f"\nAttributes right ({acc['subjects']} requested subjects, {acc['cases']} cases):\n\n"
+    return title + head + row if keys else ""
+
+
 def score_benchmark(
     bench_dir: str,
     result_dir: str,
@@ -518,7 +547,9 @@ def score_benchmark(
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in groups[(r, 0)])
-    return aggregate(groups, "sconeeval")
+    result = aggregate(groups, "sconeeval")
+    result["attributes"] = attribute_accuracy([x for g in groups.values() for x in g])
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -543,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     md = write_outputs(
         result, output_dir, method=method, extra={"judge": "shapeworld", "bench_dir": args.bench_dir}
     )
+    md += render_attribute_accuracy(result["attributes"])
+    atomic_write_text(Path(output_dir) / "scores.md", md)
     sys.stdout.write(md)
     logger.info("scores written to %s", output_dir)
     return 1 if result["cases"]["failed"] else 0

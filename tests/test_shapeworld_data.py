@@ -183,6 +183,8 @@ def world(tmp_path_factory) -> Path:
                 "16",
                 "--row_group_size",
                 "4",
+                "--num_vlm",
+                "10",
             ]
         )
         == 0
@@ -247,10 +249,10 @@ def test_benchmark_layout(world):
 
 def test_same_seed_same_bytes_and_disjoint_splits(world, tmp_path):
     again = tmp_path / "again"
-    make_shapeworld(str(again), 60, 24, 7, rows_per_file=16, row_group_size=4)
+    make_shapeworld(str(again), 60, 24, 7, rows_per_file=16, row_group_size=4, num_vlm=10)
     assert _tree_digest(again) == _tree_digest(world)
     other = tmp_path / "other"
-    make_shapeworld(str(other), 60, 24, 8, rows_per_file=16, row_group_size=4)
+    make_shapeworld(str(other), 60, 24, 8, rows_per_file=16, row_group_size=4, num_vlm=10)
     assert _tree_digest(other) != _tree_digest(world)
     with pytest.raises(FileExistsError, match="--overwrite"):
         make_shapeworld(str(world), 6, 6, 7)
@@ -294,3 +296,57 @@ def test_training_pipeline_reads_shapeworld(world):
             ("vae_image", 1),
         ]
         assert tuple(sample["image_tensor_list"][-1].shape) == (3, 96, 96)  # target kept at world size
+
+
+def test_vlm_captions_describe_the_training_references(world):
+    """--num_vlm: captions of the training cases' reference images, read by the vlm_sft dataset."""
+    from collections import Counter
+
+    from data.data_config import build_groups
+    from data.synthetic.captions import describe_reference
+    from modeling.tokenizer import load_tokenizer
+
+    manifest = json.loads((world / "manifest.json").read_text())
+    entry = manifest["dataset_info"]["vlm_sft"]["shapeworld_vlm"]
+    lines = [json.loads(x) for x in Path(entry["jsonl_path"]).read_text().splitlines()]
+    assert len(lines) == entry["num_total_samples"] == 10
+    # the same draws as the parquet rows: the first training cases' references, in order
+    evals, _ = generate_cases(7, "eval", 24, unique=True)
+    train, _ = generate_cases(7, "train", 60, exclude={case_signature(c) for c in evals})
+    refs = [(i, j, r) for i, c in enumerate(train) for j, r in enumerate(c.references)][:10]
+    for line, (i, j, ref) in zip(lines, refs):
+        assert line["image"] == f"c{i:06d}_r{j}.png"
+        image = Image.open(Path(entry["data_dir"]) / line["image"])
+        assert png_bytes(image.convert("RGB")) == png_bytes(render_case(train[i])[0][j])
+        human, gpt = line["conversations"]
+        assert human == {"from": "human", "value": "<image>\nDescribe the image."}
+        assert gpt["from"] == "gpt" and gpt["value"] == describe_reference(ref)
+        for p in ref.placements:  # every attribute of every subject is named
+            assert p.subject.description() in gpt["value"]
+    two = Subject("star", "red", "dotted", "small"), Subject("circle", "blue", "solid", "large")
+    from data.synthetic.shapeworld import Reference
+
+    ref = Reference(
+        "subjects", Background("sand"), (Placement(two[0], 0.7, 0.3), Placement(two[1], 0.2, 0.6))
+    )
+    assert describe_reference(ref) == (
+        "From left to right: a large blue solid circle, a small red dotted star; on a plain sand background."
+    )
+    assert describe_reference(Reference("scene", Background("mint", "grid"))).startswith("No subjects")
+
+    tokenizer, _, _ = load_tokenizer(str(Path(__file__).parent / "fixtures" / "bagel-tiny" / "checkpoint"))
+    config = {
+        "vlm_sft": {
+            "dataset_names": ["shapeworld_vlm"],
+            "num_used_data": [10],
+            "weight": 1,
+            "image_transform_args": {"image_stride": 14, "max_image_size": 70, "min_image_size": 28},
+            "dataset_info": manifest["dataset_info"]["vlm_sft"],
+        }
+    }
+    ds = build_groups(config, tokenizer, rank=0, world_size=1, data_seed=0, data_root=None)[0].dataset
+    stats = Counter()
+    for sample in itertools.islice(ds.iterate(0, 0, None, stats), 10):
+        plan = [(p["type"], p["loss"]) for p in sample["sequence_plan"]]
+        assert plan == [("vit_image", 0), ("text", 0), ("text", 1)]
+    assert not any(k.startswith(("corrupt", "skipped")) and v for k, v in stats.items())

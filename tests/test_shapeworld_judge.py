@@ -264,6 +264,16 @@ def test_cli_ground_truth_and_rounds(bench, tmp_path, capsys):
     ]
     assert len(per_case) == len(records) and per_case[1]["failed"].startswith("missing output image")
     assert per_case[0]["SC_score"] < 5
+    # attribute diagnostics: every requested subject of both rounds but the failed case's, exactly one
+    # of them in the wrong colour
+    n_subjects = sum(len(r["shapeworld"]["targets"]) for r in records)
+    acc = scores["attributes"]
+    assert acc["subjects"] == 2 * n_subjects - len(records[1]["shapeworld"]["targets"])
+    assert acc["cases"] == 2 * len(records) - 1
+    assert acc["colour"] == pytest.approx(1 - 1 / acc["subjects"])
+    assert acc["shape"] == acc["pattern"] == acc["size"] == acc["present"] == acc["background_ok"] == 1.0
+    assert "Attributes right" in md and "| present | position_ok | shape | colour |" in md
+    assert "Attributes right" in (out_dir / "scores.md").read_text()
 
 
 def test_cli_rejects_a_bad_benchmark(bench, tmp_path):

@@ -106,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="continue from this ae.safetensors (its geometry wins)")
     p.add_argument("--log_every", type=int, default=100)
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available"
+    )
     return p.parse_args(argv)
 
 
@@ -129,6 +132,10 @@ def main(argv=None) -> None:
         params = ae.params
     else:
         ae = AutoEncoder(params)
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    ae = ae.to(device)  # float32 everywhere: the VAE is small, and its latents set the flow model's targets
     n_params = sum(p.numel() for p in ae.parameters())
     logger.info("autoencoder %s: %.2f M parameters", params, n_params / 1e6)
     opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, weight_decay=0.0)
@@ -143,13 +150,13 @@ def main(argv=None) -> None:
     rng = random.Random(
         f"autoencoder-{args.seed}-{args.init or ''}"
     )  # its own stream: never the benchmark's cases
-    held_out = world_batch(random.Random(f"autoencoder-val-{args.seed}"), 64, args.size)
+    held_out = world_batch(random.Random(f"autoencoder-val-{args.seed}"), 64, args.size).to(device)
     t0 = time.time()
     ae.train()
     for step in tqdm(range(args.steps), desc="autoencoder", mininterval=10):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x = world_batch(rng, args.batch_size, args.size, args.crop)
+        x = world_batch(rng, args.batch_size, args.size, args.crop).to(device)
         out = ae_losses(ae, x, args.kl_weight)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -167,7 +174,7 @@ def main(argv=None) -> None:
     logger.info("held-out: %s", json.dumps({k: round(v, 4) for k, v in stats.items()}))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
-    save_file({k: v.detach().contiguous() for k, v in ae.state_dict().items()}, tmp)
+    save_file({k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}, tmp)
     os.replace(tmp, args.out)
     with open(os.path.splitext(args.out)[0] + "_stats.json", "w") as f:
         json.dump({"args": vars(args), "num_params": n_params, **stats}, f, indent=1)

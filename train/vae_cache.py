@@ -159,8 +159,11 @@ class PosteriorCache:
         n = 0
         for i in range(int(meta.get("groups", 0))):
             keys, means, logvars = tensors[f"g{i}.keys"], tensors[f"g{i}.mean"], tensors[f"g{i}.logvar"]
-            for j in range(keys.shape[0]):
-                self._put(bytes(keys[j].tolist()), means[j].clone(), logvars[j].clone())
+            raw, width = keys.numpy().tobytes(), keys.shape[1]  # one copy, then slices (not .tolist())
+            # per-entry clones: views would keep a whole group alive after its entries are evicted, and
+            # the byte bound would no longer describe the memory held
+            for j, (m, lv) in enumerate(zip(means.unbind(0), logvars.unbind(0))):
+                self._put(raw[j * width : (j + 1) * width], m.clone(), lv.clone())
                 n += 1
         logger.info("VAE posterior cache: loaded %d entries from %s", n, path)
         return n

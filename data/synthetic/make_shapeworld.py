@@ -10,6 +10,7 @@ Output (spec training.md §1, benchmarks.md §3.1):
     DIR/bench/data.jsonl                                              SconeEval records + "shapeworld" field
     DIR/bench/images/<key>/ref<i>.png                                 reference images
     DIR/bench/ground_truth/<task_type>/<key>.png                      target images (result layout)
+    DIR/vlm/images/c<case>_r<i>.png + DIR/vlm/shapeworld_vlm.jsonl     captions of training references (--num_vlm)
     DIR/manifest.json                                                 arguments, counts, dataset registry entries
 
 Parquet rows: ``image`` = list<binary> of PNG bytes (references first, target last), ``instruction`` =
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from data.synthetic.captions import write_vlm_dataset
 from data.synthetic.render import png_bytes
 from data.synthetic.shapeworld import Case, case_record, case_signature, generate_cases, render_case
 
@@ -117,10 +119,11 @@ def make_shapeworld(
     rows_per_file: int = 256,
     row_group_size: int = 32,
     overwrite: bool = False,
+    num_vlm: int = 0,
 ) -> dict:
     """Generate everything under ``out``; returns the manifest (also written to ``out/manifest.json``)."""
-    if num_train < 0 or num_eval < 0:
-        raise ValueError("num_train and num_eval must be >= 0")
+    if num_train < 0 or num_eval < 0 or num_vlm < 0:
+        raise ValueError("num_train, num_eval and num_vlm must be >= 0")
     if not 0.0 <= scene_prob <= 1.0:
         raise ValueError(f"scene_prob must be in [0, 1], got {scene_prob}")
     if size < 96:
@@ -130,7 +133,7 @@ def make_shapeworld(
             size,
             round(0.2 * size),
         )
-    targets = [os.path.join(out, d) for d in ("parquet_data", "parquet_info", "bench")]
+    targets = [os.path.join(out, d) for d in ("parquet_data", "parquet_info", "bench", "vlm")]
     existing = [t for t in targets if os.path.exists(t)]
     if existing and not overwrite:
         raise FileExistsError(
@@ -168,6 +171,16 @@ def make_shapeworld(
         }
     if num_eval:
         write_benchmark(eval_cases, os.path.join(out, "bench"))
+    vlm = {}
+    if num_vlm:
+        vlm["shapeworld_vlm"] = write_vlm_dataset(train_cases, os.path.join(out, "vlm"), num_vlm)
+        if vlm["shapeworld_vlm"]["num_total_samples"] < num_vlm:
+            logger.warning(
+                "--num_vlm %d: the %d training cases hold only %d reference images",
+                num_vlm,
+                num_train,
+                vlm["shapeworld_vlm"]["num_total_samples"],
+            )
     task_counts: dict[str, dict[str, int]] = {}
     for split, cases in (("train", train_cases), ("eval", eval_cases)):
         for c in cases:
@@ -182,8 +195,10 @@ def make_shapeworld(
             "scene_prob": scene_prob,
             "rows_per_file": rows_per_file,
             "row_group_size": row_group_size,
+            "num_vlm": num_vlm,
         },
-        "dataset_info": {"s2i": datasets},  # entries for the training registry (DATASET_INFO["s2i"])
+        # entries for the training registry (DATASET_INFO["s2i"] / ["vlm_sft"])
+        "dataset_info": {"s2i": datasets, **({"vlm_sft": vlm} if vlm else {})},
         "bench_dir": os.path.abspath(os.path.join(out, "bench")) if num_eval else None,
         "task_counts": task_counts,
         "redraws": {"eval_duplicates": eval_redraws, "train_eval_collisions": train_redraws},
@@ -205,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scene_prob", type=float, default=0.3, help="probability that a case requests a scene")
     ap.add_argument("--rows_per_file", type=int, default=256)
     ap.add_argument("--row_group_size", type=int, default=32)
+    ap.add_argument(
+        "--num_vlm",
+        type=int,
+        default=0,
+        help="caption this many training reference images (vlm_sft JSONL under OUT/vlm)",
+    )
     ap.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -218,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rows_per_file,
         args.row_group_size,
         args.overwrite,
+        args.num_vlm,
     )
     return 0
 

@@ -3,6 +3,7 @@
 # Everything runs on the CPU in float32. Work goes to $WORK (git-ignored); the world data to $DATA_ROOT.
 #   WORK=./ckpts/tiny-work   DATA_ROOT=$WORK/data   NPROC=1 (>1: torchrun with the gloo backend)
 #   STEP_SCALE=1.0  multiplies every stage's step count (the CI smoke run uses a tiny value)
+#   DEVICE=cpu DTYPE=fp32  (DEVICE=cuda DTYPE=bf16 trains on a GPU; NPROC>1 then uses nccl)
 WORK=${WORK:-./ckpts/tiny-work}
 DATA_ROOT=${DATA_ROOT:-$WORK/data}
 NPROC=${NPROC:-1}
@@ -10,6 +11,8 @@ STEP_SCALE=${STEP_SCALE:-1.0}
 TOKENS=${TOKENS:-3072}            # tokens per packed step (~12 ShapeWorld samples)
 PYTHON=${PYTHON:-python}
 EXTRA_ARGS=${EXTRA_ARGS:-}
+DEVICE=${DEVICE:-cpu}
+DTYPE=${DTYPE:-fp32}
 
 # scaled N -> max(2, round(N * STEP_SCALE))
 scaled() { $PYTHON -c "import sys; print(max(2, round(int(sys.argv[1]) * float(sys.argv[2]))))" "$1" "$STEP_SCALE"; }
@@ -37,7 +40,7 @@ run_tiny_stage() {
     --dataset_config_file "$data_yaml" --data_root "$DATA_ROOT" \
     --model_path "$from" --resume_from "$from" --resume_model_only True --auto_resume True \
     --results_dir "$WORK/results/$exp" --checkpoint_dir "$WORK/$exp" \
-    --device cpu --dtype fp32 --sharding_strategy FULL_SHARD --activation_checkpointing False \
+    --device "$DEVICE" --dtype "$DTYPE" --sharding_strategy FULL_SHARD --activation_checkpointing False \
     --max_latent_size 16 --lr "$lr" --min_lr "$($PYTHON -c "print($lr / 10)")" --lr_scheduler cosine \
     --warmup_steps "$warmup" --total_steps "$total" --save_every 200 --log_every 10 \
     --num_workers 1 --expected_num_tokens "$TOKENS" --max_num_tokens "$TOKENS" \
