@@ -335,15 +335,14 @@ def test_vlm_captions_describe_the_training_references(world):
     assert describe_reference(Reference("scene", Background("mint", "grid"))).startswith("No subjects")
 
     tokenizer, _, _ = load_tokenizer(str(Path(__file__).parent / "fixtures" / "bagel-tiny" / "checkpoint"))
-    config = {
-        "vlm_sft": {
-            "dataset_names": ["shapeworld_vlm"],
-            "num_used_data": [10],
-            "weight": 1,
-            "image_transform_args": {"image_stride": 14, "max_image_size": 70, "min_image_size": 28},
-            "dataset_info": manifest["dataset_info"]["vlm_sft"],
-        }
-    }
+    # the experiment's Stage II YAML: its vlm_sft group, on this world's captions
+    from data.data_config import load_data_config
+
+    yaml_path = Path(__file__).parents[1] / "data" / "configs" / "shapeworld_stage2_vlm.yaml"
+    group = load_data_config(str(yaml_path))["vlm_sft"]
+    assert group["dataset_names"] == ["shapeworld_vlm"]
+    group.update(num_used_data=[10], dataset_info=manifest["dataset_info"]["vlm_sft"])
+    config = {"vlm_sft": group}
     ds = build_groups(config, tokenizer, rank=0, world_size=1, data_seed=0, data_root=None)[0].dataset
     stats = Counter()
     for sample in itertools.islice(ds.iterate(0, 0, None, stats), 10):

@@ -230,7 +230,6 @@ def test_end_to_end_recipe_smoke(tmp_path):
         for x in (work / "results" / "stage2_step1_mask" / "metrics.jsonl").read_text().splitlines()
     ]
     assert any("semantic_masked_ratio" in m for m in metrics)
-    assert any(m.get("ce_tokens", 0) > 0 for m in metrics)  # Stage II mixes in the world's captions
     for name in ("untrained", "stage2_mask"):
         scores = json.loads((work / "eval" / name / "shapeworld_scores" / "scores.json").read_text())
         assert scores["cases"]["scored"] + scores["cases"]["failed"] == 6, name
