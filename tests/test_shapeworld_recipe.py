@@ -48,6 +48,15 @@ def test_autoencoder_trainer_writes_a_loadable_world_vae(tiny_ae):
     assert ae.encode_mean(x).shape == (1, 16, 12, 12)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_autoencoder_trainer_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    from train.autoencoder_train import main
+
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["--out", str(tmp_path / "ae.safetensors"), "--steps", "1", "--device", "cuda"])
+    assert not (tmp_path / "ae.safetensors").exists()
+
+
 def test_autoencoder_loss_goes_down_on_a_fixed_batch():
     import random
 

@@ -132,6 +132,8 @@ def main(argv=None) -> None:
         params = ae.params
     else:
         ae = AutoEncoder(params)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     )

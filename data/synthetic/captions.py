@@ -3,9 +3,11 @@
 
 Why: the tiny model starts from nothing, unlike BAGEL, whose understanding expert and SigLIP were
 pretrained on captioning and VQA. Trained on generation alone it learns the instruction's words (shape,
-layout, background) but barely reads the references' attributes (colour, pattern, size are near chance,
-docs/shapeworld.md §4). Captions give the understanding expert and the ViT a direct CE signal to encode
-exactly those attributes, which is what Scone's understanding bridge assumes it can do.
+layout, background) but barely reads the references' attributes: colour, pattern and size are near chance.
+Captions give the understanding expert and the ViT a direct CE signal to encode exactly those
+attributes, which is what Scone's understanding bridge assumes it can do. Measured (docs/shapeworld.md
+§4.1): mixed into Stage II, the understanding side learns them, but the generator's score does not
+improve. So the captions are an option (data/configs/shapeworld_stage2_vlm.yaml), not part of the recipe.
 
 Every caption lists the subjects from left to right with all four attributes, then the background::
 
@@ -18,6 +20,7 @@ captions add no image the training set does not already hold, and nothing of the
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -46,18 +49,16 @@ def write_vlm_dataset(cases: list[Case], out_dir: str, max_images: int) -> dict:
         raise ValueError(f"max_images must be >= 0, got {max_images}")
     image_dir = os.path.join(out_dir, "images")
     os.makedirs(image_dir, exist_ok=True)
+    refs = ((i, j, case.size, ref) for i, case in enumerate(cases) for j, ref in enumerate(case.references))
     lines = []
-    for c_idx, case in enumerate(cases):
-        for r_idx, ref in enumerate(case.references):
-            if len(lines) == max_images:
-                break
-            name = f"c{c_idx:06d}_r{r_idx}.png"
-            render_image(case.size, ref.background, ref.placements).save(os.path.join(image_dir, name))
-            conversation = [
-                {"from": "human", "value": QUESTION},
-                {"from": "gpt", "value": describe_reference(ref)},
-            ]
-            lines.append(json.dumps({"image": name, "conversations": conversation}) + "\n")
+    for c_idx, r_idx, size, ref in itertools.islice(refs, max_images):
+        name = f"c{c_idx:06d}_r{r_idx}.png"
+        render_image(size, ref.background, ref.placements).save(os.path.join(image_dir, name))
+        conversation = [
+            {"from": "human", "value": QUESTION},
+            {"from": "gpt", "value": describe_reference(ref)},
+        ]
+        lines.append(json.dumps({"image": name, "conversations": conversation}) + "\n")
     jsonl_path = os.path.join(out_dir, "shapeworld_vlm.jsonl")
     tmp = jsonl_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
