@@ -3,7 +3,8 @@
 
 Why: the tiny model starts from nothing, unlike BAGEL, whose understanding expert and SigLIP were
 pretrained on captioning and VQA. Trained on generation alone it learns the instruction's words (shape,
-layout, background) but barely reads the references' attributes: colour, pattern and size are near chance.
+layout, background) but gets the references' attributes right little more often than chance: colour,
+pattern and size (it does read them: scripts/tiny/reference_swap.py).
 Captions give the understanding expert and the ViT a direct CE signal to encode exactly those
 attributes, which is what Scone's understanding bridge assumes it can do. Measured (docs/shapeworld.md
 §4.1): mixed into Stage II, the understanding side learns them, but the generator's score does not
