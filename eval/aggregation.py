@@ -345,12 +345,17 @@ def render_csv(result: dict) -> str:
 
 
 def write_outputs(
-    result: dict, out_dir: str | os.PathLike, method: str = "Scone", extra: dict | None = None
+    result: dict,
+    out_dir: str | os.PathLike,
+    method: str = "Scone",
+    extra: dict | None = None,
+    extra_markdown: str = "",
 ) -> str:
-    """Write scores.json (result + `extra`), scores.csv and scores.md into `out_dir`; return the Markdown."""
+    """Write scores.json (result + `extra`), scores.csv and scores.md (the tables + `extra_markdown`, e.g. a
+    judge's own diagnostics) into `out_dir`; return the Markdown."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md = render_markdown(result, method=method)
+    md = render_markdown(result, method=method) + extra_markdown
     payload = {"method": method, **result, **(extra or {})}
     atomic_write_text(out / "scores.json", json.dumps(payload, indent=2, ensure_ascii=False))
     atomic_write_text(out / "scores.csv", render_csv(result))

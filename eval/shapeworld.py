@@ -47,7 +47,6 @@ from data.synthetic.shapeworld import LAYOUTS, Case, case_from_record
 from data.transforms import pil_img2rgb
 from eval.aggregation import aggregate, write_outputs
 from eval.cases import read_cases
-from eval.judge.cache import atomic_write_text
 from eval.scoring import round_dirs
 
 logger = logging.getLogger(__name__)
@@ -508,7 +507,7 @@ def attribute_accuracy(records: list[dict]) -> dict:
         return out
     for key in ("present", "position_ok"):
         out[key] = sum(s[key] for s in subjects) / len(subjects)
-    for attr in ("shape", *(a for a in ATTRIBUTE_FACTORS if a != "shape")):
+    for attr in ("shape", "colour", "pattern", "size"):
         ok = sum(s["present"] and s["detection"][attr] == s["requested"][attr] for s in subjects)
         out[attr] = ok / len(subjects)
     out["background_ok"] = sum(r["judge"]["background_ok"] for r in cases) / len(cases)
@@ -572,10 +571,12 @@ def main(argv: list[str] | None = None) -> int:
     result = score_benchmark(args.bench_dir, args.result_dir, args.rounds, output_dir, not args.no_progress)
     method = args.method or os.path.basename(os.path.normpath(args.result_dir))
     md = write_outputs(
-        result, output_dir, method=method, extra={"judge": "shapeworld", "bench_dir": args.bench_dir}
+        result,
+        output_dir,
+        method=method,
+        extra={"judge": "shapeworld", "bench_dir": args.bench_dir},
+        extra_markdown=render_attribute_accuracy(result["attributes"]),
     )
-    md += render_attribute_accuracy(result["attributes"])
-    atomic_write_text(Path(output_dir) / "scores.md", md)
     sys.stdout.write(md)
     logger.info("scores written to %s", output_dir)
     return 1 if result["cases"]["failed"] else 0

@@ -33,11 +33,15 @@ QUESTION = "<image>\nDescribe the image."
 
 def describe_reference(ref: Reference) -> str:
     """Caption of one reference image: its subjects left to right, then its background."""
-    background = f"on a {ref.background.texture} {ref.background.colour} background"
+    background = f"{ref.background.texture} {ref.background.colour} background"
     subjects = sorted(ref.placements, key=lambda p: (p.x, p.y))
     if not subjects:
-        return f"No subjects; only a {ref.background.texture} {ref.background.colour} background."
-    return "From left to right: " + ", ".join(p.subject.description() for p in subjects) + f"; {background}."
+        return f"No subjects; only a {background}."
+    return (
+        "From left to right: "
+        + ", ".join(p.subject.description() for p in subjects)
+        + f"; on a {background}."
+    )
 
 
 def write_vlm_dataset(cases: list[Case], out_dir: str, max_images: int) -> dict:

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         # shifts 1..6 in turn: every other colour is used equally often
         "recoloured": [recoloured(r, 1 + i % (len(SUBJECT_COLOURS) - 1)) for i, r in enumerate(records)],
     }
-    colours = {}
+    colours, right = {}, {}  # per variant: detected colour per case; share of right colours
     for name, recs in variants.items():
         bench, out = work / name / "bench", work / name / "generated"
         if not (bench / "data.jsonl").is_file():
@@ -78,19 +78,22 @@ def main(argv=None) -> int:
             raise SystemExit(f"generation failed for {name}")
         scores_dir = work / name / "scores"
         result = score_benchmark(str(bench), str(out), output_dir=str(scores_dir), progress=False)
-        per_case = [json.loads(x) for x in (scores_dir / "round0" / "scoring0" / "score.jsonl").open()]
+        per_case = [
+            json.loads(x)
+            for x in (scores_dir / "round0" / "scoring0" / "score.jsonl").read_text().splitlines()
+        ]
         colours[name] = [
             (c["judge"]["subjects"][0]["detection"] or {}).get("colour") if not c.get("failed") else None
             for c in per_case
         ]
-        logger.info("%s: colour right %.0f%%", name, 100 * result["attributes"].get("colour", 0.0))
-        colours[name + "_right"] = result["attributes"].get("colour", 0.0)
+        right[name] = result["attributes"].get("colour", 0.0)
+        logger.info("%s: colour right %.0f%%", name, 100 * right[name])
     pairs = [(a, b) for a, b in zip(colours["original"], colours["recoloured"]) if a and b]
     changed = sum(a != b for a, b in pairs) / max(1, len(pairs))
     summary = {
         "cases": len(records),
-        "colour_right_original": round(colours["original_right"], 4),
-        "colour_right_recoloured": round(colours["recoloured_right"], 4),
+        "colour_right_original": round(right["original"], 4),
+        "colour_right_recoloured": round(right["recoloured"], 4),
         "output_colour_changed": round(changed, 4),
         "pairs_with_a_subject_in_both": len(pairs),
     }
