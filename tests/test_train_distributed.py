@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -57,13 +58,31 @@ def common(out) -> list[str]:
     ]
 
 
-def run(cmd: list[str], timeout: int = 240) -> None:
+def run(cmd: list[str], timeout: int = 240, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, (
-        f"{' '.join(cmd)}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-4000:]}"
-    )
+    if ok:
+        assert p.returncode == 0, (
+            f"{' '.join(cmd)}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-4000:]}"
+        )
+    return p
+
+
+def torchrun(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "train/pretrain.py",
+        *args,
+    ]
 
 
 def records(out) -> list[dict]:
@@ -76,26 +95,13 @@ def test_two_process_fsdp_matches_single_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run([sys.executable, "-m", "train.pretrain", *common(one), "--gradient_accumulation_steps", "2"])
     run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "train/pretrain.py",
-            *common(two),
-            "--sharding_strategy",
-            "HYBRID_SHARD",
-            "--num_replicate",
-            "1",
-            "--num_shard",
-            "2",
-        ]
+        torchrun(
+            *common(two), "--sharding_strategy", "HYBRID_SHARD", "--num_replicate", "1", "--num_shard", "2"
+        )
     )
+    # The default: rank 1 built on the meta device and got its shard from rank 0.
+    with open(two / "train.log") as f:
+        assert "weights read by rank 0 and broadcast" in f.read()
     r1, r2 = records(one), records(two)
     assert [r["step"] for r in r1] == [r["step"] for r in r2] == [0, 1, 2]
     for a, b in zip(r1, r2):
@@ -120,3 +126,20 @@ def test_two_process_fsdp_matches_single_process(tmp_path):
     status = torch.load(two / "ckpt" / "0000002" / "data_status.pt", weights_only=True)
     assert [s["consumed"] for s in status] == [3, 3]  # one entry per rank
     assert os.path.isdir(two / "ckpt" / "0000002" / "optimizer")
+
+
+@pytest.mark.slow
+def test_corrupt_weights_on_rank0_stop_every_rank(tmp_path):
+    """Rank 0 alone reads the weights: its checkpoint error must reach rank 1 (a named error, no hang)."""
+    folder = tmp_path / "ckpt_in"
+    shutil.copytree(CKPT, folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated download
+    args = common(tmp_path / "out")
+    args[args.index("--model_path") + 1] = str(folder)
+    p = run(torchrun(*args, "--sharding_strategy", "FULL_SHARD"), timeout=180, ok=False)
+    assert p.returncode != 0
+    out = p.stdout + p.stderr
+    assert out.count("rank 0 could not load the weights") >= 2, out[-3000:]  # raised on both ranks
+    assert "model.safetensors" in out

@@ -207,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="(upstream FSDP1) FSDP2 prefetches on its own; accepted, unused",
     )
     _add(g, "cpu_offload", type=bool, default=False)
+    _add(
+        g,
+        "load_weights_on_rank0",
+        type=bool,
+        default=True,
+        help="with several ranks: rank 0 reads the weights and broadcasts them, the others build on the meta "
+        "device (host RAM per rank: a shard, not the model). False: every rank reads the whole file",
+    )
     _add(g, "activation_checkpointing", type=bool, default=True)
     _add(g, "device", default="auto", choices=["auto", "cpu", "cuda"])
     _add(

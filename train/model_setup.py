@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from modeling.errors import CheckpointError
 from train.checkpointing import EMA_FILE, MODEL_FILE, find_latest_checkpoint
+from train.parallel import DistInfo, broadcast_object
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +72,26 @@ def resolve_start(
     )
 
 
-def load_for_training(model_path: str, weights_path: str, dtype: torch.dtype = torch.float32):
+def load_for_training(
+    model_path: str, weights_path: str, dtype: torch.dtype = torch.float32, load_weights: bool = True
+):
     """Build Bagel from ``model_path``'s configs and fill it from ``weights_path`` on the CPU.
 
-    Returns ``modeling.checkpoint.LoadedModel``. Every rank loads on the CPU; FSDP then keeps only its
-    shard on the device. (Host RAM per rank ≈ the model size in ``dtype``.)
+    Returns ``modeling.checkpoint.LoadedModel``. ``load_weights=False`` leaves the model on the meta
+    device (no weight is read; only the file's header, for the config): the ranks that receive their
+    shards from rank 0 (``train.parallel.load_full_state_from_rank0``) need nothing more. The VAE and
+    tokenizer are always loaded (small).
     """
     from modeling.checkpoint import LoadedModel, load_pretrained
 
     folder = os.path.abspath(model_path)
     weights_path = os.path.abspath(weights_path)
-    if os.path.dirname(weights_path) == folder:
+    if load_weights and os.path.dirname(weights_path) == folder:
         return load_pretrained(folder, "cpu", dtype, weights_file=os.path.basename(weights_path))
 
     from modeling.autoencoder import load_autoencoder
     from modeling.bagel import Bagel
-    from modeling.checkpoint import AE_FILE, build_config, load_bagel_weights
+    from modeling.checkpoint import AE_FILE, RECOMPUTABLE, build_config, load_bagel_weights
     from modeling.tokenizer import load_tokenizer
 
     tokenizer, special_ids, _ = load_tokenizer(folder)
@@ -94,5 +100,36 @@ def load_for_training(model_path: str, weights_path: str, dtype: torch.dtype = t
     config.vae = vae.params
     with torch.device("meta"):
         model = Bagel(config)
-    load_bagel_weights(model, weights_path, torch.device("cpu"), dtype)
+    if load_weights:
+        load_bagel_weights(model, weights_path, torch.device("cpu"), dtype)
+    else:
+        # load_bagel_weights freezes the fixed sin-cos tables; a meta model must agree flag for flag,
+        # or FSDP would group parameters differently on different ranks.
+        names = dict(model.named_parameters())
+        for name in RECOMPUTABLE:
+            if name in names:
+                names[name].requires_grad_(False)
     return LoadedModel(model, vae, tokenizer, special_ids, config, folder, weights_path)
+
+
+def load_model_for_rank(model_path: str, weights_path: str, info: DistInfo, from_rank0: bool):
+    """(LoadedModel, full state dict or None). With ``from_rank0`` only rank 0 reads the weights (its model
+    is then moved to the meta device, the state dict keeps the tensors); the other ranks build the model on
+    the meta device. A checkpoint error on rank 0 is raised on every rank (no rank hangs waiting)."""
+    if not from_rank0:
+        return load_for_training(model_path, weights_path, torch.float32), None
+    error, lm, full_state = None, None, None
+    if info.is_main:
+        try:
+            lm = load_for_training(model_path, weights_path, torch.float32)
+        except (CheckpointError, OSError, ValueError) as e:
+            error = f"{type(e).__name__}: {e}"
+        else:
+            full_state = lm.model.state_dict()
+            lm.model.to("meta")
+    error = broadcast_object(error)
+    if error is not None:
+        raise CheckpointError(f"rank 0 could not load the weights: {error}")
+    if lm is None:
+        lm = load_for_training(model_path, weights_path, torch.float32, load_weights=False)
+    return lm, full_state

@@ -93,14 +93,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def build_mesh(strategy: str, world_size: int, num_replicate: int, num_shard: int, device_type: str):
     """1-D mesh for FULL_SHARD; 2-D ``(replicate, shard)`` mesh for HYBRID_SHARD (HSDP) and NO_SHARD.
 
@@ -188,6 +180,23 @@ def apply_fsdp(
             register_fsdp_forward_method(model, meth)
     logger.info("FSDP2: %d units + root on mesh %s", len(units), tuple(mesh.shape))
     return model
+
+
+def load_full_state_from_rank0(
+    model: nn.Module, full_state: dict[str, torch.Tensor] | None, device: torch.device
+) -> None:
+    """Materialise a meta-built, ``fully_shard``-ed model on ``device`` and fill it from rank 0.
+
+    ``full_state``: the full (unsharded) state dict on rank 0, ``None`` elsewhere. Tensors are broadcast one
+    by one and every rank keeps only its shard, so host memory per rank is a shard, not the whole model
+    (8 ranks × a 7B model in fp32 would otherwise hold 8 × 28 GB of host RAM while loading). Strict: a
+    missing or unexpected key raises on every rank.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
+    set_model_state_dict(model, full_state if full_state is not None else {}, options=options)
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:

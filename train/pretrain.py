@@ -37,7 +37,7 @@ from train.metrics import (
     peak_memory_gib,
     step_flops,
 )
-from train.model_setup import load_for_training, resolve_start
+from train.model_setup import load_model_for_rank, resolve_start
 from train.optim import EMA, WarmupSchedule, build_optimizer, clip_grad_norm, trainable_parameters
 from train.parallel import (
     DistInfo,
@@ -48,6 +48,7 @@ from train.parallel import (
     build_mesh,
     cleanup_distributed,
     init_distributed,
+    load_full_state_from_rank0,
     set_gradient_sync,
 )
 from train.vae_cache import PosteriorCache, vae_fingerprint
@@ -109,7 +110,8 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
         args.finetune_from_ema,
     )
     logger.info("start: %s", start.reason)
-    lm = load_for_training(args.model_path, start.weights_path, torch.float32)
+    from_rank0 = info.distributed and args.load_weights_on_rank0
+    lm, full_state = load_model_for_rank(args.model_path, start.weights_path, info, from_rank0)
     check_model_matches_args(args, lm.config)
     model, vae = lm.model, lm.vae
     model.config.llm.freeze_und = args.freeze_und
@@ -140,6 +142,12 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
             cpu_offload=args.cpu_offload,
             forward_methods=("training_losses",),
         )
+        if from_rank0:
+            load_full_state_from_rank0(
+                model, full_state, torch.device("cpu") if args.cpu_offload else info.device
+            )
+            del full_state
+            logger.info("weights read by rank 0 and broadcast; every rank keeps its shard")
     else:
         model.to(info.device)
     return lm, start, flags
