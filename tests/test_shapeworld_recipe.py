@@ -214,6 +214,7 @@ def test_end_to_end_recipe_smoke(tmp_path):
         WORK=str(tmp_path / "work"),
         PYTHON=sys.executable,
         STEP_SCALE="0.001",  # every stage: max(2, steps * scale) = 2 steps
+        LONG_STAGE1="1000",  # Stage I step 3 (the shipped model has 3000; 2 steps here)
         NUM_TRAIN="60",
         NUM_EVAL="6",
         TOKENS="1024",
@@ -229,11 +230,14 @@ def test_end_to_end_recipe_smoke(tmp_path):
     for stage in (
         "stage1_step1",
         "stage1_step2",
+        "stage1_step3",
         "stage2_step1_mask",
         "stage2_step2_mask",
         "stage2_step2_nomask",
     ):
         assert (work / stage / "0000001" / "model.safetensors").is_file(), stage
+    log = (work / "results" / "stage2_step1_mask" / "train.log").read_text()
+    assert f"weights from {work}/stage1_step3/0000001/model.safetensors" in log  # Stage II starts from step 3
     metrics = [
         json.loads(x)
         for x in (work / "results" / "stage2_step1_mask" / "metrics.jsonl").read_text().splitlines()

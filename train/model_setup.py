@@ -103,8 +103,8 @@ def load_for_training(
     if load_weights:
         load_bagel_weights(model, weights_path, torch.device("cpu"), dtype)
     else:
-        # load_bagel_weights freezes the fixed sin-cos tables; a meta model must agree flag for flag,
-        # or FSDP would group parameters differently on different ranks.
+        # load_bagel_weights freezes the fixed sin-cos tables; a meta model must agree flag for flag, or
+        # the ranks would disagree on which parameters get gradients to reduce-scatter.
         names = dict(model.named_parameters())
         for name in RECOMPUTABLE:
             if name in names:
@@ -118,18 +118,18 @@ def load_model_for_rank(model_path: str, weights_path: str, info: DistInfo, from
     the meta device. A checkpoint error on rank 0 is raised on every rank (no rank hangs waiting)."""
     if not from_rank0:
         return load_for_training(model_path, weights_path, torch.float32), None
-    error, lm, full_state = None, None, None
+    error, cause, lm, full_state = None, None, None, None
     if info.is_main:
         try:
             lm = load_for_training(model_path, weights_path, torch.float32)
-        except (CheckpointError, OSError, ValueError) as e:
-            error = f"{type(e).__name__}: {e}"
+        except Exception as e:  # any failure: the other ranks must hear of it, not wait in a collective
+            error, cause = f"{type(e).__name__}: {e}", e
         else:
             full_state = lm.model.state_dict()
             lm.model.to("meta")
     error = broadcast_object(error)
     if error is not None:
-        raise CheckpointError(f"rank 0 could not load the weights: {error}")
+        raise CheckpointError(f"rank 0 could not load the weights: {error}") from cause
     if lm is None:
         lm = load_for_training(model_path, weights_path, torch.float32, load_weights=False)
     return lm, full_state

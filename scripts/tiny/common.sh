@@ -3,6 +3,7 @@
 # Everything runs on the CPU in float32. Work goes to $WORK (git-ignored); the world data to $DATA_ROOT.
 #   WORK=./ckpts/tiny-work   DATA_ROOT=$WORK/data   NPROC=1 (>1: torchrun with the gloo backend)
 #   STEP_SCALE=1.0  multiplies every stage's step count (the CI smoke run uses a tiny value)
+#   LONG_STAGE1=0   > 0: Stage I step 3 of that many steps (the shipped model: 3000)
 #   DEVICE=cpu DTYPE=fp32  (DEVICE=cuda DTYPE=bf16 trains on a GPU; NPROC>1 then uses nccl)
 WORK=${WORK:-./ckpts/tiny-work}
 DATA_ROOT=${DATA_ROOT:-$WORK/data}
@@ -21,9 +22,20 @@ S1_STEP1_STEPS=$(scaled 2000)
 S1_STEP2_STEPS=$(scaled 400)
 S2_STEP1_STEPS=$(scaled 500)
 S2_STEP2_STEPS=$(scaled 700)
+# LONG_STAGE1=N (> 0) adds Stage I step 3: N more steps, LR warm-restarted at 1e-3 (cosine to 1e-4), and
+# Stage II starts from it. The shipped ckpts/scone-tiny is LONG_STAGE1=3000 (+50 min on 2 cores); the
+# default 0 keeps the ~2 h recipe.
+LONG_STAGE1=${LONG_STAGE1:-0}
+S1_STEP3_STEPS=0
+if [ "$LONG_STAGE1" -gt 0 ]; then S1_STEP3_STEPS=$(scaled "$LONG_STAGE1"); fi
 
 # step folder written last by a stage of TOTAL steps (index of the last step, zero padded)
 last_folder() { printf "%s/%s/%07d" "$WORK" "$1" $(($2 - 1)); }
+# the Stage I model Stage II starts from (step 3 when LONG_STAGE1 > 0, else step 2)
+stage1_final() {
+  if [ "$S1_STEP3_STEPS" -gt 0 ]; then last_folder stage1_step3 "$S1_STEP3_STEPS"
+  else last_folder stage1_step2 "$S1_STEP2_STEPS"; fi
+}
 
 # run_tiny_stage DATA_YAML FROM_FOLDER EXP_NAME TOTAL_STEPS WARMUP LR [stage flags...]
 # Like scripts/train_common.sh, but from-scratch sized: a higher, cosine-decayed LR, the ViT trained

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole tiny recipe, then the README's ShapeWorld table (about 2 h on 2 CPU cores at STEP_SCALE=1):
+# The whole tiny recipe, then the README's ShapeWorld table (about 2 h on 2 CPU cores at STEP_SCALE=1;
+# LONG_STAGE1=3000, the shipped model's recipe, adds 50 min):
 #   data -> VAE + init -> Stage I -> Stage II with and without the semantic mask -> scores -> export.
 #   STEP_SCALE=0.01 WORK=/tmp/tiny scripts/tiny/run_all.sh     # a smoke run of a few steps per stage
 set -euo pipefail
@@ -16,7 +17,7 @@ SEMANTIC_MASK=True bash "$HERE/stage2.sh"
 if [ "$ABLATION" = 1 ]; then SEMANTIC_MASK=False bash "$HERE/stage2.sh"; fi
 declare -A FOLDER=(
   [untrained]="$WORK/init"
-  [stage1]="$(last_folder stage1_step2 "$S1_STEP2_STEPS")"
+  [stage1]="$(stage1_final)"
   [stage2_step1_mask]="$(last_folder stage2_step1_mask "$S2_STEP1_STEPS")"
   [stage2_step1_nomask]="$(last_folder stage2_step1_nomask "$S2_STEP1_STEPS")"
   [stage2_mask]="$(last_folder stage2_step2_mask "$S2_STEP2_STEPS")"

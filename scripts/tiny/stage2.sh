@@ -9,7 +9,7 @@ source "$(dirname "$0")/common.sh"
 SEMANTIC_MASK=${SEMANTIC_MASK:-True}
 STAGE2_DATA=${STAGE2_DATA:-data/configs/shapeworld_stage2.yaml}
 TAG=${TAG:-$([ "$SEMANTIC_MASK" = True ] && echo mask || echo nomask)}
-S1_FINAL=$(last_folder stage1_step2 "$S1_STEP2_STEPS")
+S1_FINAL=$(stage1_final)
 A=$S2_STEP1_STEPS; B=$S2_STEP2_STEPS
 run_tiny_stage "$STAGE2_DATA" "$S1_FINAL" "stage2_step1_$TAG" "$A" "$(scaled 20)" 3e-4 \
   --freeze_llm_und False --freeze_llm_gen True --freeze_mlp_und False --freeze_mlp_gen True \
