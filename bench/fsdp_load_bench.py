@@ -1,6 +1,6 @@
 """Host memory per rank while building the FSDP2 training model: rank-0 read + broadcast vs every rank reading.
 
-    python bench/fsdp_load_bench.py                          # 2 ranks, CPU/gloo, a ~0.2 B-parameter model
+    python bench/fsdp_load_bench.py                          # 2 ranks, CPU/gloo, a 264 M-parameter model
     python bench/fsdp_load_bench.py --hidden 1024 --layers 18 --nproc 4
 
 Writes a random model folder in the released layout (the test fixture's ViT, VAE and tokenizer; the LLM

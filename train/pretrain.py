@@ -110,7 +110,7 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
         args.finetune_from_ema,
     )
     logger.info("start: %s", start.reason)
-    from_rank0 = info.distributed and args.load_weights_on_rank0
+    from_rank0 = info.world_size > 1 and args.load_weights_on_rank0  # a 1-rank group has no one to send to
     lm, full_state = load_model_for_rank(args.model_path, start.weights_path, info, from_rank0)
     check_model_matches_args(args, lm.config)
     model, vae = lm.model, lm.vae
