@@ -16,7 +16,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bagel-tiny", "checkpoint")
+
+from train.parallel import free_port  # noqa: E402
 
 
 def write_model(folder: str, hidden: int, layers: int) -> int:
@@ -77,12 +78,6 @@ def worker(folder: str, rank0: bool, out: str) -> None:
     cleanup_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hidden", type=int, default=768, help="LLM hidden size (MLP 3x)")
@@ -102,7 +97,7 @@ def main(argv=None) -> None:
         for rank0 in (True, False):
             out = os.path.join(tmp, f"out_{rank0}")
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.nproc),
-                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                    os.path.abspath(__file__), "--worker", folder, str(rank0), out]  # fmt: skip
             env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -173,9 +173,15 @@ def load_bagel_weights(model: Bagel, path: str, device, dtype: torch.dtype) -> N
             torch.empty(mod.pos_embed.shape, device=device, dtype=dtype), False
         )
         mod.reset_table()
+    freeze_fixed_tables(model)
+
+
+def freeze_fixed_tables(model: Bagel) -> None:
+    """The RECOMPUTABLE sin-cos position tables are constants: never trained (also on a meta-built model)."""
+    names = dict(model.named_parameters())
     for name in RECOMPUTABLE:
-        if name in expected:
-            model.get_parameter(name).requires_grad_(False)
+        if name in names:
+            names[name].requires_grad_(False)
 
 
 def load_pretrained(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -19,14 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from train.parallel import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = os.path.join(ROOT, "tests", "fixtures", "bagel-tiny", "checkpoint")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def common(out) -> list[str]:
@@ -79,7 +74,7 @@ def torchrun(*args: str) -> list[str]:
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "train/pretrain.py",
         *args,
     ]

@@ -91,7 +91,7 @@ def load_for_training(
 
     from modeling.autoencoder import load_autoencoder
     from modeling.bagel import Bagel
-    from modeling.checkpoint import AE_FILE, RECOMPUTABLE, build_config, load_bagel_weights
+    from modeling.checkpoint import AE_FILE, build_config, freeze_fixed_tables, load_bagel_weights
     from modeling.tokenizer import load_tokenizer
 
     tokenizer, special_ids, _ = load_tokenizer(folder)
@@ -103,12 +103,8 @@ def load_for_training(
     if load_weights:
         load_bagel_weights(model, weights_path, torch.device("cpu"), dtype)
     else:
-        # load_bagel_weights freezes the fixed sin-cos tables; a meta model must agree flag for flag, or
-        # the ranks would disagree on which parameters get gradients to reduce-scatter.
-        names = dict(model.named_parameters())
-        for name in RECOMPUTABLE:
-            if name in names:
-                names[name].requires_grad_(False)
+        # as load_bagel_weights does: the ranks must agree on which parameters get gradients
+        freeze_fixed_tables(model)
     return LoadedModel(model, vae, tokenizer, special_ids, config, folder, weights_path)
 
 

@@ -69,7 +69,7 @@ def init_distributed(device_kind: str = "auto", timeout_min: int = 30) -> DistIn
                 "RANK": "0",
                 "LOCAL_RANK": "0",
                 "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(_free_port()),
+                "MASTER_PORT": str(free_port()),
             }
         )
         world = 1
@@ -85,7 +85,8 @@ def init_distributed(device_kind: str = "auto", timeout_min: int = 30) -> DistIn
     return DistInfo(rank=dist.get_rank(), world_size=world, local_rank=local_rank, device=device)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a local rendezvous)."""
     import socket
 
     with socket.socket() as sock:
