@@ -57,6 +57,28 @@ def test_autoencoder_trainer_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     assert not (tmp_path / "ae.safetensors").exists()
 
 
+def test_decoder_only_finetune_keeps_the_encoder_bit_exact(tiny_ae, tmp_path):
+    """--train_part decoder: the latent space a flow model was trained on must not move."""
+    from safetensors.torch import load_file
+
+    from train.autoencoder_train import main
+
+    out = tmp_path / "dec.safetensors"
+    main(
+        ["--init", str(tiny_ae), "--train_part", "decoder", "--out", str(out), "--steps", "2"]
+        + ["--batch_size", "2", "--crop", "32", "--lr", "1e-2"]
+    )
+    before, after = load_file(tiny_ae), load_file(out)
+    assert before.keys() == after.keys()
+    enc = [k for k in before if k.startswith("encoder.")]
+    dec = [k for k in before if k.startswith("decoder.")]
+    assert enc and dec and len(enc) + len(dec) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+    with pytest.raises(SystemExit, match="needs --init"):
+        main(["--train_part", "decoder", "--out", str(tmp_path / "x.safetensors"), "--steps", "1"])
+
+
 def test_autoencoder_loss_goes_down_on_a_fixed_batch():
     import random
 
@@ -215,6 +237,8 @@ def test_end_to_end_recipe_smoke(tmp_path):
         PYTHON=sys.executable,
         STEP_SCALE="0.001",  # every stage: max(2, steps * scale) = 2 steps
         LONG_STAGE1="1000",  # Stage I step 3 (the shipped model has 3000; 2 steps here)
+        LONG_STAGE2="1000 1000",  # Stage II steps 3 and 4 (shipped: "2500 3000 3000"; 2 each here)
+        DECODER_STEPS="1000",  # VAE phase 3, decoder alone (shipped: 1500; 2 steps here)
         NUM_TRAIN="60",
         NUM_EVAL="6",
         TOKENS="1024",
@@ -234,10 +258,22 @@ def test_end_to_end_recipe_smoke(tmp_path):
         "stage2_step1_mask",
         "stage2_step2_mask",
         "stage2_step2_nomask",
+        "stage2_step3_mask",
+        "stage2_step4_mask",
+        "stage2_step4_nomask",
     ):
         assert (work / stage / "0000001" / "model.safetensors").is_file(), stage
     log = (work / "results" / "stage2_step1_mask" / "train.log").read_text()
     assert f"weights from {work}/stage1_step3/0000001/model.safetensors" in log  # Stage II starts from step 3
+    for k in (3, 4):  # each long Stage II step continues the one before, at the warm-restart LR
+        log = (work / "results" / f"stage2_step{k}_mask" / "train.log").read_text()
+        assert f"weights from {work}/stage2_step{k - 1}_mask/0000001/model.safetensors" in log
+    # VAE phase 3 changed the decoder only
+    from safetensors.torch import load_file
+
+    phase2, ae = load_file(work / "ae" / "phase2.safetensors"), load_file(work / "ae" / "ae.safetensors")
+    assert all(torch.equal(phase2[k], ae[k]) for k in phase2 if k.startswith("encoder."))
+    assert any(not torch.equal(phase2[k], ae[k]) for k in phase2 if k.startswith("decoder."))
     metrics = [
         json.loads(x)
         for x in (work / "results" / "stage2_step1_mask" / "metrics.jsonl").read_text().splitlines()
@@ -255,3 +291,6 @@ def test_end_to_end_recipe_smoke(tmp_path):
         )
     shipped = tmp_path / "shipped"
     assert load_pretrained(str(shipped)).config.semantic_mask_layers == (2, 3)
+    final = load_file(work / "stage2_step4_mask" / "0000001" / "model.safetensors")
+    exported = load_file(shipped / "model.safetensors")  # fp16 copy of the last long Stage II step
+    assert exported and all(torch.equal(final[k].to(v.dtype), v) for k, v in exported.items())

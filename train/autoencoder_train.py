@@ -14,6 +14,10 @@ sees references (one or several subjects on varied backdrops) and targets (scene
 the tasks produce, and never reads the benchmark.
 
     python -m train.autoencoder_train --out ckpts/tiny-work/ae.safetensors --steps 1000
+
+``--train_part decoder --init AE`` fine-tunes the decoder alone. The encoder stays bit-exact, so the
+latents a flow model was trained on do not move and the result can replace ``ae.safetensors`` in an
+already trained model folder (``docs/shapeworld.md`` §4.3).
 """
 
 from __future__ import annotations
@@ -59,12 +63,16 @@ def world_batch(rng: random.Random, batch_size: int, size: int, crop: int = 0) -
     return torch.stack(tensors)
 
 
-def ae_losses(ae: AutoEncoder, x: torch.Tensor, kl_weight: float) -> dict[str, torch.Tensor]:
+def ae_losses(
+    ae: AutoEncoder, x: torch.Tensor, kl_weight: float, decoder_only: bool = False
+) -> dict[str, torch.Tensor]:
     """Reconstruction through the sampled posterior + KL of the *scaled* posterior against N(0, 1).
 
-    x: [B, 3, H, W] in [-1, 1]. Returns ``loss``, ``l1``, ``mse``, ``kl`` (scalars).
+    x: [B, 3, H, W] in [-1, 1]. Returns ``loss``, ``l1``, ``mse``, ``kl`` (scalars). ``decoder_only``:
+    the encoder runs without gradients and the KL term is left out of the loss (it is still reported).
     """
-    mean, logvar = ae.posterior(x)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not decoder_only):
+        mean, logvar = ae.posterior(x)
     logvar = logvar.clamp(-30.0, 20.0)
     s = ae.scale_factor
     mu = s * (mean - ae.shift_factor)  # the latent the generator sees
@@ -74,7 +82,8 @@ def ae_losses(ae: AutoEncoder, x: torch.Tensor, kl_weight: float) -> dict[str, t
     l1 = (recon - x).abs().mean()
     mse = F.mse_loss(recon, x)
     kl = 0.5 * (mu.pow(2) + var - var.log() - 1.0).mean()
-    return {"loss": l1 + mse + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
+    loss = l1 + mse if decoder_only else l1 + mse + kl_weight * kl
+    return {"loss": loss, "l1": l1, "mse": mse, "kl": kl}
 
 
 @torch.no_grad()
@@ -105,6 +114,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kl_weight", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="continue from this ae.safetensors (its geometry wins)")
+    p.add_argument(
+        "--train_part",
+        default="all",
+        choices=["all", "decoder"],
+        help="decoder: freeze the encoder (needs --init). The latent space a flow model was trained on "
+        "stays exactly the same, so the new decoder can replace the old one in a trained model folder",
+    )
     p.add_argument("--log_every", type=int, default=100)
     p.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available"
@@ -125,6 +141,9 @@ def main(argv=None) -> None:
     params.downsample = 2 ** (len(params.ch_mult) - 1)
     if args.size % params.downsample:
         raise SystemExit(f"--size {args.size} is not a multiple of the downsample factor {params.downsample}")
+    decoder_only = args.train_part == "decoder"
+    if decoder_only and not args.init:
+        raise SystemExit("--train_part decoder needs --init (the autoencoder whose encoder is kept)")
     if args.init:
         from modeling.autoencoder import load_autoencoder
 
@@ -140,7 +159,10 @@ def main(argv=None) -> None:
     ae = ae.to(device)  # float32 everywhere: the VAE is small, and its latents set the flow model's targets
     n_params = sum(p.numel() for p in ae.parameters())
     logger.info("autoencoder %s: %.2f M parameters", params, n_params / 1e6)
-    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, weight_decay=0.0)
+    if decoder_only:
+        ae.encoder.requires_grad_(False)
+    trainable = [p for p in ae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     warmup = max(1, args.steps // 20)
 
     def lr_at(step: int) -> float:  # linear warmup, cosine to 5%
@@ -149,9 +171,12 @@ def main(argv=None) -> None:
         t = (step - warmup) / max(1, args.steps - warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    rng = random.Random(
-        f"autoencoder-{args.seed}-{args.init or ''}"
-    )  # its own stream: never the benchmark's cases
+    # Its own image stream: never the benchmark's cases. The decoder phase's stream does not depend on
+    # the --init path, so the same command gives the same decoder wherever the work folder is.
+    stream = (
+        f"autoencoder-decoder-{args.seed}" if decoder_only else f"autoencoder-{args.seed}-{args.init or ''}"
+    )
+    rng = random.Random(stream)
     held_out = world_batch(random.Random(f"autoencoder-val-{args.seed}"), 64, args.size).to(device)
     t0 = time.time()
     ae.train()
@@ -159,10 +184,10 @@ def main(argv=None) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         x = world_batch(rng, args.batch_size, args.size, args.crop).to(device)
-        out = ae_losses(ae, x, args.kl_weight)
+        out = ae_losses(ae, x, args.kl_weight, decoder_only)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         if step % args.log_every == 0 or step == args.steps - 1:
             logger.info(
