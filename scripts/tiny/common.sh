@@ -36,6 +36,8 @@ if [ "$LONG_STAGE1" -gt 0 ]; then S1_STEP3_STEPS=$(scaled "$LONG_STAGE1"); fi
 LONG_STAGE2=${LONG_STAGE2:-}
 S2_LONG_STEPS=()
 for n in $LONG_STAGE2; do S2_LONG_STEPS+=("$(scaled "$n")"); done
+# DECODER_STEPS=N (> 0): VAE phase 3 in train_vae.sh, the decoder alone (the shipped model: 1500)
+DECODER_STEPS=${DECODER_STEPS:-0}
 
 # step folder written last by a stage of TOTAL steps (index of the last step, zero padded)
 last_folder() { printf "%s/%s/%07d" "$WORK" "$1" $(($2 - 1)); }

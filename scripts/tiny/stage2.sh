@@ -15,12 +15,12 @@ A=$S2_STEP1_STEPS; B=$S2_STEP2_STEPS
 run_tiny_stage "$STAGE2_DATA" "$S1_FINAL" "stage2_step1_$TAG" "$A" "$(scaled 20)" 3e-4 \
   --freeze_llm_und False --freeze_llm_gen True --freeze_mlp_und False --freeze_mlp_gen True \
   --use_semantic_mask "$SEMANTIC_MASK"
+# step 2 and every LONG_STAGE2 step train everything
+ALL_TRAINED=(--freeze_llm_und False --freeze_llm_gen False --freeze_mlp_und False --freeze_mlp_gen False)
 run_tiny_stage "$STAGE2_DATA" "$(last_folder "stage2_step1_$TAG" "$A")" \
-  "stage2_step2_$TAG" "$B" "$(scaled 20)" 3e-4 \
-  --freeze_llm_und False --freeze_llm_gen False --freeze_mlp_und False --freeze_mlp_gen False
+  "stage2_step2_$TAG" "$B" "$(scaled 20)" 3e-4 "${ALL_TRAINED[@]}"
 PREV=$(last_folder "stage2_step2_$TAG" "$B"); K=3
 for N in "${S2_LONG_STEPS[@]}"; do
-  run_tiny_stage "$STAGE2_DATA" "$PREV" "stage2_step${K}_$TAG" "$N" "$(scaled 100)" 1e-3 \
-    --freeze_llm_und False --freeze_llm_gen False --freeze_mlp_und False --freeze_mlp_gen False
+  run_tiny_stage "$STAGE2_DATA" "$PREV" "stage2_step${K}_$TAG" "$N" "$(scaled 100)" 1e-3 "${ALL_TRAINED[@]}"
   PREV=$(last_folder "stage2_step${K}_$TAG" "$N"); K=$((K + 1))
 done

@@ -7,7 +7,6 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 $PYTHON -m train.autoencoder_train --out "$WORK/ae/phase1.safetensors" --steps "$(scaled 1000)" --device "$DEVICE" \
   --crop 48 --batch_size 16 --lr 1e-3
-DECODER_STEPS=${DECODER_STEPS:-0}
 PHASE2="$WORK/ae/ae.safetensors"
 if [ "$DECODER_STEPS" -gt 0 ]; then PHASE2="$WORK/ae/phase2.safetensors"; fi
 $PYTHON -m train.autoencoder_train --init "$WORK/ae/phase1.safetensors" --out "$PHASE2" \
