@@ -237,7 +237,7 @@ def test_end_to_end_recipe_smoke(tmp_path):
         PYTHON=sys.executable,
         STEP_SCALE="0.001",  # every stage: max(2, steps * scale) = 2 steps
         LONG_STAGE1="1000",  # Stage I step 3 (the shipped model has 3000; 2 steps here)
-        LONG_STAGE2="1000 1000",  # Stage II steps 3 and 4 (shipped: "2500 3000 3000"; 2 each here)
+        LONG_STAGE2="1000 1000",  # Stage II steps 3 and 4 (shipped: "2500 3000 3000 3000 3000"; 2 each here)
         DECODER_STEPS="1000",  # VAE phase 3, decoder alone (shipped: 1500; 2 steps here)
         NUM_TRAIN="60",
         NUM_EVAL="6",

@@ -4,7 +4,7 @@
 #   WORK=./ckpts/tiny-work   DATA_ROOT=$WORK/data   NPROC=1 (>1: torchrun with the gloo backend)
 #   STEP_SCALE=1.0  multiplies every stage's step count (the CI smoke run uses a tiny value)
 #   LONG_STAGE1=0   > 0: Stage I step 3 of that many steps (the shipped model: 3000)
-#   LONG_STAGE2=""  "N1 N2 ...": Stage II steps 3, 4, ... of N1, N2, ... steps (the shipped model: "2500 3000 3000")
+#   LONG_STAGE2=""  "N1 N2 ...": Stage II steps 3, 4, ... of N1, N2, ... steps (the shipped model: "2500 3000 3000 3000 3000")
 #   DECODER_STEPS=0 > 0: the VAE's decoder fine-tuned for that many steps, encoder frozen (shipped: 1500)
 #   DEVICE=cpu DTYPE=fp32  (DEVICE=cuda DTYPE=bf16 trains on a GPU; NPROC>1 then uses nccl)
 WORK=${WORK:-./ckpts/tiny-work}
@@ -32,7 +32,8 @@ S1_STEP3_STEPS=0
 if [ "$LONG_STAGE1" -gt 0 ]; then S1_STEP3_STEPS=$(scaled "$LONG_STAGE1"); fi
 
 # LONG_STAGE2="N1 N2 ..." adds Stage II steps 3, 4, ...: N1, N2, ... more steps, everything trained, mask
-# off, each with the LR warm-restarted at 1e-3 (cosine to 1e-4). The shipped model: "2500 3000 3000" (+100 min per variant).
+# off, each with the LR warm-restarted at 1e-3 (cosine to 1e-4). The shipped model: "2500 3000 3000 3000 3000"
+# (+160 min per variant).
 LONG_STAGE2=${LONG_STAGE2:-}
 S2_LONG_STEPS=()
 for n in $LONG_STAGE2; do S2_LONG_STEPS+=("$(scaled "$n")"); done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole tiny recipe, then the README's ShapeWorld table (about 2 h on 2 CPU cores at STEP_SCALE=1;
-# the shipped model's recipe, LONG_STAGE1=3000 LONG_STAGE2="2500 3000 3000" DECODER_STEPS=1500, adds
-# about 4 h 25 min with the ablation, 2 h 45 min with ABLATION=0):
+# the shipped model's recipe, LONG_STAGE1=3000 LONG_STAGE2="2500 3000 3000 3000 3000" DECODER_STEPS=1500,
+# adds about 6 h 25 min with the ablation, 3 h 45 min with ABLATION=0):
 #   data -> VAE + init -> Stage I -> Stage II with and without the semantic mask -> scores -> export.
 #   STEP_SCALE=0.01 WORK=/tmp/tiny scripts/tiny/run_all.sh     # a smoke run of a few steps per stage
 set -euo pipefail
