@@ -32,8 +32,8 @@ S1_STEP3_STEPS=0
 if [ "$LONG_STAGE1" -gt 0 ]; then S1_STEP3_STEPS=$(scaled "$LONG_STAGE1"); fi
 
 # LONG_STAGE2="N1 N2 ..." adds Stage II steps 3, 4, ...: N1, N2, ... more steps, everything trained, mask
-# off, each with the LR warm-restarted at 1e-3 (cosine to 1e-4). The shipped model: "2500 3000 3000 3000 3000"
-# (+160 min per variant).
+# off, each with the LR warm-restarted at 1e-3 (cosine to 1e-4). The shipped model's value (header) adds
+# about 160 min per variant.
 LONG_STAGE2=${LONG_STAGE2:-}
 S2_LONG_STEPS=()
 for n in $LONG_STAGE2; do S2_LONG_STEPS+=("$(scaled "$n")"); done
