@@ -118,7 +118,8 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    from inference.generation import SamplingConfig, denoise
+    from inference.generation import denoise
+    from inference.sampling import SamplingConfig
 
     h = w = res // pipe.config.latent_downsample
     dim = pipe.config.patch_latent_dim
@@ -127,9 +128,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         sync()
         t = time.perf_counter()
-        ctxs = [
-            pipe._build_contexts(r, torch.Generator().manual_seed(0), False, None, 0, None)[0] for r in reqs
-        ]
+        ctxs = [pipe._build_contexts(r, torch.Generator().manual_seed(0), False, None, 0)[0] for r in reqs]
         sync()
         ctx_s = time.perf_counter() - t
         noises = [torch.randn(h * w, dim) for _ in reqs]

@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from train.losses import flow_matching_losses  # noqa: E402
 from train.metrics import attention_flop_coeff, dense_llm_params, guess_peak_tflops, step_flops  # noqa: E402
 from train.optim import build_optimizer, clip_grad_norm  # noqa: E402
 from train.parallel import apply_activation_checkpointing  # noqa: E402
-from train.pretrain import to_device  # noqa: E402
 from train.synthetic import SyntheticSpec, make_pack  # noqa: E402
 from train.vae_cache import PosteriorCache  # noqa: E402
 
@@ -137,7 +137,6 @@ def main(argv=None) -> None:
             FSDP_SUBMODULES,
             param_dtype=dtype if mixed else None,
             reduce_dtype=torch.float32 if mixed else None,
-            forward_methods=("training_losses",),
         )
     opt = build_optimizer(model, 1e-5)
     params = [q for q in model.parameters() if q.requires_grad]
@@ -163,12 +162,12 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        batch = batch.to(device)
         with torch.no_grad(), autocast:
-            images = batch["padded_images"].to(device)
-            batch["padded_latent"] = cache.encode(vae, images) if cache is not None else vae.encode(images)
-        batch = to_device(batch, device)
-        out = model.training_losses(batch, use_semantic_mask=args.use_semantic_mask)
-        loss = out["mse"].float().mean()
+            images = batch.vae_images
+            latent = cache.encode(vae, images) if cache is not None else vae.encode(images)
+        terms = flow_matching_losses(model, batch, latent, use_semantic_mask=args.use_semantic_mask)
+        loss = terms.mse.float().mean()
         loss.backward()
         clip_grad_norm(params, 1.0)
         opt.step()
@@ -177,8 +176,8 @@ def main(argv=None) -> None:
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-            toks += int(batch["sequence_length"])
-            flops += step_flops(dense, attn, int(batch["sequence_length"]), batch["sample_lens"].tolist())
+            toks += batch.length
+            flops += step_flops(dense, attn, batch.length, batch.sample_lens)
     total = sum(times)
     print(f"preset {args.preset} layers {cfg.llm.num_hidden_layers} device {device} dtype {dtype}")
     if cache is not None:

@@ -2,7 +2,7 @@
 
 Three levels (all plain python containers: ``torch.save``/``torch.load(weights_only=True)``/JSON safe):
 
-* **worker state** (attached by each DataLoader worker to every pack as ``batch["data_state"]``)::
+* **worker state** (attached by each DataLoader worker to every pack as ``seq.meta["data_state"]``)::
 
       {"format": FORMAT, "rank", "world_size", "num_workers", "data_seed", "worker_id",
        "packs": packs yielded so far by this worker,
@@ -128,8 +128,9 @@ class DataStateTracker:
             self.workers = {int(k): copy.deepcopy(v) for k, v in initial["workers"].items()}
             self.next_worker = int(initial["next_worker"])
 
-    def update(self, batch: dict) -> None:
-        state = batch["data_state"]
+    def update(self, batch) -> None:
+        """``batch``: a PackedSequence from PackedDataset."""
+        state = batch.meta["data_state"]
         worker = int(state["worker_id"])
         self.workers[worker] = state
         # DataLoader serves its workers round-robin; the next pack comes from the next logical worker.

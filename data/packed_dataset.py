@@ -11,7 +11,7 @@ Per DataLoader worker, forever:
    otherwise the pack is yielded and that sample is dropped (counted ``dropped_at_flush``).
 5. Else it is packed; once the pack reaches ``expected_num_tokens`` it is yielded.
 
-Every yielded pack carries ``batch["data_state"]`` (data_state.py), the exact state of its worker right
+Every yielded ``PackedSequence`` carries ``seq.meta["data_state"]`` (data_state.py), the exact state of its worker right
 after that pack, so a run resumed from the last consumed pack of each worker continues identically.
 """
 
@@ -38,7 +38,8 @@ from data.data_state import (
 )
 from data.dataset_info import data_root_from_env
 from data.parquet_io import DataConfigError
-from data.sequence_packing import PackingConfig, new_pack_state, pack_sample, sample_length, to_tensor
+from data.sequence_packing import PackingConfig, pack_sample, sample_length
+from modeling.sequence import PackedSequence, SequenceBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
     ``data_state``: a rank state from ``DataStateTracker.state_dict()`` (or upstream's per-rank
     ``data_status`` entry) to resume from; None starts from the beginning.
     ``stats``: skip counters of the in-process iterator (``num_workers == 0``); with workers, read
-    ``batch["data_state"]["stats"]`` or ``DataStateTracker.stats()`` instead.
+    ``seq.meta["data_state"]["stats"]`` or ``DataStateTracker.stats()`` instead.
     """
 
     def __init__(
@@ -107,7 +108,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
         self.cumprobs = [sum(g.weight for g in groups[: i + 1]) / total for i in range(len(groups))]
 
     # ------------------------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[PackedSequence]:
         info = torch.utils.data.get_worker_info()
         if info is None:
             if self.num_workers != 0:
@@ -141,7 +142,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
         state = workers.get(worker_id, workers.get(str(worker_id)))
         return copy.deepcopy(state) if state is not None else None
 
-    def _packs(self, worker_id: int, n_workers: int) -> Iterator[dict]:
+    def _packs(self, worker_id: int, n_workers: int) -> Iterator[PackedSequence]:
         saved = self._initial_worker_state(worker_id)
         resumable = {g.name for g in self.groups if g.resume_data_status}
         positions = {g.name: None for g in self.groups}
@@ -185,11 +186,11 @@ class PackedDataset(torch.utils.data.IterableDataset):
             sample["group"] = group.name
             return sample
 
-        def emit(state: dict) -> dict:
+        def emit(builder: SequenceBuilder) -> PackedSequence:
             nonlocal packs
             packs += 1
-            batch = to_tensor(state)
-            batch["data_state"] = {
+            batch = builder.build()
+            batch.meta["data_state"] = {
                 "format": FORMAT,
                 "rank": self.rank,
                 "world_size": self.world_size,
@@ -205,9 +206,9 @@ class PackedDataset(torch.utils.data.IterableDataset):
             }
             return batch
 
-        state = new_pack_state()
+        state = self.packing.new_builder()  # the pack being filled
         while True:
-            if state["curr"] == 0:
+            if state.curr == 0:
                 for group in self.groups:
                     if not group.is_mandatory:
                         continue
@@ -219,7 +220,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
                             break
                         self._count_too_long(stats, sample, length)
 
-            if state["curr"] < self.prefer_buffer_before and buffer:
+            if state.curr < self.prefer_buffer_before and buffer:
                 sample, from_buffer = buffer.pop(0), True
             else:
                 draw = py_rng.random()
@@ -230,7 +231,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
             if length > self.max_num_tokens_per_sample:
                 self._count_too_long(stats, sample, length)
                 continue
-            if state["curr"] + length > self.max_num_tokens:
+            if state.curr + length > self.max_num_tokens:
                 if len(buffer) < self.max_buffer_size and not from_buffer:
                     buffer.append(sample)
                 else:
@@ -240,19 +241,19 @@ class PackedDataset(torch.utils.data.IterableDataset):
                     ] += 1
                     logger.info(
                         "pack of %d tokens yielded; dropping a %d-token %s sample (%s)",
-                        state["curr"],
+                        state.curr,
                         length,
                         sample["group"],
                         "from buffer" if from_buffer else "buffer full",
                     )
                     yield emit(state)
-                    state = new_pack_state()
+                    state = self.packing.new_builder()
                 continue
 
             pack_sample(sample, state, self.packing, py_rng, np_rng)
-            if state["curr"] >= self.expected_num_tokens:
+            if state.curr >= self.expected_num_tokens:
                 yield emit(state)
-                state = new_pack_state()
+                state = self.packing.new_builder()
 
     def _count_too_long(self, stats: Counter, sample: dict, length: int) -> None:
         stats["too_long_samples"] += 1
@@ -332,8 +333,8 @@ def build_packed_dataset(
     )
 
 
-def collate_packs(batch: list[dict]) -> dict:
-    """DataLoader collate for ``batch_size=1``: the pack dict itself."""
+def collate_packs(batch: list[PackedSequence]) -> PackedSequence:
+    """DataLoader collate for ``batch_size=1``: the pack itself."""
     if len(batch) != 1:
         raise ValueError(f"packs are batches already; use DataLoader(batch_size=1), got {len(batch)}")
     return batch[0]
@@ -353,16 +354,3 @@ def build_dataloader(
         pin_memory=pin_memory,
         drop_last=True,
     )
-
-
-def move_batch_to_device(batch: dict, device: torch.device | str, non_blocking: bool = True) -> dict:
-    """Copy of ``batch`` with every tensor (also inside lists, e.g. the masks) on ``device``."""
-
-    def move(value):
-        if torch.is_tensor(value):
-            return value.to(device, non_blocking=non_blocking)
-        if isinstance(value, list) and value and all(torch.is_tensor(v) for v in value):
-            return [v.to(device, non_blocking=non_blocking) for v in value]
-        return value
-
-    return {key: move(value) for key, value in batch.items()}

@@ -15,6 +15,9 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -28,19 +31,24 @@ def generate_and_judge(
     model's default settings (batched, per-sample seeds from ``sampling_seed``) and judge them.
     Returns the aggregation result (``result["mean"]["leaderboard.overall"]`` etc.)."""
     from data.synthetic.make_shapeworld import make_shapeworld
+    from eval.generate import generate_benchmark, load_cases
     from eval.shapeworld import score_benchmark
-    from inference import benchmark
+    from inference.pipeline import SconePipeline
 
     world = os.path.join(work, f"world{world_seed}_{num_cases}")
     if not os.path.isfile(os.path.join(world, "bench", "data.jsonl")):
         make_shapeworld(world, num_train=0, num_eval=num_cases, seed=world_seed, overwrite=True)
-    bench = os.path.join(world, "bench")
-    out = os.path.join(work, f"gen_seed{sampling_seed}")
-    argv = ["--model_path", model_path, "--benchmark_dir", bench, "--output_dir", out]
-    argv += ["--seed", str(sampling_seed), "--batch_size", "8", "--no_progress"]
-    if benchmark.main(argv) != 0:
-        raise RuntimeError(f"benchmark generation failed for {model_path} (see the log above)")
-    return score_benchmark(bench, out, progress=False)
+    bench = Path(world) / "bench"
+    out = Path(work) / f"gen_seed{sampling_seed}"
+    cases, problems, _ = load_cases("jsonl", bench)
+    cuda = torch.cuda.is_available()  # the benchmark CLI's choice: bf16 on a GPU, fp32 on the CPU
+    pipe = SconePipeline.from_pretrained(
+        model_path, device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32
+    )
+    report = generate_benchmark(pipe, cases, bench, out, seed=sampling_seed, batch_size=8, progress=False)
+    if problems or report.failures:
+        raise RuntimeError(f"benchmark generation failed for {model_path}: {problems or report.failures}")
+    return score_benchmark(str(bench), str(out), progress=False)
 
 
 def main(argv=None) -> int:

@@ -30,25 +30,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """Sampling flags; None = the model's default (scone_config.json), else Scone's published value."""
-    dflt = "default: the model's (scone_config.json), else Scone's {}"
-    p.add_argument("--height", type=int, default=None, help=dflt.format(1024))
-    p.add_argument("--width", type=int, default=None, help=dflt.format(1024))
-    p.add_argument("--num_timesteps", type=int, default=None, help=dflt.format(50))
-    p.add_argument("--timestep_shift", type=float, default=None, help=dflt.format(3.0))
-    p.add_argument("--cfg_text_scale", type=float, default=None, help=dflt.format(4.0))
-    p.add_argument("--cfg_img_scale", type=float, default=None, help=dflt.format(2.0))
-    p.add_argument("--cfg_interval", type=float, nargs=2, default=None, help=dflt.format("0 1"))
-    p.add_argument(
-        "--cfg_renorm_type",
-        default=None,
-        choices=("global", "channel", "text_channel"),
-        help=dflt.format("text_channel"),
-    )
-    p.add_argument("--cfg_renorm_min", type=float, default=None, help=dflt.format(0.0))
-
-
 def resolve_model_path(arg: str | None) -> str:
     if arg:
         return arg

@@ -1,8 +1,8 @@
 """Image generation (batched CFG denoising) and text generation on prepared contexts.
 
 Every denoising step evaluates all CFG branches of all requests in ONE packed forward: the query of a
-request (``<|vision_start|>`` + h*w noisy latent tokens + ``<|vision_end|>``) is embedded once and
-repeated per branch, each copy with its branch's position id and attending to its branch's cache.
+request (``<|vision_start|>`` + h*w noisy latent tokens + ``<|vision_end|>``) appears once per branch,
+each copy at its branch's position and attending to its branch's cache.
 Upstream runs the three branches as three serial forwards at batch size 1.
 """
 
@@ -13,32 +13,38 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from inference.context import Context, prefill_text
+from inference import trace
+from inference.context import Context, item_builder
 from inference.flow_sampler import branches_needed, cfg_combine, cfg_scales_at, euler_step, timestep_schedule
+from inference.sampling import SamplingConfig
 from modeling.bagel import Bagel
-from modeling.kv_cache import Segment
-from modeling.position_ids import flattened_position_ids
+from modeling.kv_cache import CachedAttention, Segment
+from modeling.sequence import PackedSequence, SequenceBuilder
 from modeling.tokenizer import SpecialTokenIds
 
 
 @dataclass
 class CFGContexts:
-    """The three caches of one request (spec inference.md §2.2)."""
+    """The three caches of one request (docs/architecture.md §6)."""
 
     full: Context
     no_text: Context
     no_image: Context
 
 
-@dataclass
-class SamplingConfig:
-    num_timesteps: int = 50
-    timestep_shift: float = 3.0
-    cfg_text_scale: float = 4.0
-    cfg_img_scale: float = 2.0
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
-    cfg_renorm_type: str = "text_channel"
-    cfg_renorm_min: float = 0.0
+def _query(
+    model: Bagel, special: SpecialTokenIds, jobs: list[tuple[int, str, Context]], grids: list[tuple[int, int]]
+) -> tuple[PackedSequence, list[Segment]]:
+    """The packed query of one denoising forward: per job (request, branch, context) one sample holding
+    the request's noisy image at its context's next position, attending to that context's cache."""
+    builder = SequenceBuilder(special, model.config.sequence_geometry())
+    segments = []
+    for r, _branch, ctx in jobs:
+        start = builder.curr
+        builder.start_sample(ctx.rope).add_vae_image(grid=grids[r], noisy=True)
+        builder.end_sample()
+        segments.append(Segment(builder.curr - start, ctx.cache, ctx.kv_len))
+    return builder.build().to(model.device), segments
 
 
 @torch.no_grad()
@@ -51,24 +57,18 @@ def denoise(
     sampling: SamplingConfig,
     batch_branches: bool = True,
     progress: bool = False,
-    record: list | None = None,
 ) -> list[torch.Tensor]:
     """Integrate each request's latent tokens from noise to data.
 
     init_noise[r] [h*w, p*p*C] fp32 (t = 1); grids[r] = (h, w) latent-token grid. Returns the final
     latents [h*w, p*p*C] fp32. ``batch_branches=False`` runs one forward per branch (reference path).
-    ``record`` (a list) receives per-step dicts of x_t / branch velocities / v_t for parity checks.
+    Under ``trace.recording()`` request 0's x_t / branch velocities / v_t are recorded per step.
     """
     dev = model.device
     timesteps, dts = timestep_schedule(sampling.num_timesteps, sampling.timestep_shift)
     xs = [n.float().clone() for n in init_noise]
-    cfg = model.config
-    lat_pos = [
-        flattened_position_ids(h, w, cfg.max_latent_size, cfg.interpolate_pos).to(dev) for h, w in grids
-    ]
-    markers = model.embed_text(torch.tensor([special.start_of_image, special.end_of_image], device=dev))
-    steps = range(len(timesteps))
-    for i in tqdm(steps, desc="denoising", disable=not progress, leave=False):
+    queries: dict = {}  # the query layout depends only on which branches run: built once per set
+    for i in tqdm(range(len(timesteps)), desc="denoising", disable=not progress, leave=False):
         t = float(timesteps[i])
         s_t, s_i = cfg_scales_at(t, sampling.cfg_interval, sampling.cfg_text_scale, sampling.cfg_img_scale)
         need_text, need_img = branches_needed(s_t, s_i)
@@ -79,31 +79,21 @@ def denoise(
                 jobs.append((r, "no_text", ctxs.no_text))
             if need_img:
                 jobs.append((r, "no_image", ctxs.no_image))
-        queries = []
-        for r, x in enumerate(xs):
-            tt = torch.full((x.shape[0],), t, device=dev)
-            lat = model.embed_latents(x.to(dev), tt, lat_pos[r])
-            queries.append(torch.cat([markers[:1], lat.to(markers.dtype), markers[1:]], 0))
         groups = [jobs] if batch_branches else [[j] for j in jobs]
         vel = {}
-        for group in groups:
-            embeds, pos, gen_idx, segs, offset = [], [], [], [], 0
-            for r, _name, ctx in group:
-                q = queries[r]
-                n = q.shape[0]
-                embeds.append(q)
-                pos.append(torch.full((n,), ctx.rope, device=dev, dtype=torch.long))
-                gen_idx.append(torch.arange(offset + 1, offset + n - 1, device=dev))
-                segs.append(Segment(n, ctx.cache, ctx.kv_len))
-                offset += n
-            hidden = model.forward_cached(
-                torch.cat(embeds), torch.cat(pos), segs, gen_indexes=torch.cat(gen_idx)
+        for g, group in enumerate(groups):
+            key = (need_text, need_img, g)
+            if key not in queries:
+                queries[key] = _query(model, special, group, grids)
+            seq, segments = queries[key]
+            lat = torch.cat([xs[r] for r, _, _ in group]).to(dev)
+            out = model(
+                seq.with_latents(lat, torch.full((lat.shape[0],), t, device=dev)), CachedAttention(segments)
             )
-            offset = 0
-            for (r, name, _), q in zip(group, [queries[j[0]] for j in group]):
-                n = q.shape[0]
-                vel[(r, name)] = model.velocity(hidden[offset + 1 : offset + n - 1]).float()
-                offset += n
+            parts = out.velocity.float().split([xs[r].shape[0] for r, _, _ in group])
+            for (r, name, _), v in zip(group, parts):
+                vel[(r, name)] = v
+        rec = trace.active()
         for r in range(len(xs)):
             v = cfg_combine(
                 vel[(r, "full")],
@@ -114,14 +104,19 @@ def denoise(
                 sampling.cfg_renorm_type,
                 sampling.cfg_renorm_min,
             )
-            if record is not None and r == 0:
-                record.append(
+            if rec is not None and r == 0:
+                rec.denoise_steps.append(
                     {
                         "t": t,
                         "x_t": xs[r].clone(),
-                        "v_cond": vel[(r, "full")].cpu(),
-                        "v_cfg_text": None if (r, "no_text") not in vel else vel[(r, "no_text")].cpu(),
-                        "v_cfg_img": None if (r, "no_image") not in vel else vel[(r, "no_image")].cpu(),
+                        **{
+                            k: None if vel.get((r, b)) is None else vel[(r, b)].cpu()
+                            for k, b in (
+                                ("v_cond", "full"),
+                                ("v_cfg_text", "no_text"),
+                                ("v_cfg_img", "no_image"),
+                            )
+                        },
                         "v_t": v.cpu(),
                     }
                 )
@@ -151,11 +146,11 @@ def generate_text(
     curr = special.bos_token_id
     ids, logits_all = [], []
     for _ in range(max_new_tokens):
-        emb = model.embed_text(torch.tensor([curr], device=dev))
-        pos = torch.tensor([ctx.rope], device=dev)
-        h = model.forward_cached(
-            emb, pos, [Segment(1, ctx.cache, ctx.kv_len)], causal=True, update_cache=True
-        )
+        b = item_builder(model, special, ctx)
+        b.add_text([curr], wrap=False)
+        seq = b.end_sample().build().to(dev)
+        plan = CachedAttention([Segment(1, ctx.cache, ctx.kv_len)], causal=True, update_cache=True)
+        h = model(seq, plan).hidden
         ctx.kv_len += 1
         ctx.rope += 1
         logits = model.logits(h)[0].float()
@@ -171,8 +166,3 @@ def generate_text(
             break
         curr = nxt
     return ids, (torch.stack(logits_all) if return_logits and logits_all else None)
-
-
-def append_text_to(model: Bagel, ctxs: list[Context], ids: list[int], special: SpecialTokenIds) -> None:
-    for c in ctxs:
-        prefill_text(model, c, ids, special)

@@ -5,8 +5,8 @@
     out.image.save("out.png")
     ans = pipe.understand(images=[img], prompt="What is in the picture?")
 
-Defaults are Scone's published single-case settings (spec inference.md §4), unless the model folder's
-``scone_config.json`` states its own (``pipe.defaults``). Inputs are checked up
+Sampling defaults are Scone's published single-case settings (``inference.sampling.SamplingConfig``),
+unless the model folder's ``scone_config.json`` states its own (``pipe.sampling``). Inputs are checked up
 front: unreadable images, empty prompts and sizes that are not multiples of 16 raise ``ValueError``
 with a clear message; RGBA / grayscale / CMYK / palette images are converted to RGB (alpha composited
 on white, as upstream).
@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from data.transforms import ImageTransform, pil_img2rgb, to_tensor_normalized
+from inference import trace
 from inference.context import Context, prefill_text, prefill_vae, prefill_vit
-from inference.generation import CFGContexts, SamplingConfig, denoise, generate_text
+from inference.generation import CFGContexts, denoise, generate_text
+from inference.sampling import SamplingConfig
 from modeling.checkpoint import LoadedModel, load_pretrained
-from modeling.embeddings import unpatchify_latent
+from modeling.sequence import unpatchify
 from modeling.tokenizer import encode
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,6 @@ class GenerationOutput:
     decoded: torch.Tensor  # [1, 3, H, W] VAE output in [-1, 1] units, fp32, CPU
     thought: str | None = None
     seed: int | None = None
-    record: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -85,35 +86,21 @@ def load_image(image) -> Image.Image:
     return pil_img2rgb(image)
 
 
-# Scone's published settings (spec inference.md §4). A model folder may override any of them in the
-# "inference" object of its scone_config.json (the tiny ShapeWorld model does: 96 px, fewer steps).
-UPSTREAM_DEFAULTS: dict = {
-    "vae_transform": (1024, 512, 16),  # ImageTransform(max, min, stride) of the references' VAE path
-    "vit_transform": (980, 224, 14),
-    "height": 1024,
-    "width": 1024,
-    "num_timesteps": 50,
-    "timestep_shift": 3.0,
-    "cfg_text_scale": 4.0,
-    "cfg_img_scale": 2.0,
-    "cfg_interval": (0.0, 1.0),
-    "cfg_renorm_type": "text_channel",
-    "cfg_renorm_min": 0.0,
-}
+# The references' preprocessing: ImageTransform(max side, min side, stride) of the VAE and ViT views.
+UPSTREAM_TRANSFORMS: dict = {"vae_transform": (1024, 512, 16), "vit_transform": (980, 224, 14)}
 
 
-def model_defaults(config) -> dict:
-    """Upstream defaults updated with the folder's ``scone_config.json`` "inference" entries (validated)."""
+def model_defaults(config) -> tuple[SamplingConfig, dict]:
+    """(sampling settings, transforms): Scone's published ones updated with the folder's
+    ``scone_config.json`` "inference" entries (validated)."""
     own = dict(config.extra.get("inference", {}))
-    unknown = sorted(set(own) - set(UPSTREAM_DEFAULTS))
+    known = [*SamplingConfig.names(), *UPSTREAM_TRANSFORMS]
+    unknown = sorted(set(own) - set(known))
     if unknown:
-        raise ValueError(
-            f"scone_config.json inference: unknown keys {unknown} (known: {list(UPSTREAM_DEFAULTS)})"
-        )
-    out = {**UPSTREAM_DEFAULTS, **own}
-    for k in ("vae_transform", "vit_transform", "cfg_interval"):
-        out[k] = tuple(out[k])
-    return out
+        raise ValueError(f"scone_config.json inference: unknown keys {unknown} (known: {known})")
+    transforms = {k: tuple(own.get(k, v)) for k, v in UPSTREAM_TRANSFORMS.items()}
+    sampling = SamplingConfig().replace(**{k: v for k, v in own.items() if k not in UPSTREAM_TRANSFORMS})
+    return sampling, transforms
 
 
 class SconePipeline:
@@ -123,16 +110,17 @@ class SconePipeline:
         vae_transform: tuple[int, int, int] | None = None,
         vit_transform: tuple[int, int, int] | None = None,
     ):
-        """Transforms default to the model's (``self.defaults``); pass them to override."""
+        """Transforms default to the model's; pass them to override. ``self.sampling``: the model's
+        sampling settings (``SamplingConfig``), the defaults of every ``generate`` call."""
         self.loaded = loaded
         self.model = loaded.model
         self.vae = loaded.vae
         self.tokenizer = loaded.tokenizer
         self.special = loaded.special_ids
         self.config = loaded.config
-        self.defaults = model_defaults(loaded.config)
-        self.vae_transform = ImageTransform(*(vae_transform or self.defaults["vae_transform"]))
-        self.vit_transform = ImageTransform(*(vit_transform or self.defaults["vit_transform"]))
+        self.sampling, transforms = model_defaults(loaded.config)
+        self.vae_transform = ImageTransform(*(vae_transform or transforms["vae_transform"]))
+        self.vit_transform = ImageTransform(*(vit_transform or transforms["vit_transform"]))
 
     @classmethod
     def from_pretrained(
@@ -177,15 +165,13 @@ class SconePipeline:
         return prompt
 
     # ------------------------------------------------------------------ generation
-    def _build_contexts(
-        self, req: GenerationRequest, generator, think, think_prompt, max_think_tokens, record
-    ):
-        model, sp, L = self.model, self.special, self.config.llm.num_hidden_layers
-        gen, cfg_img = Context.empty(L), Context.empty(L)
-        cfg_text = gen.snapshot()
-        steps = record.setdefault("context_steps", []) if record is not None else None
+    def _build_contexts(self, req: GenerationRequest, generator, think, think_prompt, max_think_tokens):
+        """The three contexts of one request (docs/architecture.md §6): ``full`` sees everything, ``no_image``
+        everything but the references, ``no_text`` is ``full`` as it was before the instruction."""
+        model, sp, layers = self.model, self.special, self.config.llm.num_hidden_layers
+        full, no_image = Context.empty(layers, "full"), Context.empty(layers, "no_image")
         if think:
-            for c in (gen, cfg_img):
+            for c in (full, no_image):
                 prefill_text(model, c, encode(self.tokenizer, think_prompt or THINK_PROMPT_GENERATE), sp)
         images = self._prepare_images(req.images)
         noises = req.ref_posterior_noise
@@ -193,118 +179,73 @@ class SconePipeline:
             raise ValueError(f"ref_posterior_noise has {len(noises)} tensors for {len(images)} images")
         for i, im in enumerate(images):
             noise = None if noises is None else noises[i]
-            r1 = prefill_vae(
-                model, self.vae, gen, to_tensor_normalized(im), sp, noise=noise, generator=generator
-            )
-            r2 = prefill_vit(model, gen, self.vit_transform(im), sp)
-            if steps is not None:
-                steps += [("gen", r1), ("gen", r2)]
-            cfg_text = gen.snapshot()  # rule (b): after every image
+            prefill_vae(model, self.vae, full, to_tensor_normalized(im), sp, noise=noise, generator=generator)
+            prefill_vit(model, full, self.vit_transform(im), sp)
         ids = encode(self.tokenizer, self._check_prompt(req.prompt))
-        cfg_text = gen.snapshot()  # rule (a): before the text
-        r = prefill_text(model, gen, ids, sp)
-        r_img = prefill_text(model, cfg_img, ids, sp)
-        if steps is not None:
-            steps += [("gen", r), ("cfg_img", r_img)]
+        no_text = full.snapshot("no_text")
+        prefill_text(model, full, ids, sp)
+        prefill_text(model, no_image, ids, sp)
         thought = None
         if think:
-            out, _ = generate_text(model, gen, sp, max_think_tokens)
+            out, _ = generate_text(model, full, sp, max_think_tokens)
             thought = self._decode_text(out)
-            prefill_text(model, gen, encode(self.tokenizer, thought), sp)
-        return CFGContexts(gen, cfg_text, cfg_img), thought
+            prefill_text(model, full, encode(self.tokenizer, thought), sp)
+        return CFGContexts(full, no_text, no_image), thought
 
     def generate_batch(
         self,
         requests: list[GenerationRequest],
-        height: int | None = None,
-        width: int | None = None,
-        num_timesteps: int | None = None,
-        timestep_shift: float | None = None,
-        cfg_text_scale: float | None = None,
-        cfg_img_scale: float | None = None,
-        cfg_interval: tuple[float, float] | None = None,
-        cfg_renorm_type: str | None = None,
-        cfg_renorm_min: float | None = None,
+        sampling: SamplingConfig | None = None,
         think: bool = False,
         think_prompt: str | None = None,
         max_think_tokens: int = 1000,
         batch_cfg: bool = True,
         progress: bool = False,
-        record: dict | None = None,
+        **settings,
     ) -> list[GenerationOutput]:
         """Generate one image per request; all requests and CFG branches share each denoising forward.
 
-        Random draws per request, in upstream's order: one VAE posterior noise per reference image, then
-        the initial latent noise [h*w, p*p*C] — from ``torch.Generator().manual_seed(seed)`` when the
-        request has a seed, else from the global CPU generator. Sampling arguments left at None take the
-        model's defaults (``self.defaults``: Scone's published settings unless the folder overrides them).
+        ``sampling`` (default ``self.sampling``) updated with any ``SamplingConfig`` field given as a keyword
+        (``height=``, ``num_timesteps=``, ``cfg_text_scale=``, ...; None keeps the setting). Random draws per
+        request, in upstream's order: one VAE posterior noise per reference image, then the initial latent
+        noise [h*w, p*p*C], from ``torch.Generator().manual_seed(seed)`` when the request has a seed, else
+        from the global CPU generator.
         """
-        given = {
-            "height": height,
-            "width": width,
-            "num_timesteps": num_timesteps,
-            "timestep_shift": timestep_shift,
-            "cfg_text_scale": cfg_text_scale,
-            "cfg_img_scale": cfg_img_scale,
-            "cfg_interval": cfg_interval,
-            "cfg_renorm_type": cfg_renorm_type,
-            "cfg_renorm_min": cfg_renorm_min,
-        }
-        o = {k: self.defaults[k] if v is None else v for k, v in given.items()}
-        h, w = self._check_size(o["height"], o["width"])
-        sampling = SamplingConfig(
-            o["num_timesteps"],
-            o["timestep_shift"],
-            o["cfg_text_scale"],
-            o["cfg_img_scale"],
-            tuple(o["cfg_interval"]),
-            o["cfg_renorm_type"],
-            o["cfg_renorm_min"],
-        )
+        cfg = (sampling or self.sampling).replace(**settings)
+        h, w = self._check_size(cfg.height, cfg.width)
         dim = self.config.patch_latent_dim
         contexts, noises, thoughts = [], [], []
         for k, req in enumerate(requests):
-            gen = torch.Generator().manual_seed(int(req.seed)) if req.seed is not None else None
-            ctxs, thought = self._build_contexts(
-                req, gen, think, think_prompt, max_think_tokens, record if k == 0 else None
-            )
+            generator = torch.Generator().manual_seed(int(req.seed)) if req.seed is not None else None
+            with trace.request(k):
+                ctxs, thought = self._build_contexts(req, generator, think, think_prompt, max_think_tokens)
             if req.init_noise is not None:
                 noise = req.init_noise.float().reshape(h * w, dim)
             else:
-                noise = torch.randn(h * w, dim, generator=gen)
+                noise = torch.randn(h * w, dim, generator=generator)
             contexts.append(ctxs)
             noises.append(noise)
             thoughts.append(thought)
-        if record is not None:
-            c = contexts[0]
-            record["query_rope"] = {
-                "full": c.full.rope,
-                "no_text": c.no_text.rope,
-                "no_image": c.no_image.rope,
+        rec = trace.active()
+        if rec is not None:
+            rec.query = {
+                n: (getattr(contexts[0], n).kv_len, getattr(contexts[0], n).rope)
+                for n in ("full", "no_text", "no_image")
             }
-            record["query_kv_len"] = {
-                "full": c.full.kv_len,
-                "no_text": c.no_text.kv_len,
-                "no_image": c.no_image.kv_len,
-            }
-        steps = record.setdefault("denoise_steps", []) if record is not None else None
         latents = denoise(
             self.model,
             contexts,
             noises,
             [(h, w)] * len(requests),
             self.special,
-            sampling,
+            cfg,
             batch_branches=batch_cfg,
             progress=progress,
-            record=steps,
         )
         outs = []
         for req, lat, thought in zip(requests, latents, thoughts):
             decoded = self.decode_latent(lat, h, w)
             outs.append(GenerationOutput(self.to_pil(decoded), lat.cpu(), decoded, thought, req.seed))
-        if record is not None:
-            outs[0].record = record
         return outs
 
     def generate(
@@ -326,7 +267,7 @@ class SconePipeline:
     def decode_latent(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Packed latent tokens [h*w, p*p*C] -> VAE output [1, 3, 16h, 16w] (fp32, CPU)."""
         p, c = self.config.latent_patch_size, self.config.latent_channel
-        z = unpatchify_latent(tokens.float(), h, w, p, c)[None]
+        z = unpatchify(tokens.float(), h, w, p, c)[None]
         param = next(self.vae.parameters())
         return self.vae.decode(z.to(param.device, param.dtype)).float().cpu()
 
@@ -356,24 +297,18 @@ class SconePipeline:
         think: bool = False,
         think_prompt: str | None = None,
         return_logits: bool = False,
-        record: dict | None = None,
     ) -> UnderstandingOutput:
         """Answer ``prompt`` about ``images`` (ViT view only), greedy by default."""
         model, sp = self.model, self.special
         ctx = Context.empty(self.config.llm.num_hidden_layers)
-        steps = record.setdefault("context_steps", []) if record is not None else None
         if think:
             prefill_text(model, ctx, encode(self.tokenizer, think_prompt or THINK_PROMPT_UNDERSTAND), sp)
         for im in self._prepare_images(images):
-            rec = prefill_vit(model, ctx, self.vit_transform(im), sp)
-            if steps is not None:
-                steps.append(("und", rec))
-        rec = prefill_text(model, ctx, encode(self.tokenizer, self._check_prompt(prompt)), sp)
-        if steps is not None:
-            steps.append(("und", rec))
-        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+            prefill_vit(model, ctx, self.vit_transform(im), sp)
+        prefill_text(model, ctx, encode(self.tokenizer, self._check_prompt(prompt)), sp)
+        generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         ids, logits = generate_text(
-            model, ctx, sp, max_new_tokens, do_sample, temperature, gen, return_logits
+            model, ctx, sp, max_new_tokens, do_sample, temperature, generator, return_logits
         )
         text = self._decode_text(ids)
         return UnderstandingOutput(text=text, token_ids=ids, step_logits=logits, thought=None)

@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from inference.cli_common import add_model_args, add_sampling_args, resolve_device_dtype, resolve_model_path
+from inference.cli_common import add_model_args, resolve_device_dtype, resolve_model_path
+from inference.sampling import add_sampling_args, sampling_overrides
 
 log = logging.getLogger("scone.single_case")
 
@@ -58,17 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             images=args.input_image_paths,
             prompt=args.instruction,
             seed=args.seed,
-            height=args.height,
-            width=args.width,
-            num_timesteps=args.num_timesteps,
-            timestep_shift=args.timestep_shift,
-            cfg_text_scale=args.cfg_text_scale,
-            cfg_img_scale=args.cfg_img_scale,
-            cfg_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
-            cfg_renorm_type=args.cfg_renorm_type,
-            cfg_renorm_min=args.cfg_renorm_min,
             think=args.think,
             progress=True,
+            **sampling_overrides(args),
         )
     except (FileNotFoundError, ValueError) as e:
         log.error("%s", e)

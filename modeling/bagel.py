@@ -1,28 +1,33 @@
-"""The Bagel composite: Qwen2 MoT LLM + SigLIP NaViT + connector + latent bridges (spec model.md §2–3, §10).
+"""The Bagel composite: Qwen2 MoT LLM + SigLIP NaViT + connector + latent embeddings and heads.
 
 The VAE is not part of this module (it lives in ``ae.safetensors``); callers encode/decode with
-``modeling.autoencoder.AutoEncoder``. This file holds the embedding of every modality into the LLM's
-width and the packed training forward with its losses. Inference orchestration (KV caches, CFG,
-sampling) lives in ``inference/``.
+``modeling.autoencoder.AutoEncoder``. This file embeds every modality of a ``PackedSequence`` into the
+LLM's width and runs one packed forward (``Bagel.forward``). The training objective lives in
+``train/losses.py``, inference orchestration (KV caches, CFG, sampling) in ``inference/``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from modeling.config import BagelConfig
-from modeling.embeddings import MLPconnector, PositionEmbedding, TimestepEmbedder, patchify_latent
-from modeling.kv_cache import CachedAttention, MaskedAttention, Segment
+from modeling.embeddings import MLPconnector, PositionEmbedding, TimestepEmbedder
 from modeling.qwen2_mot import Qwen2MoTForCausalLM, Routing
-from modeling.semantic_mask import compute_semantic_mask
+from modeling.semantic_mask import SemanticMaskResult, compute_semantic_mask
+from modeling.sequence import PackedSequence
 from modeling.siglip import SiglipVisionModel
 
 
-def shifted_timestep(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """Rectified-flow timestep shift ``s t / (1 + (s - 1) t)`` (identity for s = 1)."""
-    return shift * t / (1 + (shift - 1) * t)
+@dataclass
+class BagelOutput:
+    hidden: torch.Tensor  # [N, H] final-normed hidden states
+    velocity: torch.Tensor | None  # [M, p*p*C] predicted velocity (noise - data) at seq.mse_indexes
+    logits: torch.Tensor | None  # [C, V] next-token logits at seq.ce_indexes
+    semantic: SemanticMaskResult | None = None  # the bridge's mask, when it ran
 
 
 class Bagel(nn.Module):
@@ -102,167 +107,59 @@ class Bagel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.language_model.lm_head(hidden)
 
-    # ------------------------------------------------------------------ inference forward
-    def forward_cached(
-        self,
-        embeds: torch.Tensor,
-        position_ids: torch.Tensor,
-        segments: list[Segment],
-        gen_indexes: torch.Tensor | None = None,
-        und_indexes: torch.Tensor | None = None,
-        causal: bool = False,
-        update_cache: bool = False,
-    ) -> torch.Tensor:
-        """One packed inference forward over query segments, each against its own KV cache.
+    # ------------------------------------------------------------------ forward
+    def embed(self, seq: PackedSequence) -> torch.Tensor:
+        """The LLM inputs [N, H] of a packed sequence: text embeddings, ViT features through the connector,
+        latent tokens (``seq.latents`` at noise levels ``seq.latent_t``) through ``vae2llm``."""
+        x = torch.zeros(seq.length, self.hidden_size, dtype=self.dtype, device=self.device)
+        x = x.index_copy(0, seq.text_indexes, self.embed_text(seq.text_ids))
+        if seq.vit_indexes.numel():
+            vit = self.embed_vit(seq.vit_pixels, seq.vit_position_ids, seq.vit_seqlens)
+            x = x.index_copy(0, seq.vit_indexes, vit.to(x.dtype))
+        if seq.vae_indexes.numel():
+            if seq.latents is None or seq.latent_t is None:
+                raise ValueError("the sequence has VAE slots but no latents: use seq.with_latents(tokens, t)")
+            lat = self.embed_latents(seq.latents, seq.latent_t, seq.vae_position_ids)
+            x = x.index_copy(0, seq.vae_indexes, lat.to(x.dtype))
+        return x
 
-        embeds [N, H]; position_ids [N]; ``gen_indexes`` rows go to the generation expert (VAE latent
-        tokens), all other rows to the understanding expert. Returns final-normed hidden [N, H].
+    def forward(self, seq: PackedSequence, plan, use_semantic_mask: bool = False) -> BagelOutput:
+        """One packed forward over ``seq`` (on the model's device).
+
+        ``plan`` is the attention: ``MaskedAttention`` (training: per-sample masks) or ``CachedAttention``
+        (inference: query segments against KV caches). Latent slots go to the generation expert, every other
+        token to the understanding expert. ``use_semantic_mask`` runs Scone's bridge (training): the layers up
+        to ``semantic_layer``, the mask from their output, then the remaining layers with the mask as a key
+        bias on the noisy target rows (docs/architecture.md §4). Returns the final-normed hidden states, the
+        velocity at ``seq.mse_indexes`` and the logits at ``seq.ce_indexes`` (None where there are none).
         """
-        if gen_indexes is not None and und_indexes is None:
-            is_und = torch.ones(embeds.shape[0], dtype=torch.bool, device=embeds.device)
-            is_und[gen_indexes] = False
-            und_indexes = is_und.nonzero().flatten()
-        route = Routing(und_indexes, gen_indexes)
-        plan = CachedAttention(segments, causal=causal, update_cache=update_cache)
-        return self.language_model(embeds, position_ids, route, plan)
-
-    # ------------------------------------------------------------------ training forward
-    def training_losses(
-        self,
-        batch: dict,
-        flow_noise: torch.Tensor | None = None,
-        use_semantic_mask: bool = False,
-        timestep_shift: float | None = None,
-    ) -> dict:
-        """Packed training forward (spec training.md §5) on one pack of samples.
-
-        ``batch`` holds upstream's packed keys (``packed_text_ids``, ``packed_text_indexes``,
-        ``packed_position_ids``, ``sample_lens``, ViT/VAE token indexes and ids, ``packed_timesteps`` raw
-        (``-inf`` for clean references), ``mse_loss_indexes``, optional CE keys) and ``padded_latent``
-        [B, C, h, w] (the VAE posterior sample of ``padded_images``). Attention masks come from
-        ``nested_attention_masks`` (bool or 0/-inf float, per sample), ``attention_allowed{i}`` (the fixture
-        layout) or ``split_lens`` + ``attn_modes``. ``flow_noise`` [N_vae, p*p*C] replaces the draw of eps.
-
-        Returns ``mse`` [N_mse, p*p*C] per-element squared errors (or None), ``ce`` [N_ce] per-token cross
-        entropy (or None), ``mse_pred``, ``ce_logits``, ``semantic_mask`` (bf16 [N] or None), ``stats``.
-        """
-        cfg = self.config
-        shift = cfg.timestep_shift if timestep_shift is None else timestep_shift
-        dev, dtype = self.device, self.dtype
-        b = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        sample_lens = [int(x) for x in torch.as_tensor(b["sample_lens"]).tolist()]
-        seq_len = int(b.get("sequence_length", sum(sample_lens)))
-        x = torch.zeros(seq_len, self.hidden_size, dtype=dtype, device=dev)
-        text_idx = b["packed_text_indexes"]
-        x = x.index_copy(0, text_idx, self.embed_text(b["packed_text_ids"]))
-        und_parts = [text_idx]
-
-        vit_idx = b.get("packed_vit_token_indexes")
-        if vit_idx is not None and vit_idx.numel():
-            pixels = b.get("packed_vit_tokens")
-            if pixels is None:
-                pixels = (b["packed_vit_tokens_u8"].float() / 255.0 - 0.5) / 0.5
-            vit_emb = self.embed_vit(pixels, b["packed_vit_position_ids"], b["vit_token_seqlens"])
-            x = x.index_copy(0, vit_idx, vit_emb.to(dtype))
-            und_parts.append(vit_idx)
-
-        vae_idx = b.get("packed_vae_token_indexes")
-        mse = mse_pred = None
-        p = cfg.latent_patch_size
-        if vae_idx is not None and vae_idx.numel():
-            latent = b["padded_latent"]
-            shapes = [
-                tuple(int(v) for v in s) for s in torch.as_tensor(b["patchified_vae_latent_shapes"]).tolist()
-            ]
-            # each image's latent is cropped out of the zero-padded batch before patchifying
-            clean = torch.cat(
-                [patchify_latent(latent[i, :, : h * p, : w * p], p) for i, (h, w) in enumerate(shapes)]
-            )
-            clean = clean.float()
-            t = torch.sigmoid(b["packed_timesteps"].float())
-            t = shifted_timestep(t, shift)
-            eps = torch.randn_like(clean) if flow_noise is None else flow_noise.to(dev).float()
-            x_t = (1 - t[:, None]) * clean + t[:, None] * eps
-            lat_emb = self.embed_latents(x_t, t, b["packed_latent_position_ids"])
-            x = x.index_copy(0, vae_idx, lat_emb.to(dtype))
-            target = eps - clean
-            has_mse = t > 0
-        und_idx = torch.cat(und_parts).sort().values
-        route = Routing(und_idx, vae_idx if vae_idx is not None and vae_idx.numel() else None)
-        plan = MaskedAttention(sample_lens, self._sample_masks(b, sample_lens, dev))
-
-        sem = {}
-        after_layer = None
+        lm = self.language_model
+        x = self.embed(seq)
+        is_und = torch.ones(seq.length, dtype=torch.bool, device=x.device)
+        is_und[seq.vae_indexes] = False
+        route = Routing(is_und.nonzero().flatten(), seq.vae_indexes if seq.vae_indexes.numel() else None)
+        rope = lm.rope(seq.position_ids, x.dtype)
+        semantic = None
         if use_semantic_mask:
-            lo, hi = cfg.semantic_mask_layers
-
-            def after_layer(i, hidden):
-                if i != cfg.semantic_layer:
-                    return
-                with torch.no_grad():
-                    res = compute_semantic_mask(
-                        hidden.detach(),
-                        sample_lens,
-                        b["packed_instruc_indexes"],
-                        vit_idx if vit_idx is not None else text_idx[:0],
-                        vae_idx if vae_idx is not None else text_idx[:0],
-                        [tuple(s) for s in torch.as_tensor(b["patchified_vit_token_shapes"]).tolist()]
-                        if vit_idx is not None and vit_idx.numel()
-                        else [],
-                        [tuple(s) for s in torch.as_tensor(b["patchified_vae_latent_shapes"]).tolist()]
-                        if vae_idx is not None and vae_idx.numel()
-                        else [],
-                        b.get("mse_loss_indexes"),
-                        cfg.semantic_threshold,
-                    )
-                sem["result"] = res
-                plan.key_bias = res.mask
-                plan.bias_rows = res.target_rows
-                plan.bias_layers = (lo, hi)
-
-        hidden = self.language_model(x, b["packed_position_ids"], route, plan, after_layer)
-
-        mse_idx = b.get("mse_loss_indexes")
-        if mse_idx is not None and mse_idx.numel():
-            mse_pred = self.velocity(hidden[mse_idx])
-            mse = (mse_pred.float() - target[has_mse]) ** 2
-        ce = ce_logits = None
-        ce_idx = b.get("ce_loss_indexes")
-        if ce_idx is not None and ce_idx.numel():
-            ce_logits = self.logits(hidden[ce_idx])
-            ce = F.cross_entropy(ce_logits.float(), b["packed_label_ids"], reduction="none")
-        res = sem.get("result")
-        stats = {}
-        if res is not None:
-            stats = {
-                "semantic_masked_ratio": res.masked_ratio,
-                "semantic_skipped_samples": res.skipped_samples,
-            }
-        return {
-            "mse": mse,
-            "ce": ce,
-            "mse_pred": mse_pred,
-            "ce_logits": ce_logits,
-            "semantic_mask": None if res is None else res.mask,
-            "semantic": res,
-            "stats": stats,
-        }
-
-    @staticmethod
-    def _sample_masks(b: dict, sample_lens: list[int], device=None) -> list[torch.Tensor]:
-        masks = b.get("nested_attention_masks")
-        if masks is None and "attention_allowed0" in b:
-            masks = [b[f"attention_allowed{i}"] for i in range(len(sample_lens))]
-        if masks is None and "split_lens" in b:
-            from data.attention_masks import build_sample_mask
-
-            masks = [build_sample_mask(sl, am) for sl, am in zip(b["split_lens"], b["attn_modes"])]
-        if masks is None:
-            raise KeyError(
-                "batch has no attention masks (nested_attention_masks / attention_allowed{i} / split_lens)"
-            )
-        out = []
-        for m in masks:
-            m = torch.as_tensor(m)
-            out.append((m if m.dtype == torch.bool else m == 0).to(device))
-        return out
+            cfg = self.config
+            x = lm.run_layers(x, rope, route, plan, 0, cfg.semantic_layer + 1)
+            with torch.no_grad():
+                semantic = compute_semantic_mask(
+                    x.detach(),
+                    seq.sample_lens,
+                    seq.instruction_indexes,
+                    seq.vit_indexes,
+                    seq.vae_indexes,
+                    seq.vit_grids,
+                    seq.vae_grids,
+                    seq.mse_indexes,
+                    cfg.semantic_threshold,
+                )
+            plan = plan.with_key_bias(semantic.mask, semantic.target_rows, cfg.semantic_mask_layers)
+            x = lm.run_layers(x, rope, route, plan, cfg.semantic_layer + 1)
+        else:
+            x = lm.run_layers(x, rope, route, plan)
+        hidden = lm.final_norm(x, route)
+        velocity = self.velocity(hidden[seq.mse_indexes]) if seq.mse_indexes.numel() else None
+        logits = self.logits(hidden[seq.ce_indexes]) if seq.ce_indexes.numel() else None
+        return BagelOutput(hidden, velocity, logits, semantic)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
+from modeling.sequence import SequenceGeometry
+
 MOT_LAYER = "Qwen2MoTDecoderLayer"
 # Optional file of a model folder (released checkpoints have none; the tiny ShapeWorld model has one):
 # {"semantic_layer": int, "semantic_mask_layers": [lo, hi], "semantic_threshold": float,
@@ -119,3 +121,13 @@ class BagelConfig:
     @property
     def patch_latent_dim(self) -> int:
         return self.latent_patch_size**2 * self.vae.z_channels
+
+    def sequence_geometry(self) -> SequenceGeometry:
+        """Patch sizes and position-table sides the sequence builder needs (``modeling.sequence``)."""
+        return SequenceGeometry(
+            vit_patch_size=self.vit.patch_size,
+            vit_max_patch_per_side=self.vit_max_num_patch_per_side,
+            latent_downsample=self.latent_downsample,
+            max_latent_size=self.max_latent_size,
+            interpolate_pos=self.interpolate_pos,
+        )

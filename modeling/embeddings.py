@@ -83,17 +83,3 @@ class MLPconnector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
-def patchify_latent(latent: torch.Tensor, p: int) -> torch.Tensor:
-    """latent [C, p*h, p*w] -> tokens [h*w, p*p*C] in (patch_row, patch_col, channel) order."""
-    c, hh, ww = latent.shape
-    h, w = hh // p, ww // p
-    x = latent[:, : h * p, : w * p].reshape(c, h, p, w, p)
-    return torch.einsum("chpwq->hwpqc", x).reshape(h * w, p * p * c)
-
-
-def unpatchify_latent(tokens: torch.Tensor, h: int, w: int, p: int, channels: int) -> torch.Tensor:
-    """tokens [h*w, p*p*C] -> latent [C, p*h, p*w] (inverse of ``patchify_latent``)."""
-    x = tokens.reshape(h, w, p, p, channels)
-    return torch.einsum("hwpqc->chpwq", x).reshape(channels, h * p, w * p)

@@ -137,6 +137,12 @@ class MaskedAttention:
         self._float_masks[dtype] = out
         return out
 
+    def with_key_bias(
+        self, key_bias: torch.Tensor, bias_rows: torch.Tensor, layers: tuple[int, int]
+    ) -> MaskedAttention:
+        """The same masks plus ``key_bias`` on ``bias_rows`` in layers ``layers`` (inclusive range)."""
+        return MaskedAttention(self.sample_lens, self.masks, key_bias, bias_rows, tuple(layers))
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         lo, hi = self.bias_layers
         if self.key_bias is not None and lo <= layer <= hi:

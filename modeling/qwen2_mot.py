@@ -190,25 +190,24 @@ class Qwen2MoTForCausalLM(nn.Module):
         self.model = Qwen2MoTModel(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        position_ids: torch.Tensor,
-        route: Routing,
-        plan,
-        after_layer=None,
-    ) -> torch.Tensor:
-        """Packed decoder forward.
+    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids [N] -> RoPE cos, sin [N, 1, head_dim]."""
+        return rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, dtype)
 
-        x [N, H] input embeddings, position_ids [N] RoPE positions. ``plan`` implements
-        ``attend(layer, q, k, v)``. ``after_layer(i, hidden)`` (optional) is called after every layer and
-        may update ``plan`` (the semantic mask). Returns final-normed hidden states [N, H] (``norm`` on und
-        rows, ``norm_moe_gen`` on gen rows).
-        """
-        cfg = self.config
-        cos, sin = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype)
-        for layer in self.model.layers:
+    def run_layers(
+        self, x: torch.Tensor, rope: tuple, route: Routing, plan, start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
+        """Decoder layers ``start`` .. ``stop - 1`` on x [N, H]; ``plan`` implements ``attend(layer, q, k, v)``."""
+        cos, sin = rope
+        for layer in self.model.layers[start:stop]:
             x = layer(x, cos, sin, route, plan)
-            if after_layer is not None:
-                after_layer(layer.layer_idx, x)
+        return x
+
+    def final_norm(self, x: torch.Tensor, route: Routing) -> torch.Tensor:
+        """``norm`` on und rows, ``norm_moe_gen`` on gen rows."""
         return _routed(x, route, self.model.norm, self.model.norm_moe_gen, x.shape[1])
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, route: Routing, plan) -> torch.Tensor:
+        """Packed decoder forward: x [N, H] embeddings, position_ids [N] -> final-normed hidden [N, H]."""
+        x = self.run_layers(x, self.rope(position_ids, x.dtype), route, plan)
+        return self.final_norm(x, route)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling.attention import varlen_attention
-from modeling.position_ids import flattened_position_ids
+from modeling.sequence import flattened_position_ids, patchify
 
 
 @dataclass
@@ -75,23 +75,6 @@ _ACTIVATIONS = {
 }
 
 
-def patchify_image(image: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[C, H, W] -> [(H/p) * (W/p), p * p * C]; patches row-major, each in (patch_row, patch_col, channel) order."""
-    c, h, w = image.shape
-    p = patch_size
-    if h % p or w % p:
-        raise ValueError(f"image {h}x{w} is not a multiple of the patch size {p}")
-    x = image.reshape(c, h // p, p, w // p, p)
-    return x.permute(1, 3, 2, 4, 0).reshape((h // p) * (w // p), p * p * c)
-
-
-def vit_position_ids(
-    h_patches: int, w_patches: int, max_per_side: int = 70, interpolate: bool = False
-) -> torch.Tensor:
-    """Position ids of an h x w patch grid into the ViT's learned table (row * 70 + col). LongTensor [h*w]."""
-    return flattened_position_ids(h_patches, w_patches, max_per_side, interpolate=interpolate)
-
-
 def pack_images(
     images: list[torch.Tensor], patch_size: int = 14, max_per_side: int = 70, interpolate: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -104,8 +87,8 @@ def pack_images(
     pixels, pos, lens = [], [], []
     for img in images:
         _, h, w = img.shape
-        pixels.append(patchify_image(img, patch_size))
-        pos.append(vit_position_ids(h // patch_size, w // patch_size, max_per_side, interpolate))
+        pixels.append(patchify(img, patch_size))
+        pos.append(flattened_position_ids(h // patch_size, w // patch_size, max_per_side, interpolate))
         lens.append(pixels[-1].shape[0])
     cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(lens), 0)

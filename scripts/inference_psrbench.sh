@@ -10,7 +10,7 @@ MODEL_PATH=${MODEL_PATH:-./ckpts/Scone}
 DATA_ROOT=${DATA_ROOT:-./datasets/PSRBench}
 OUTPUT_DIR=${OUTPUT_DIR:-./results/psrbench/Scone}
 NGPU=${NGPU:-1}
-torchrun --standalone --nproc_per_node "$NGPU" -m inference.benchmark \
+torchrun --standalone --nproc_per_node "$NGPU" -m eval.generate \
     --benchmark psrbench \
     --model_path "$MODEL_PATH" \
     --data_root "$DATA_ROOT" \

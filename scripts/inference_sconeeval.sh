@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Generate SconeEval images (Scone settings, 1024x1024) on all local GPUs.
-# Usage: bash scripts/inference_sconeeval.sh [extra inference.benchmark args, e.g. --rounds 3 --batch_size 2]
+# Usage: bash scripts/inference_sconeeval.sh [extra eval.generate args, e.g. --rounds 3 --batch_size 2]
 set -euo pipefail
 MODEL_PATH=${MODEL_PATH:-ckpts/Scone}
 BENCH_DIR=${BENCH_DIR:-datasets/SconeEval}
@@ -8,5 +8,5 @@ OUTPUT_DIR=${OUTPUT_DIR:-results/sconeeval/Scone}
 NGPUS=${NGPUS:-$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")}
 SEED=${SEED:-1234}
 
-torchrun --standalone --nproc_per_node "$NGPUS" -m inference.benchmark \
+torchrun --standalone --nproc_per_node "$NGPUS" -m eval.generate \
   --model_path "$MODEL_PATH" --benchmark_dir "$BENCH_DIR" --output_dir "$OUTPUT_DIR" --seed "$SEED" "$@"

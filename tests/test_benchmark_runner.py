@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
+from eval import generate as benchmark
 from eval.cases import PathEscapeError, read_cases, resolve_in_dir
-from inference import benchmark
-from inference.benchmark import build_jobs, sample_seed, shard
+from eval.generate import build_jobs, sample_seed, shard
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests/fixtures/bagel-tiny"
@@ -329,7 +329,7 @@ def test_tiny_model_torchrun_gloo(tmp_path, tiny_pipe):
         "--nproc_per_node",
         "2",
         "-m",
-        "inference.benchmark",
+        "eval.generate",
         *args(bench, two, *TINY_ARGS),
     ]
     # own process group, so that a hang cannot leave orphaned workers behind

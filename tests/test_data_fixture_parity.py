@@ -19,11 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data.attention_masks import build_sample_mask, to_additive_mask
 from data.data_config import build_groups
 from data.parquet_io import make_parquet_info
 from data.sequence_packing import PackingConfig, pack_samples
+from modeling.sequence import sample_attention_mask, to_additive_mask
 from modeling.tokenizer import load_tokenizer
+from tests.packed_adapters import upstream_batch
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "bagel-tiny")
 
@@ -109,9 +110,10 @@ def batch(fixture_case, tokenizer, tmp_path_factory):
         interpolate_pos=overrides["interpolate_pos"],
     )
     seeds = train["seeds"]
-    return pack_samples(
+    seq = pack_samples(
         samples, cfg, random.Random(seeds["python_random"]), np.random.RandomState(seeds["numpy"])
     )
+    return upstream_batch(seq)
 
 
 @pytest.mark.parametrize("key", EXACT_KEYS)
@@ -148,7 +150,7 @@ def test_attention_masks(batch, fixture_case):
         assert mask.dtype == torch.bool
         assert torch.equal(mask, expected), f"sample {i}"
         # the module the model side uses gives the same masks from split_lens / attn_modes
-        rebuilt = build_sample_mask(batch["split_lens"][i], batch["attn_modes"][i])
+        rebuilt = sample_attention_mask(batch["split_lens"][i], batch["attn_modes"][i])
         assert torch.equal(rebuilt, expected)
         additive = to_additive_mask(rebuilt)
         assert torch.equal(additive == 0, expected) and torch.isinf(additive[~expected]).all()

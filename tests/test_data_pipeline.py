@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import logging
@@ -16,7 +17,7 @@ import torch
 
 from data.data_config import build_groups
 from data.data_state import FORMAT, DataStateTracker
-from data.packed_dataset import build_dataloader, build_packed_dataset, move_batch_to_device
+from data.packed_dataset import build_dataloader, build_packed_dataset
 from data.parquet_io import DataConfigError, make_parquet_info
 from data.sequence_packing import sample_length
 from data.sharding import shard_for_rank, shard_for_worker
@@ -53,7 +54,10 @@ def data_root(tmp_path_factory):
 
 def assert_same(a, b, path="batch"):
     """Deep equality for packs (tensors compared exactly, incl. dtype)."""
-    if torch.is_tensor(a):
+    if dataclasses.is_dataclass(a):
+        assert type(a) is type(b), path
+        assert_same(dataclasses.asdict(a), dataclasses.asdict(b), path)
+    elif torch.is_tensor(a):
         assert torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape, path
         assert torch.equal(a, b), path
     elif isinstance(a, dict):
@@ -113,21 +117,17 @@ def test_packs_respect_budgets_and_carry_state(tok, data_root):
     ds = build(tok, data_root)
     packs = list(itertools.islice(iter(ds), 12))
     for batch in packs:
-        assert 0 < batch["sequence_length"] <= BUDGET["max_num_tokens"]
-        assert batch["sequence_length"] == sum(batch["sample_lens"]) == batch["packed_position_ids"].numel()
-        assert all(n <= BUDGET["max_num_tokens_per_sample"] for n in batch["sample_lens"])
-        assert len(batch["nested_attention_masks"]) == len(batch["sample_lens"]) == len(batch["split_lens"])
-        assert batch["data_state"]["format"] == FORMAT
+        assert 0 < batch.length <= BUDGET["max_num_tokens"]
+        assert batch.length == sum(batch.sample_lens) == batch.position_ids.numel()
+        assert all(n <= BUDGET["max_num_tokens_per_sample"] for n in batch.sample_lens)
+        assert len(batch.attention_masks()) == len(batch.sample_lens) == len(batch.split_lens)
+        assert batch.meta["data_state"]["format"] == FORMAT
         # markers + text + vae + vit tokens tile the sequence exactly once
-        idx = [batch["packed_text_indexes"]]
-        for key in ("packed_vae_token_indexes", "packed_vit_token_indexes"):
-            if key in batch:
-                idx.append(batch[key])
-        allidx = torch.cat(idx).sort().values
-        assert torch.equal(allidx, torch.arange(batch["sequence_length"]))
-    assert {d["dataset_name"] for b in packs for d in b["batch_data_indexes"]} == {"s2i", "vlm_sft"}
+        allidx = torch.cat([batch.text_indexes, batch.vae_indexes, batch.vit_indexes]).sort().values
+        assert torch.equal(allidx, torch.arange(batch.length))
+    assert {d["dataset_name"] for b in packs for d in b.meta["data_indexes"]} == {"s2i", "vlm_sft"}
     # the small budget must actually exercise the buffer and the flush path
-    assert any(b["data_state"]["buffer"] for b in packs)
+    assert any(b.meta["data_state"]["buffer"] for b in packs)
     assert ds.stats["dropped_at_flush"] + ds.stats["too_long_samples"] > 0
 
 
@@ -162,9 +162,9 @@ def test_resume_with_dataloader_workers_is_exact(tok, data_root):
     ds = build(tok, data_root, num_workers=2)
     loader = build_dataloader(ds, pin_memory=False, prefetch_factor=1)
     reference = list(itertools.islice(iter(loader), 7))
-    assert [b["data_state"]["worker_id"] for b in reference] == [0, 1, 0, 1, 0, 1, 0]
+    assert [b.meta["data_state"]["worker_id"] for b in reference] == [0, 1, 0, 1, 0, 1, 0]
     # the two workers read disjoint rows
-    rows = {w: {json.dumps(d) for b in reference if b["data_state"]["worker_id"] == w for d in b["batch_data_indexes"]}
+    rows = {w: {json.dumps(d) for b in reference if b.meta["data_state"]["worker_id"] == w for d in b.meta["data_indexes"]}
             for w in (0, 1)}  # fmt: skip
     assert rows[0] and rows[1]
     tracker = DataStateTracker(rank=0, world_size=1, num_workers=2, data_seed=42)
@@ -192,7 +192,7 @@ def test_upstream_data_status_is_accepted(tok, data_root):
     ds = build(tok, data_root, data_state={"s2i": {0: [1, 2]}, "vlm_sft": {0: 4}})
     firsts = {}
     for batch in itertools.islice(iter(ds), 6):
-        for d in batch["batch_data_indexes"]:
+        for d in batch.meta["data_indexes"]:
             firsts.setdefault(d["dataset_name"], d["data_indexes"])
     assert firsts["s2i"] == [2, 0]  # row group 1 ends at row 2 -> next is row group 2, row 0
     assert firsts["vlm_sft"] == 5
@@ -283,7 +283,7 @@ def test_data_root_from_environment(tok, data_root, monkeypatch):
     tokenizer, ids, _ = tok
     monkeypatch.setenv("SCONE_DATA_ROOT", data_root)
     ds = build_packed_dataset(CONFIG, tokenizer, ids, **BUDGET)
-    assert next(iter(ds))["sequence_length"] > 0
+    assert next(iter(ds)).length > 0
 
 
 def test_files_absent_from_parquet_info_are_reported(tok, data_root, tmp_path, caplog):
@@ -307,8 +307,8 @@ def test_too_long_samples_are_counted(tok, data_root):
     ds = build(tok, data_root, max_num_tokens_per_sample=120, max_num_tokens=420)
     packs = list(itertools.islice(iter(ds), 3))
     assert ds.stats["too_long_samples"] > 0
-    assert all(n <= 120 for b in packs for n in b["sample_lens"])
-    assert packs[-1]["data_state"]["stats"]["too_long_samples"] == ds.stats["too_long_samples"]
+    assert all(n <= 120 for b in packs for n in b.sample_lens)
+    assert packs[-1].meta["data_state"]["stats"]["too_long_samples"] == ds.stats["too_long_samples"]
 
 
 def test_mandatory_group_opens_every_pack(tok, data_root):
@@ -321,8 +321,8 @@ def test_mandatory_group_opens_every_pack(tok, data_root):
     config["vlm_sft"]["weight"] = 0
     ds = build_packed_dataset(config, tokenizer, ids, data_root=data_root, **BUDGET)
     for batch in itertools.islice(iter(ds), 4):
-        assert batch["batch_data_indexes"][0]["dataset_name"] == "vlm_sft"
-        assert sum(d["dataset_name"] == "vlm_sft" for d in batch["batch_data_indexes"]) == 1
+        assert batch.meta["data_indexes"][0]["dataset_name"] == "vlm_sft"
+        assert sum(d["dataset_name"] == "vlm_sft" for d in batch.meta["data_indexes"]) == 1
 
 
 def test_budget_validation(tok, data_root):
@@ -332,10 +332,9 @@ def test_budget_validation(tok, data_root):
 
 def test_move_batch_to_device(tok, data_root):
     batch = next(iter(build(tok, data_root)))
-    moved = move_batch_to_device(batch, "cpu")
-    assert moved["packed_text_ids"].device.type == "cpu"
-    assert all(m.device.type == "cpu" for m in moved["nested_attention_masks"])
-    assert moved["sample_lens"] == batch["sample_lens"]
+    moved = batch.to("cpu")
+    assert moved.text_ids.device.type == "cpu" and moved.vae_images.device.type == "cpu"
+    assert moved.sample_lens == batch.sample_lens and moved.meta is batch.meta
 
 
 def test_sample_length_counts_markers(tok, data_root):
@@ -356,6 +355,7 @@ def test_workers_config_must_match_iteration(tok, data_root):
 def test_pinned_loader_and_move_to_cuda(tok, data_root):
     loader = build_dataloader(build(tok, data_root, num_workers=1), pin_memory=True)
     batch = next(iter(loader))
-    moved = move_batch_to_device(batch, "cuda")
-    assert moved["padded_images"].is_cuda and all(m.is_cuda for m in moved["nested_attention_masks"])
-    assert torch.equal(moved["packed_position_ids"].cpu(), batch["packed_position_ids"])
+    assert batch.text_ids.is_pinned()
+    moved = batch.to("cuda")
+    assert moved.vae_images.is_cuda and all(m.is_cuda for m in moved.attention_masks("cuda"))
+    assert torch.equal(moved.position_ids.cpu(), batch.position_ids)

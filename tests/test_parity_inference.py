@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from inference import trace
 from tests.conftest import FIXTURE
+
+
+def _upstream_text_indexes(step) -> list[int]:
+    """Upstream numbers a text step's tokens in the merged (cache + query) layout, image steps locally."""
+    offset = step.kv_len if step.kind == "text" else 0
+    return (step.seq.text_indexes + offset).tolist()
 
 
 def _gen_kwargs(cases_json):
@@ -34,17 +41,19 @@ def _gen_kwargs(cases_json):
 
 @pytest.fixture(scope="module", params=["batched", "serial"])
 def gen_run(request, pipe, cases, cases_json):
-    rec = {}
     refs = [str(FIXTURE / r["file"]) for r in cases_json["gen"]["refs"]]
-    out = pipe.generate(
-        images=refs,
-        prompt=cases_json["gen"]["instruction"],
-        ref_posterior_noise=[cases["gen.ref0.vae_posterior_noise"], cases["gen.ref1.vae_posterior_noise"]],
-        init_noise=cases["gen.init_noise"],
-        record=rec,
-        batch_cfg=request.param == "batched",
-        **_gen_kwargs(cases_json),
-    )
+    with trace.recording() as rec:
+        out = pipe.generate(
+            images=refs,
+            prompt=cases_json["gen"]["instruction"],
+            ref_posterior_noise=[
+                cases["gen.ref0.vae_posterior_noise"],
+                cases["gen.ref1.vae_posterior_noise"],
+            ],
+            init_noise=cases["gen.init_noise"],
+            batch_cfg=request.param == "batched",
+            **_gen_kwargs(cases_json),
+        )
     return out, rec
 
 
@@ -59,31 +68,39 @@ def test_state_dict_keys_and_shapes(pipe, fixture_dir):
 
 def test_context_steps_match(gen_run, cases):
     _, rec = gen_run
-    steps = rec["context_steps"]
+    steps = rec.context_steps
     assert [s.kind for _, s in steps] == ["vae", "vit", "vae", "vit", "text", "text"]
+    assert [name for name, _ in steps] == ["full"] * 5 + ["no_image"]
     for k, (_, s) in enumerate(steps):
         p = f"gen.ctx{k}."
-        assert s.key_values_len == int(cases[p + "key_values_lens"][0])
+        assert s.kv_len == int(cases[p + "key_values_lens"][0])
         assert s.text_ids == cases[p + "packed_text_ids"].tolist()
-        assert s.text_indexes == cases[p + "packed_text_indexes"].tolist()
+        assert _upstream_text_indexes(s) == cases[p + "packed_text_indexes"].tolist()
         if s.kind == "text":
             assert s.position_ids.tolist() == cases[p + "packed_text_position_ids"].tolist()
         else:
             assert s.position_ids.tolist() == cases[p + "packed_position_ids"].tolist()
-            assert s.seqlen == int(cases[p + "packed_seqlens"][0])
+            assert s.seq.length == int(cases[p + "packed_seqlens"][0])
             key = p + ("packed_vae_position_ids" if s.kind == "vae" else "packed_vit_position_ids")
             assert s.token_position_ids.tolist() == cases[key].tolist()
-    assert rec["query_rope"]["full"] == int(cases["gen.latent_query.packed_position_ids"][0])
-    assert rec["query_rope"]["no_text"] == int(cases["gen.latent_query_cfg_text.cfg_packed_position_ids"][0])
-    assert rec["query_rope"]["no_image"] == int(cases["gen.latent_query_cfg_img.cfg_packed_position_ids"][0])
-    assert rec["query_kv_len"]["full"] == int(cases["gen.latent_query.key_values_lens"][0])
-    assert rec["query_kv_len"]["no_text"] == int(cases["gen.latent_query_cfg_text.cfg_key_values_lens"][0])
-    assert rec["query_kv_len"]["no_image"] == int(cases["gen.latent_query_cfg_img.cfg_key_values_lens"][0])
+    q = rec.query
+    assert q["full"] == (
+        int(cases["gen.latent_query.key_values_lens"][0]),
+        int(cases["gen.latent_query.packed_position_ids"][0]),
+    )
+    assert q["no_text"] == (
+        int(cases["gen.latent_query_cfg_text.cfg_key_values_lens"][0]),
+        int(cases["gen.latent_query_cfg_text.cfg_packed_position_ids"][0]),
+    )
+    assert q["no_image"] == (
+        int(cases["gen.latent_query_cfg_img.cfg_key_values_lens"][0]),
+        int(cases["gen.latent_query_cfg_img.cfg_packed_position_ids"][0]),
+    )
 
 
 def test_denoising_steps_match(gen_run, cases):
     _, rec = gen_run
-    steps = rec["denoise_steps"]
+    steps = rec.denoise_steps
     assert len(steps) == cases["gen.timesteps"].numel()
     for i, st in enumerate(steps):
         assert st["t"] == pytest.approx(float(cases["gen.timesteps"][i]), abs=1e-6)
@@ -107,21 +124,29 @@ def test_final_latent_and_image(gen_run, cases):
 
 
 def test_understanding_ids_and_logits(pipe, cases, cases_json):
-    rec = {}
-    ans = pipe.understand(
-        images=[str(FIXTURE / cases_json["und"]["image_file"])],
-        prompt=cases_json["und"]["question"],
-        max_new_tokens=8,
-        return_logits=True,
-        record=rec,
-    )
+    with trace.recording() as rec:
+        ans = pipe.understand(
+            images=[str(FIXTURE / cases_json["und"]["image_file"])],
+            prompt=cases_json["und"]["question"],
+            max_new_tokens=8,
+            return_logits=True,
+        )
     assert ans.token_ids == cases["und.generate_text_output_ids"].tolist()
     torch.testing.assert_close(ans.step_logits[0], cases["und.first_logits"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ans.step_logits, cases["und.step_logits"], atol=1e-4, rtol=1e-4)
     assert ans.text == cases_json["und"]["decoded_text_returned"]
-    (_, vit), (_, text) = rec["context_steps"]
+    (_, vit), (_, text) = rec.context_steps
     assert vit.position_ids.tolist() == cases["und.ctx0.packed_position_ids"].tolist()
     assert vit.token_position_ids.tolist() == cases["und.ctx0.packed_vit_position_ids"].tolist()
     assert text.text_ids == cases["und.ctx1.packed_text_ids"].tolist()
     assert text.position_ids.tolist() == cases["und.ctx1.packed_text_position_ids"].tolist()
-    assert text.key_values_len == int(cases["und.ctx1.key_values_lens"][0])
+    assert text.kv_len == int(cases["und.ctx1.key_values_lens"][0])
+
+
+def test_nothing_is_recorded_without_a_recording(pipe, cases_json):
+    assert trace.active() is None
+    with trace.recording() as rec:
+        with trace.request(1):  # only request 0 of a batch is recorded
+            assert trace.active() is None
+        assert trace.active() is rec
+    assert trace.active() is None

@@ -118,7 +118,7 @@ def test_tiny_folder_loads_like_a_released_one(tiny_folder):
     assert cfg.llm.num_hidden_layers == 6 and cfg.semantic_layer == 1 and cfg.semantic_mask_layers == (2, 3)
     assert cfg.max_latent_size == 16 and cfg.vae.ch == 32
     # the folder's inference defaults replace Scone's 1024 px / 50 steps
-    assert pipe.defaults["height"] == 96 and pipe.defaults["num_timesteps"] == 25
+    assert pipe.sampling.height == 96 and pipe.sampling.num_timesteps == 25
     assert pipe.vae_transform.max_image_size == 96
     text = "Place the striped triangle from image 1 on the left, on the blue background from image 2."
     ids = encode(pipe.tokenizer, text)
@@ -169,14 +169,15 @@ def test_unknown_inference_default_is_rejected(tiny_folder, tmp_path):
 
 
 def test_folder_without_scone_config_keeps_upstream_values(tiny_folder, tmp_path):
-    from inference.pipeline import UPSTREAM_DEFAULTS, SconePipeline
+    from inference.pipeline import SconePipeline
+    from inference.sampling import SamplingConfig
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_folder, folder)
     (folder / "scone_config.json").unlink()
     pipe = SconePipeline.from_pretrained(str(folder))
     assert pipe.config.semantic_layer == 8 and pipe.config.semantic_mask_layers == (9, 16)
-    assert pipe.defaults["height"] == UPSTREAM_DEFAULTS["height"] == 1024
+    assert pipe.sampling == SamplingConfig() and pipe.sampling.height == 1024
 
 
 def test_export_writes_half_precision_and_generates_the_same_image(tiny_folder, tmp_path):

@@ -12,14 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from modeling.position_ids import flattened_position_ids
-from modeling.siglip import (
-    SiglipVisionConfig,
-    SiglipVisionModel,
-    pack_images,
-    patchify_image,
-    vit_position_ids,
-)
+from modeling.sequence import flattened_position_ids, patchify
+from modeling.siglip import SiglipVisionConfig, SiglipVisionModel, pack_images
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bagel-tiny"
 CKPT = FIXTURE / "checkpoint"
@@ -78,7 +72,7 @@ def test_state_dict_keys_match_checkpoint(vit: SiglipVisionModel) -> None:
 
 
 def test_position_ids_extrapolate(cases: dict) -> None:
-    ids = vit_position_ids(37, 49)  # 518 x 686 pixels
+    ids = flattened_position_ids(37, 49, 70)  # 518 x 686 pixels
     assert torch.equal(ids, cases["gen.ctx1.packed_vit_position_ids"])
     shapes = cases["train.batch.patchified_vit_token_shapes"].tolist()
     packed = torch.cat([flattened_position_ids(h, w, 70) for h, w in shapes])
@@ -111,13 +105,13 @@ def test_patchify_matches_conv() -> None:
     p, hid = 14, 8
     img = torch.randn(3, 28, 42, generator=g)
     conv_w = torch.randn(hid, 3, p, p, generator=g)
-    patches = patchify_image(img, p)
+    patches = patchify(img, p)
     assert patches.shape == (6, 588)
     lin = patches @ conv_w.permute(0, 2, 3, 1).reshape(hid, -1).T
     ref = F.conv2d(img[None], conv_w, stride=p)[0].flatten(1).T  # [h*w, hid], row-major
     torch.testing.assert_close(lin, ref, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="multiple"):
-        patchify_image(torch.zeros(3, 20, 28), p)
+        patchify(torch.zeros(3, 20, 28), p)
 
 
 def test_vit_parity(vit: SiglipVisionModel, cases: dict) -> None:

@@ -236,18 +236,13 @@ def test_synthetic_pack_layout_follows_position_rules():
     )
     b = make_pack(spec, [0, 1], 0, special)
     # one sample: [soi 4 latents eoi] [soi 4 vit eoi] [bos 3 ids eos] [soi 4 noisy eoi] = 6 + 6 + 5 + 6
-    assert b["sample_lens"].tolist() == [23, 23] and b["sequence_length"] == 46
-    pos = b["packed_position_ids"][:23].tolist()
+    assert b.sample_lens == [23, 23] and b.length == 46
+    pos = b.position_ids[:23].tolist()
     assert pos == [0] * 6 + [1] * 6 + [2, 3, 4, 5, 6] + [7] * 6
-    assert b["attn_modes"][0] == ["full", "full", "causal", "noise"] and b["split_lens"][0] == [6, 6, 5, 6]
-    assert b["mse_loss_indexes"].tolist() == [18, 19, 20, 21, 41, 42, 43, 44]
-    assert torch.isinf(b["packed_timesteps"][:4]).all() and torch.isfinite(b["packed_timesteps"][4:8]).all()
-    assert b["packed_label_ids"][:4].tolist()[-1] == 2 and b["ce_loss_indexes"][:4].tolist() == [
-        12,
-        13,
-        14,
-        15,
-    ]
-    assert b["padded_images"].shape == (4, 3, 32, 32) and b["packed_vit_tokens"].shape == (8, 588)
+    assert b.attn_modes[0] == ["full", "full", "causal", "noise"] and b.split_lens[0] == [6, 6, 5, 6]
+    assert b.mse_indexes.tolist() == [18, 19, 20, 21, 41, 42, 43, 44]
+    assert torch.isinf(b.vae_timesteps[:4]).all() and torch.isfinite(b.vae_timesteps[4:8]).all()
+    assert b.label_ids[:4].tolist()[-1] == 2 and b.ce_indexes[:4].tolist() == [12, 13, 14, 15]
+    assert b.vae_images.shape == (4, 3, 32, 32) and b.vit_pixels.shape == (8, 588)
     again = make_pack(spec, [0, 1], 0, special)
-    assert torch.equal(again["padded_images"], b["padded_images"])  # pure function of (seed, ids)
+    assert torch.equal(again.vae_images, b.vae_images)  # pure function of (seed, ids)

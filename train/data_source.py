@@ -1,6 +1,6 @@
 """Where the loop's packs come from: the packed parquet pipeline (``data/``) or synthetic packs.
 
-A source has ``next_batch() -> dict`` (one packed batch, upstream key names), ``state_dict()`` (this
+A source has ``next_batch() -> PackedSequence`` (one pack), ``state_dict()`` (this
 rank's resumable position, stored in ``data_status.pt``), ``load_state_dict(state)`` and
 ``counters() -> dict`` (skip / error counters, logged under ``data/``).
 """
@@ -83,7 +83,7 @@ class ParquetSource:
         )
         self._it = iter(self.loader)
 
-    def next_batch(self) -> dict:
+    def next_batch(self):
         batch = next(self._it)
         self.tracker.update(batch)
         return batch

@@ -148,20 +148,16 @@ def apply_fsdp(
     param_dtype: torch.dtype | None = None,
     reduce_dtype: torch.dtype | None = None,
     cpu_offload: bool = False,
-    forward_methods: tuple[str, ...] = (),
 ) -> nn.Module:
     """``fully_shard`` every block, every existing ``submodule_names`` entry, then the root.
 
     ``submodule_names`` must name modules whose parameters are only used inside their own forward
     (FSDP2 gathers parameters in the forward pre-hook); everything else lands in the root unit.
-    ``forward_methods``: root methods other than ``forward`` that run the model (e.g.
-    ``training_losses``) — registered so that they trigger FSDP's hooks too.
     """
     from torch.distributed.fsdp import (
         CPUOffloadPolicy,
         OffloadPolicy,
         fully_shard,
-        register_fsdp_forward_method,
     )
 
     mp = mixed_precision_policy(param_dtype, reduce_dtype)
@@ -176,9 +172,6 @@ def apply_fsdp(
     for m in units:
         fully_shard(m, **kw)
     fully_shard(model, reshard_after_forward=False, **kw)
-    for meth in forward_methods:
-        if hasattr(model, meth):
-            register_fsdp_forward_method(model, meth)
     logger.info("FSDP2: %d units + root on mesh %s", len(units), tuple(mesh.shape))
     return model
 

@@ -4,8 +4,8 @@
     python -m train.pretrain --model_path tests/fixtures/bagel-tiny/checkpoint --synthetic_data --device cpu
 
 One step: fetch ``gradient_accumulation_steps`` packs → all-reduce the loss-token counts → per pack
-``vae.encode(padded_images)`` (no grad, posterior sampled) → ``model.training_losses`` → loss normalised to
-a global per-token mean (spec §5) → backward → clip → skip if non-finite → AdamW step → LR → EMA →
+``vae.encode(seq.vae_images)`` (no grad, posterior sampled) → ``losses.flow_matching_losses`` → loss
+normalised to a global per-token mean (``losses.pack_loss``) → backward → clip → skip if non-finite → AdamW step → LR → EMA →
 log → save. Every random draw of the loop (VAE posterior, flow noise) comes from a generator seeded by
 ``(global_seed, step, global pack index)``, so runs are reproducible, resumable without RNG state and
 independent of the world size.
@@ -28,6 +28,7 @@ from train import checkpointing as ckpt
 from train.args import check_model_matches_args, compute_dtype, parse_args
 from train.data_source import build_data_source
 from train.freeze import FreezeFlags, apply_freeze, keep_frozen_in_eval
+from train.losses import flow_matching_losses, loss_counts, pack_loss
 from train.metrics import (
     MetricLogger,
     Throughput,
@@ -74,16 +75,6 @@ def block_classes() -> tuple[type, ...]:
 def pack_seed(global_seed: int, step: int, pack_index: int) -> int:
     """Seed of every random draw for one pack (world-size independent)."""
     return (global_seed * 1_000_003 + step) * 10_007 + pack_index
-
-
-def loss_counts(batch: dict, reweight: bool) -> tuple[float, float, float]:
-    """(#MSE tokens, CE normaliser, #tokens) of one pack."""
-    n_mse = float(len(batch.get("mse_loss_indexes", ())))
-    if "ce_loss_indexes" in batch:
-        n_ce = float(batch["ce_loss_weights"].sum()) if reweight else float(len(batch["ce_loss_indexes"]))
-    else:
-        n_ce = 0.0
-    return n_mse, n_ce, float(batch["sequence_length"])
 
 
 def setup_logging(rank: int, results_dir: str | None) -> None:
@@ -140,7 +131,6 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
             if mixed
             else None,
             cpu_offload=args.cpu_offload,
-            forward_methods=("training_losses",),
         )
         if from_rank0:
             load_full_state_from_rank0(
@@ -227,50 +217,42 @@ def train(args) -> dict:
     for step in range(first_step, args.total_steps):
         packs = [data.next_batch() for _ in range(accum)]
         local = [loss_counts(b, args.ce_loss_reweighting) for b in packs]
-        lens = [int(x) for b in packs for x in torch.as_tensor(b["sample_lens"]).tolist()]
+        lens = [n for b in packs for n in b.sample_lens]
         n_mse, n_ce, n_tok, n_samples = all_reduce_sum(
             [*(sum(c[i] for c in local) for i in range(3)), float(len(lens))], info.device
         )
         flops = all_reduce_sum([step_flops(dense, attn, int(sum(c[2] for c in local)), lens)], info.device)[0]
         mse_sum = ce_sum = 0.0
         stats = {}
-        for a, batch in enumerate(packs):
+        for a, seq in enumerate(packs):
             g = torch.Generator().manual_seed(pack_seed(args.global_seed, step, info.rank * accum + a))
-            batch = to_device(batch, info.device)
-            with torch.no_grad(), vae_autocast:
-                images = batch["padded_images"]
-                batch["padded_latent"] = (
-                    cache.encode(vae, images, g) if cache is not None else vae.encode(images, generator=g)
-                )
-            n_vae = len(batch.get("packed_vae_token_indexes", ()))
-            noise = torch.randn(n_vae, lm.config.patch_latent_dim, generator=g)
+            seq = seq.to(info.device)
+            latent = None
+            if seq.vae_images is not None:
+                with torch.no_grad(), vae_autocast:
+                    images = seq.vae_images
+                    latent = (
+                        cache.encode(vae, images, g) if cache is not None else vae.encode(images, generator=g)
+                    )
             set_gradient_sync(model, a == accum - 1)
-            out = model.training_losses(
-                batch,
-                flow_noise=noise,
+            terms = flow_matching_losses(
+                model,
+                seq,
+                latent,
+                generator=g,
                 use_semantic_mask=args.use_semantic_mask,
                 timestep_shift=args.timestep_shift,
             )
-            # Σ over this pack's tokens, normalised by the global count; FSDP averages grads over ranks,
-            # hence the factor W: the gradient is that of the global per-token mean.
-            loss = None
-            if out["mse"] is not None:
-                m = out["mse"].float().mean(-1).sum() * world / max(n_mse, 1.0)
-                loss = m * args.mse_weight
-                mse_sum += float(m.detach())
-            if out["ce"] is not None:
-                ce = out["ce"].float()
-                if args.ce_loss_reweighting:
-                    ce = ce * batch["ce_loss_weights"].to(ce.device)
-                c = ce.sum() * world / max(n_ce, 1.0)
-                loss = c * args.ce_weight if loss is None else loss + c * args.ce_weight
-                ce_sum += float(c.detach())
-            if loss is None:
-                raise RuntimeError(
-                    f"step {step}: a pack has neither MSE nor CE targets ({batch.get('batch_data_indexes')})"
+            try:
+                part = pack_loss(
+                    terms, seq, n_mse, n_ce, world, args.mse_weight, args.ce_weight, args.ce_loss_reweighting
                 )
-            loss.backward()
-            stats.update(out.get("stats") or {})
+            except RuntimeError as e:
+                raise RuntimeError(f"step {step}: {e}") from None
+            mse_sum += part.mse
+            ce_sum += part.ce
+            part.loss.backward()
+            stats.update(terms.stats)
         mse_g, ce_g = (v / world for v in all_reduce_sum([mse_sum, ce_sum], info.device))
         grad_norm = clip_grad_norm(params, args.max_grad_norm)
         bad = all_reduce_max(
@@ -336,21 +318,6 @@ def train(args) -> dict:
         cache.save(cache_file, fingerprint)
     mlog.close()
     return {"last_step": step, **state}
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors, and lists of tensors (per-sample attention masks), moved to ``device``."""
-    if device.type == "cpu":
-        return batch
-
-    def move(v):
-        if torch.is_tensor(v):
-            return v.to(device, non_blocking=True)
-        if isinstance(v, list) and v and all(torch.is_tensor(x) for x in v):
-            return [x.to(device, non_blocking=True) for x in v]
-        return v
-
-    return {k: move(v) for k, v in batch.items()}
 
 
 def _run_facts(args, info: DistInfo) -> dict:

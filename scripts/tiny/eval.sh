@@ -15,6 +15,6 @@ if [ ! -f "$BENCH/data.jsonl" ]; then
   ln -sfn "$(cd "$FULL" && pwd)/ground_truth" "$BENCH/ground_truth"
   head -n "$EVAL_CASES" "$FULL/data.jsonl" > "$BENCH/data.jsonl.tmp" && mv "$BENCH/data.jsonl.tmp" "$BENCH/data.jsonl"
 fi
-$PYTHON -m inference.benchmark --model_path "$MODEL" --benchmark_dir "$BENCH" \
+$PYTHON -m eval.generate --model_path "$MODEL" --benchmark_dir "$BENCH" \
   --output_dir "$OUT" --seed 0 --batch_size 8 --no_progress "$@"
 $PYTHON -m eval.shapeworld --bench_dir "$BENCH" --result_dir "$OUT" --no_progress

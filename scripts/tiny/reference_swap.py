@@ -54,8 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--num_cases", type=int, default=50, help="first N composition_single cases")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    from eval.generate import generate_benchmark, load_cases
     from eval.shapeworld import score_benchmark
-    from inference import benchmark
+    from inference.pipeline import SconePipeline
 
     with open(Path(args.bench_dir) / "data.jsonl", encoding="utf-8") as f:
         records = [json.loads(x) for x in f if x.strip()]
@@ -69,13 +70,15 @@ def main(argv=None) -> int:
         "recoloured": [recoloured(r, 1 + i % (len(SUBJECT_COLOURS) - 1)) for i, r in enumerate(records)],
     }
     colours, right = {}, {}  # per variant: detected colour per case; share of right colours
+    pipe = SconePipeline.from_pretrained(args.model_path)
     for name, recs in variants.items():
         bench, out = work / name / "bench", work / name / "generated"
         if not (bench / "data.jsonl").is_file():
             write_benchmark([case_from_record(r) for r in recs], str(bench))
-        argv_b = ["--model_path", args.model_path, "--benchmark_dir", str(bench), "--output_dir", str(out)]
-        if benchmark.main(argv_b + ["--seed", str(args.seed), "--batch_size", "8", "--no_progress"]) != 0:
-            raise SystemExit(f"generation failed for {name}")
+        cases, problems, _ = load_cases("jsonl", bench)
+        report = generate_benchmark(pipe, cases, bench, out, seed=args.seed, batch_size=8, progress=False)
+        if problems or report.failures:
+            raise SystemExit(f"generation failed for {name}: {problems or report.failures}")
         scores_dir = work / name / "scores"
         result = score_benchmark(str(bench), str(out), output_dir=str(scores_dir), progress=False)
         per_case = [

@@ -1,8 +1,8 @@
-"""Benchmark image generation (OmniContext-jsonl / SconeEval layouts), one process per GPU.
+"""Benchmark image generation (OmniContext-jsonl / SconeEval / PSRBench layouts), one process per GPU.
 
-    torchrun --nproc_per_node 4 -m inference.benchmark --model_path ckpts/Scone \
+    torchrun --nproc_per_node 4 -m eval.generate --model_path ckpts/Scone \
         --benchmark_dir datasets/SconeEval --output_dir results/sconeeval/Scone --rounds 3
-    python -m inference.benchmark ...        # one plain process works too
+    python -m eval.generate ...        # one plain process works too
 
 Writes `{output_dir}/round{i}/{task_type}/{key}.png` for i < --rounds, plus one settings line per image
 in `{output_dir}/generation_log.rank{r}.jsonl`. Every image has its own seed derived from
@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,41 +32,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.cases import BenchmarkCase, input_image_paths, read_cases
-from inference.cli_common import add_sampling_args
-from inference.pipeline import UPSTREAM_DEFAULTS
+from inference.sampling import SamplingConfig, add_sampling_args, sampling_overrides
 
-log = logging.getLogger("inference.benchmark")
-
-
-@dataclass
-class GenSettings:
-    """Sampling hyper-parameters passed to `SconePipeline.generate_batch` (defaults: upstream's, spec §4)."""
-
-    height: int = UPSTREAM_DEFAULTS["height"]
-    width: int = UPSTREAM_DEFAULTS["width"]
-    num_timesteps: int = UPSTREAM_DEFAULTS["num_timesteps"]
-    timestep_shift: float = UPSTREAM_DEFAULTS["timestep_shift"]
-    cfg_text_scale: float = UPSTREAM_DEFAULTS["cfg_text_scale"]
-    cfg_img_scale: float = UPSTREAM_DEFAULTS["cfg_img_scale"]
-    cfg_interval: tuple[float, float] = UPSTREAM_DEFAULTS["cfg_interval"]
-    cfg_renorm_type: str = UPSTREAM_DEFAULTS["cfg_renorm_type"]
-    cfg_renorm_min: float = UPSTREAM_DEFAULTS["cfg_renorm_min"]
-
-    def kwargs(self) -> dict:
-        d = asdict(self)
-        d["cfg_interval"] = tuple(self.cfg_interval)
-        return d
-
-
-def resolve_settings(args: argparse.Namespace, model_defaults: dict) -> GenSettings:
-    """Command-line values where given, else the pipeline's model defaults, else Scone's (GenSettings)."""
-    out = {}
-    for f in fields(GenSettings):
-        v = getattr(args, f.name)
-        if v is None:
-            v = model_defaults.get(f.name, f.default)
-        out[f.name] = tuple(v) if f.name == "cfg_interval" else v
-    return GenSettings(**out)
+log = logging.getLogger("eval.generate")
 
 
 @dataclass
@@ -144,14 +112,14 @@ def run_jobs(
     pipe,
     jobs: list[Job],
     benchmark_dir: Path,
-    settings: GenSettings,
+    settings: SamplingConfig,
     batch_size: int = 1,
     rank: int = 0,
     log_file: Path | None = None,
     log_extra: dict | None = None,
     progress: bool = True,
 ) -> RunReport:
-    """Generate this rank's `jobs` with `pipe` (anything with `generate_batch(requests, **settings)`).
+    """Generate this rank's `jobs` with `pipe` (anything with `generate_batch(requests, sampling=...)`).
 
     Existing readable outputs are skipped; cases whose inputs are bad (path escaping the benchmark
     folder, missing file) or whose generation raises are recorded in the report; the rest go on.
@@ -183,7 +151,7 @@ def run_jobs(
             "seed": job.seed,
             "instruction": job.case.instruction,
             "input_images": job.case.input_images,
-            **settings.kwargs(),
+            **settings.as_dict(),
             "batch_size": batch_size,
             "rank": rank,
             "seconds": round(seconds, 3),
@@ -200,7 +168,7 @@ def run_jobs(
             for j, paths in batch
         ]
         try:
-            outs = pipe.generate_batch(reqs, **settings.kwargs())
+            outs = pipe.generate_batch(reqs, sampling=settings)
             if len(outs) != len(batch):
                 raise RuntimeError(f"pipeline returned {len(outs)} images for {len(batch)} requests")
         except Exception as e:  # noqa: BLE001 -- one bad case must not kill the others
@@ -296,6 +264,69 @@ def _dist_env() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def load_cases(benchmark: str, benchmark_dir: Path, metadata_file=None, task_types=None, limit=None):
+    """(cases, problems, psrbench cases or None) of a benchmark folder; ``problems`` are bad jsonl lines."""
+    psr_cases = None
+    if benchmark == "psrbench":
+        from eval.psrbench.data import load_psrbench_cases
+
+        psr_cases = load_psrbench_cases(benchmark_dir, subsets=task_types)
+        cases = [
+            BenchmarkCase(c.key, c.task_type, c.instruction, list(c.input_relpaths), raw=c.record)
+            for c in psr_cases
+        ]
+        problems = []
+    else:
+        cases, problems = read_cases(metadata_file or benchmark_dir / "data.jsonl")
+    if task_types:
+        cases = [c for c in cases if c.task_type in task_types]
+    if limit is not None:
+        cases = cases[:limit]
+    return cases, problems, psr_cases
+
+
+def generate_benchmark(
+    pipe,
+    cases: list[BenchmarkCase],
+    benchmark_dir: Path,
+    output_dir: Path,
+    *,
+    rounds: int = 1,
+    seed: int = 1234,
+    per_sample_seed: bool = True,
+    batch_size: int = 1,
+    sampling: SamplingConfig | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    log_extra: dict | None = None,
+    progress: bool = True,
+) -> RunReport:
+    """Generate this rank's share of ``rounds`` x ``cases`` into ``output_dir`` (resumable, see the module
+    docstring). ``sampling`` defaults to the pipeline's own settings (``pipe.sampling``)."""
+    jobs = shard(build_jobs(cases, output_dir, rounds, seed, per_sample_seed), rank, world_size)
+    log.info("%d case(s) x %d round(s); this rank: %d job(s)", len(cases), rounds, len(jobs))
+    settings = sampling or getattr(pipe, "sampling", None) or SamplingConfig()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_file = output_dir / f"generation_log.rank{rank}.jsonl"
+    return run_jobs(pipe, jobs, benchmark_dir, settings, batch_size, rank, log_file, log_extra, progress)
+
+
+def _load_pipeline(args, device: str, use_cuda: bool):
+    from inference.pipeline import SconePipeline
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("bf16" if use_cuda else "fp32")
+    ]
+    return SconePipeline.from_pretrained(
+        args.model_path,
+        device=device,
+        dtype=dtype,
+        weights_file=args.weights_file,
+        vae_transform=None if args.vae_transform is None else tuple(args.vae_transform),
+        vit_transform=None if args.vit_transform is None else tuple(args.vit_transform),
+    )
+
+
 def main(argv: list[str] | None = None, pipe=None) -> int:
     """CLI entry point; `pipe` lets tests inject an already loaded pipeline."""
     args = parse_args(argv)
@@ -316,53 +347,14 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
     device = f"cuda:{local_rank}" if use_cuda else "cpu"
 
     benchmark_dir, output_dir = Path(args.benchmark_dir), Path(args.output_dir)
-    psr_cases = None
-    if args.benchmark == "psrbench":
-        from eval.psrbench.data import load_psrbench_cases
-
-        psr_cases = load_psrbench_cases(benchmark_dir, subsets=args.task_types)
-        cases = [
-            BenchmarkCase(
-                key=c.key,
-                task_type=c.task_type,
-                instruction=c.instruction,
-                input_images=list(c.input_relpaths),
-                raw=c.record,
-            )
-            for c in psr_cases
-        ]
-        problems = []
-    else:
-        cases, problems = read_cases(args.metadata_file or benchmark_dir / "data.jsonl")
-    if args.task_types:
-        cases = [c for c in cases if c.task_type in args.task_types]
-    if args.limit is not None:
-        cases = cases[: args.limit]
-    jobs = shard(
-        build_jobs(cases, output_dir, args.rounds, args.seed, args.seed_mode == "per_sample"), rank, world
+    cases, problems, psr_cases = load_cases(
+        args.benchmark, benchmark_dir, args.metadata_file, args.task_types, args.limit
     )
-    log.info("%d case(s) x %d round(s); this rank: %d job(s)", len(cases), args.rounds, len(jobs))
-
+    if args.seed_mode == "global":
+        torch.manual_seed(args.seed)  # before loading, like upstream
     if pipe is None:
-        from inference.pipeline import SconePipeline
-
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-            args.dtype or ("bf16" if use_cuda else "fp32")
-        ]
-        if args.seed_mode == "global":
-            torch.manual_seed(args.seed)  # before loading, like upstream (spec inference.md §7)
-        pipe = SconePipeline.from_pretrained(
-            args.model_path,
-            device=device,
-            dtype=dtype,
-            weights_file=args.weights_file,
-            vae_transform=None if args.vae_transform is None else tuple(args.vae_transform),
-            vit_transform=None if args.vit_transform is None else tuple(args.vit_transform),
-        )
-    elif args.seed_mode == "global":
-        torch.manual_seed(args.seed)
-    settings = resolve_settings(args, getattr(pipe, "defaults", {}))
-    output_dir.mkdir(parents=True, exist_ok=True)
+        pipe = _load_pipeline(args, device, use_cuda)
+    sampling = getattr(pipe, "sampling", SamplingConfig()).replace(**sampling_overrides(args))
     extra = {
         "model_path": args.model_path,
         "weights_file": args.weights_file,
@@ -371,15 +363,19 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
         "world_size": world,
         "dtype": args.dtype or ("bf16" if use_cuda else "fp32"),
     }
-    report = run_jobs(
+    report = generate_benchmark(
         pipe,
-        jobs,
+        cases,
         benchmark_dir,
-        settings,
-        args.batch_size,
-        rank,
-        output_dir / f"generation_log.rank{rank}.jsonl",
-        extra,
+        output_dir,
+        rounds=args.rounds,
+        seed=args.seed,
+        per_sample_seed=args.seed_mode == "per_sample",
+        batch_size=args.batch_size,
+        sampling=sampling,
+        rank=rank,
+        world_size=world,
+        log_extra=extra,
         progress=not args.no_progress,
     )
     failures = list(report.failures)

@@ -1,0 +1,130 @@
+"""The training objective in one place: rectified-flow matching on latent tokens plus next-token CE.
+
+For each pack (docs/architecture.md §5):
+
+1. noise level of every noisy image: ``t = shift(sigmoid(z))`` from the data stream's raw draw z ~ N(0, 1)
+   (clean images carry ``z = -inf``, so t = 0), with ``shift(t) = s t / (1 + (s - 1) t)``;
+2. clean latent tokens x0 (the VAE posterior sample, cropped per image, patchified), noise eps ~ N(0, I),
+   the model input ``x_t = (1 - t) x0 + t eps`` and the velocity target ``eps - x0``;
+3. one ``Bagel.forward``; per-element squared error on the noisy slots, per-token CE on the text targets;
+4. ``pack_loss``: sums over this pack normalised by the token counts of the whole global batch, so that the
+   gradient averaged by data parallelism is that of the global per-token mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from modeling.bagel import Bagel, BagelOutput
+from modeling.kv_cache import MaskedAttention
+from modeling.sequence import PackedSequence, patchify
+
+
+def shifted_timestep(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Rectified-flow timestep shift ``s t / (1 + (s - 1) t)`` (identity for s = 1)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def noise_levels(raw_timesteps: torch.Tensor, shift: float) -> torch.Tensor:
+    """Raw draws [V] (``-inf`` for clean slots) -> noise levels t [V] in [0, 1]."""
+    return shifted_timestep(torch.sigmoid(raw_timesteps.float()), shift)
+
+
+def clean_latent_tokens(latent: torch.Tensor, grids: list[tuple[int, int]], patch: int) -> torch.Tensor:
+    """latent [n, C, Hmax, Wmax] (VAE output of the zero-padded images) -> tokens [V, p*p*C] fp32.
+
+    Each image's latent is cropped out of the padded batch to its own grid before patchifying."""
+    return torch.cat(
+        [patchify(latent[i, :, : h * patch, : w * patch].float(), patch) for i, (h, w) in enumerate(grids)]
+    )
+
+
+@dataclass
+class LossTerms:
+    mse: torch.Tensor | None  # [M, p*p*C] per-element squared velocity errors on the noisy slots
+    ce: torch.Tensor | None  # [C] per-token cross entropy
+    output: BagelOutput
+    stats: dict = field(default_factory=dict)
+
+
+def flow_matching_losses(
+    model: Bagel,
+    seq: PackedSequence,
+    latent: torch.Tensor | None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    use_semantic_mask: bool = False,
+    timestep_shift: float | None = None,
+) -> LossTerms:
+    """Loss terms of one pack. ``seq`` on the model's device; ``latent`` [n, C, Hmax, Wmax] the VAE posterior
+    sample of ``seq.vae_images`` (None when the pack has no VAE image). ``noise`` [V, p*p*C] replaces the
+    draw of eps, else it is drawn on the CPU from ``generator``. ``timestep_shift`` defaults to the model's."""
+    cfg = model.config
+    shift = cfg.timestep_shift if timestep_shift is None else timestep_shift
+    dev = model.device
+    target = None
+    if seq.vae_indexes.numel():
+        clean = clean_latent_tokens(latent, seq.vae_grids, cfg.latent_patch_size)
+        t = noise_levels(seq.vae_timesteps, shift)
+        if noise is None:
+            noise = torch.randn(clean.shape, generator=generator)
+        eps = noise.to(dev).float()
+        seq = seq.with_latents((1 - t[:, None]) * clean + t[:, None] * eps, t)
+        target = (eps - clean)[t > 0]
+    plan = MaskedAttention(seq.sample_lens, seq.attention_masks(dev))
+    out = model(seq, plan, use_semantic_mask=use_semantic_mask)
+    mse = None if out.velocity is None else (out.velocity.float() - target) ** 2
+    ce = None if out.logits is None else F.cross_entropy(out.logits.float(), seq.label_ids, reduction="none")
+    stats = {}
+    if out.semantic is not None:
+        stats = {
+            "semantic_masked_ratio": out.semantic.masked_ratio,
+            "semantic_skipped_samples": out.semantic.skipped_samples,
+        }
+    return LossTerms(mse, ce, out, stats)
+
+
+def loss_counts(seq: PackedSequence, ce_reweighting: bool) -> tuple[float, float, float]:
+    """(MSE tokens, CE weight, tokens) of one pack: what ``pack_loss`` normalises by once summed globally."""
+    n_ce = float(seq.ce_weights.sum()) if ce_reweighting else float(seq.ce_indexes.numel())
+    return float(seq.mse_indexes.numel()), n_ce, float(seq.length)
+
+
+@dataclass
+class PackLoss:
+    loss: torch.Tensor  # the scalar to backpropagate
+    mse: float  # this pack's normalised MSE part (before the weight), for logging
+    ce: float
+
+
+def pack_loss(
+    terms: LossTerms,
+    seq: PackedSequence,
+    global_mse_tokens: float,
+    global_ce_weight: float,
+    world_size: int,
+    mse_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    ce_reweighting: bool = False,
+) -> PackLoss:
+    """Σ over this pack's tokens / the global count, times ``world_size`` (data parallelism averages the
+    gradients over ranks). ``ce_reweighting``: each CE token weighted by its ``seq.ce_weights`` entry."""
+    loss = None
+    mse = ce = 0.0
+    if terms.mse is not None:
+        m = terms.mse.float().mean(-1).sum() * world_size / max(global_mse_tokens, 1.0)
+        loss = m * mse_weight
+        mse = float(m.detach())
+    if terms.ce is not None:
+        c = terms.ce.float()
+        if ce_reweighting:
+            c = c * seq.ce_weights.to(c.device)
+        c = c.sum() * world_size / max(global_ce_weight, 1.0)
+        loss = c * ce_weight if loss is None else loss + c * ce_weight
+        ce = float(c.detach())
+    if loss is None:
+        raise RuntimeError(f"a pack has neither MSE nor CE targets ({seq.meta.get('data_indexes')})")
+    return PackLoss(loss, mse, ce)
