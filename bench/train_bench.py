@@ -73,8 +73,8 @@ def build_7b(num_layers: int, device: torch.device):
 def build_tiny(device: torch.device):
     from modeling.checkpoint import load_pretrained
 
-    lm = load_pretrained(FIXTURE, device, torch.float32)
-    return lm.model, lm.vae, lm.config, lm.special_ids.as_dict()
+    loaded = load_pretrained(FIXTURE, device, torch.float32)
+    return loaded.model, loaded.vae, loaded.config, loaded.special_ids.as_dict()
 
 
 def main(argv=None) -> None:

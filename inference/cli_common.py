@@ -30,7 +30,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_model_path(arg: str | None) -> str:
+def default_model_path(arg: str | None) -> str:
     if arg:
         return arg
     env = os.environ.get("SCONE_MODEL_PATH")

@@ -85,6 +85,9 @@ def denoise(
             key = (need_text, need_img, g)
             if key not in queries:
                 queries[key] = _query(model, special, group, grids)
+                rec = trace.active()
+                if rec is not None and rec.query_seq is None:
+                    rec.query_seq = queries[key][0].to("cpu", non_blocking=False)
             seq, segments = queries[key]
             lat = torch.cat([xs[r] for r, _, _ in group]).to(dev)
             out = model(

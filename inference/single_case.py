@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from inference.cli_common import add_model_args, resolve_device_dtype, resolve_model_path
+from inference.cli_common import add_model_args, default_model_path, resolve_device_dtype
 from inference.sampling import add_sampling_args, sampling_overrides
 
 log = logging.getLogger("scone.single_case")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from inference.pipeline import SconePipeline
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
-    model_path = resolve_model_path(args.model_path)
+    model_path = default_model_path(args.model_path)
     try:
         pipe = SconePipeline.from_pretrained(
             model_path, device=device, dtype=dtype, weights_file=args.weights_file

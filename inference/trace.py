@@ -7,6 +7,7 @@ Nothing is recorded (and no tensor is copied) unless a caller opens a trace::
     rec.context_steps   # [(context name, ContextStep), ...] of the first request
     rec.denoise_steps   # [{"t", "x_t", "v_cond", "v_cfg_text", "v_cfg_img", "v_t"}, ...]
     rec.query           # {"full" | "no_text" | "no_image": (kv_len, rope)} of the denoising query
+    rec.query_seq       # the first denoising forward's query: one sample per (request, branch) job
 
 The inference code calls ``active()`` before building anything to record, so the hook costs one check.
 Only the first request of a batch is recorded.
@@ -51,6 +52,7 @@ class Recording:
     context_steps: list[tuple[str, ContextStep]] = field(default_factory=list)
     denoise_steps: list[dict] = field(default_factory=list)
     query: dict[str, tuple[int, int]] = field(default_factory=dict)
+    query_seq: PackedSequence | None = None
     request: int = 0  # index of the request being built; only request 0 is recorded
 
 

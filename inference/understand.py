@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from inference.cli_common import add_model_args, resolve_device_dtype, resolve_model_path
+from inference.cli_common import add_model_args, default_model_path, resolve_device_dtype
 
 log = logging.getLogger("scone.understand")
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     try:
         pipe = SconePipeline.from_pretrained(
-            resolve_model_path(args.model_path), device=device, dtype=dtype, weights_file=args.weights_file
+            default_model_path(args.model_path), device=device, dtype=dtype, weights_file=args.weights_file
         )
         ans = pipe.understand(
             images=args.images,

@@ -14,7 +14,6 @@ Tensors are token-major: q [Nq, heads, d], k/v [Nk, kv_heads, d]; GQA is handled
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +143,3 @@ def masked_attention(
         outs.append(_sdpa(q[start:end], kb, vb, m, False, scale))
         start = end
     return torch.cat(outs, dim=0)
-
-
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)

@@ -36,7 +36,6 @@ class LLMConfig:
     # fork fields (set by the loaders, never read from the file in upstream inference)
     qk_norm: bool = True
     layer_module: str = MOT_LAYER
-    freeze_und: bool = False
 
     @property
     def head_dim(self) -> int:

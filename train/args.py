@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "freeze_und",
         type=bool,
         default=False,
-        help="detach und-path activations in MoT layers (config flag, not a freeze)",
+        help="upstream's flag that detaches und-path activations; only False (every released run) is supported",
     )
 
     g = p.add_argument_group("data")
@@ -265,6 +265,8 @@ def validate_args(args) -> None:
     """Reject combinations the reimplementation does not support, naming the option."""
     if args.model_path is None:
         raise SystemExit("--model_path is required (a released-layout folder)")
+    if args.freeze_und:
+        raise SystemExit("--freeze_und True is not supported (every released run trains with False)")
     if not args.finetune_from_hf or args.llm_path or args.vae_path or args.vit_path:
         raise SystemExit(
             "building from separate --llm_path/--vit_path/--vae_path checkpoints is not supported; pass a "

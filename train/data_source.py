@@ -14,13 +14,13 @@ from train.synthetic import SyntheticSource, SyntheticSpec
 logger = logging.getLogger(__name__)
 
 
-def build_data_source(args, lm, info, data_status):
+def build_data_source(args, loaded, info, data_status):
     """Build the source for this rank and restore ``data_status`` (from a resumed checkpoint) if given."""
     if args.synthetic_data:
         base = {
-            "max_latent_size": lm.config.max_latent_size,
-            "vit_max_patch_per_side": lm.config.vit_max_num_patch_per_side,
-            "vocab": min(len(lm.tokenizer), 256),
+            "max_latent_size": loaded.config.max_latent_size,
+            "vit_max_patch_per_side": loaded.config.vit_max_num_patch_per_side,
+            "vocab": min(len(loaded.tokenizer), 256),
         }
         known = set(SyntheticSpec.__dataclass_fields__)
         unknown = set(args.synthetic_spec) - known
@@ -32,13 +32,13 @@ def build_data_source(args, lm, info, data_status):
             args.data_seed,
             info.rank,
             info.world_size,
-            lm.special_ids.as_dict(),
+            loaded.special_ids.as_dict(),
             accum=args.gradient_accumulation_steps,
         )
         if data_status is not None:
             src.load_state_dict(data_status)
         return src
-    return ParquetSource(args, lm, info, data_status)
+    return ParquetSource(args, loaded, info, data_status)
 
 
 class ParquetSource:
@@ -46,15 +46,15 @@ class ParquetSource:
     records the state of the last pack actually *consumed* from each worker (prefetched packs are not
     counted, so a resume continues exactly after the last trained pack)."""
 
-    def __init__(self, args, lm, info, data_status):
+    def __init__(self, args, loaded, info, data_status):
         from data.data_state import DataStateTracker
         from data.packed_dataset import build_dataloader, build_packed_dataset
 
-        cfg = lm.config
+        cfg = loaded.config
         self.dataset = build_packed_dataset(
             args.dataset_config_file,
-            lm.tokenizer,
-            lm.special_ids,
+            loaded.tokenizer,
+            loaded.special_ids,
             rank=info.rank,
             world_size=info.world_size,
             num_workers=args.num_workers,

@@ -114,18 +114,18 @@ def load_model_for_rank(model_path: str, weights_path: str, info: DistInfo, from
     the meta device. A checkpoint error on rank 0 is raised on every rank (no rank hangs waiting)."""
     if not from_rank0:
         return load_for_training(model_path, weights_path, torch.float32), None
-    error, cause, lm, full_state = None, None, None, None
+    error, cause, loaded, full_state = None, None, None, None
     if info.is_main:
         try:
-            lm = load_for_training(model_path, weights_path, torch.float32)
+            loaded = load_for_training(model_path, weights_path, torch.float32)
         except Exception as e:  # any failure: the other ranks must hear of it, not wait in a collective
             error, cause = f"{type(e).__name__}: {e}", e
         else:
-            full_state = lm.model.state_dict()
-            lm.model.to("meta")
+            full_state = loaded.model.state_dict()
+            loaded.model.to("meta")
     error = broadcast_object(error)
     if error is not None:
         raise CheckpointError(f"rank 0 could not load the weights: {error}") from cause
-    if lm is None:
-        lm = load_for_training(model_path, weights_path, torch.float32, load_weights=False)
-    return lm, full_state
+    if loaded is None:
+        loaded = load_for_training(model_path, weights_path, torch.float32, load_weights=False)
+    return loaded, full_state

@@ -102,10 +102,9 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
     )
     logger.info("start: %s", start.reason)
     from_rank0 = info.world_size > 1 and args.load_weights_on_rank0  # a 1-rank group has no one to send to
-    lm, full_state = load_model_for_rank(args.model_path, start.weights_path, info, from_rank0)
-    check_model_matches_args(args, lm.config)
-    model, vae = lm.model, lm.vae
-    model.config.llm.freeze_und = args.freeze_und
+    loaded, full_state = load_model_for_rank(args.model_path, start.weights_path, info, from_rank0)
+    check_model_matches_args(args, loaded.config)
+    model, vae = loaded.model, loaded.vae
     flags = FreezeFlags.from_args(args)
     summary = apply_freeze(model, flags, vae, args.freeze_vae)
     logger.info("parameters (trainable / frozen):\n%s", summary.table())
@@ -140,7 +139,7 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
             logger.info("weights read by rank 0 and broadcast; every rank keeps its shard")
     else:
         model.to(info.device)
-    return lm, start, flags
+    return loaded, start, flags
 
 
 def train(args) -> dict:
@@ -149,8 +148,8 @@ def train(args) -> dict:
     setup_logging(info.rank, args.results_dir)
     dtype = compute_dtype(args, info.device.type)
     torch.manual_seed(args.global_seed * info.world_size + info.rank)
-    lm, start, flags = build_model(args, info, dtype)
-    model, vae = lm.model, lm.vae
+    loaded, start, flags = build_model(args, info, dtype)
+    model, vae = loaded.model, loaded.vae
 
     optimizer = build_optimizer(model, args.lr, (args.beta1, args.beta2), args.eps)
     scheduler = WarmupSchedule(
@@ -177,7 +176,7 @@ def train(args) -> dict:
         first_step = int(saved["step"]) + 1
         logger.info("resumed train state at step %d", first_step)
 
-    data = build_data_source(args, lm, info, data_status)
+    data = build_data_source(args, loaded, info, data_status)
     mlog = MetricLogger(
         args.results_dir,
         info.is_main,
@@ -310,10 +309,10 @@ def train(args) -> dict:
             mlog.log(step, rec)
             tput.reset()
         if (step > 0 and step % args.save_every == 0) or step == args.total_steps - 1:
-            _save(args, info, step, model, optimizer, scheduler, ema, state, data, lm.folder)
+            _save(args, info, step, model, optimizer, scheduler, ema, state, data, loaded.folder)
             last_saved = step
     if last_saved != step and step >= first_step:
-        _save(args, info, step, model, optimizer, scheduler, ema, state, data, lm.folder)
+        _save(args, info, step, model, optimizer, scheduler, ema, state, data, loaded.folder)
     if cache_file:
         cache.save(cache_file, fingerprint)
     mlog.close()
