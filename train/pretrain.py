@@ -142,6 +142,116 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
     return loaded, start, flags
 
 
+def _resume(args, info: DistInfo, start, model, optimizer, scheduler, ema) -> tuple[dict, dict | None, int]:
+    """(train state, this rank's data status, first step): fresh, or restored from ``start.resume_dir``."""
+    state = {"tokens_seen": 0.0, "nonfinite_skipped": 0, "samples_seen": 0}
+    if start.resume_dir is None:
+        return state, None, 0
+    ckpt.load_optimizer(start.resume_dir, model, optimizer)
+    ckpt.load_scheduler(start.resume_dir, scheduler)
+    saved = ckpt.load_train_state(start.resume_dir)
+    facts = _run_facts(args, info)
+    for k in ("world_size", "num_workers", "gradient_accumulation_steps", "data_seed"):
+        if k in saved and saved[k] != facts[k]:
+            raise SystemExit(
+                f"cannot resume {start.resume_dir}: {k} was {saved[k]}, now {facts[k]} (the data order "
+                "depends on it); use --resume_from with --resume_model_only to restart the data"
+            )
+    state.update({k: saved[k] for k in state if k in saved})
+    data_status = ckpt.load_data_status(start.resume_dir, info.rank, info.world_size)
+    if ema is not None and os.path.isfile(os.path.join(start.resume_dir, ckpt.EMA_FILE)):
+        ckpt.load_ema(start.resume_dir, ema)
+    first_step = int(saved["step"]) + 1
+    logger.info("resumed train state at step %d", first_step)
+    return state, data_status, first_step
+
+
+def _metric_logger(args, info: DistInfo) -> MetricLogger:
+    wandb = {
+        "enabled": bool(args.wandb_project),
+        "project": args.wandb_project,
+        "name": args.wandb_name,
+        "runid": args.wandb_runid,
+        "resume": args.wandb_resume,
+        "offline": args.wandb_offline,
+        "config": vars(args),
+        "dir": args.results_dir,
+    }
+    return MetricLogger(args.results_dir, info.is_main, wandb)
+
+
+def _posterior_cache(args, info: DistInfo, vae) -> tuple[PosteriorCache | None, str, str]:
+    """(cache or None, its file, the VAE fingerprint it is valid for)."""
+    if args.vae_cache_gb <= 0:
+        return None, "", ""
+    cache = PosteriorCache(int(args.vae_cache_gb * 2**30))
+    if not args.vae_cache_file:
+        return cache, "", ""
+    cache_file = args.vae_cache_file + (f".rank{info.rank}" if info.world_size > 1 else "")
+    fingerprint = vae_fingerprint(vae)
+    cache.load(cache_file, fingerprint)
+    return cache, cache_file, fingerprint
+
+
+def _forward_backward(
+    args, info: DistInfo, model, vae, packs, step: int, global_counts, cache, vae_autocast
+) -> tuple[float, float, dict]:
+    """Backward of every pack of this rank's step (gradients synchronised on the last); returns the summed
+    normalised MSE and CE parts and the bridge statistics."""
+    accum, world = len(packs), info.world_size
+    mse_sum = ce_sum = 0.0
+    stats = {}
+    for a, seq in enumerate(packs):
+        g = torch.Generator().manual_seed(pack_seed(args.global_seed, step, info.rank * accum + a))
+        seq = seq.to(info.device)
+        latent = None
+        if seq.vae_images is not None:
+            with torch.no_grad(), vae_autocast:
+                images = seq.vae_images
+                latent = (
+                    cache.encode(vae, images, g) if cache is not None else vae.encode(images, generator=g)
+                )
+        set_gradient_sync(model, a == accum - 1)
+        terms = flow_matching_losses(
+            model, seq, latent, generator=g, use_semantic_mask=args.use_semantic_mask,
+            timestep_shift=args.timestep_shift,
+        )  # fmt: skip
+        try:
+            part = pack_loss(
+                terms, seq, *global_counts, world, args.mse_weight, args.ce_weight, args.ce_loss_reweighting
+            )
+        except RuntimeError as e:
+            raise RuntimeError(f"step {step}: {e}") from None
+        mse_sum += part.mse
+        ce_sum += part.ce
+        part.loss.backward()
+        stats.update(terms.stats)
+    return mse_sum, ce_sum, stats
+
+
+def _update_weights(args, step, bad, optimizer, ema, state, mlog, consecutive_bad, mse, ce, grad_norm) -> int:
+    """Optimizer (and EMA) step, or a skipped non-finite step (counted; too many in a row stop the run).
+    Returns the new count of consecutive skipped steps."""
+    if not bad:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update()
+        return 0
+    optimizer.zero_grad(set_to_none=True)
+    consecutive_bad += 1
+    state["nonfinite_skipped"] += 1
+    mlog.event(step, "skip_nonfinite", mse=mse, ce=ce, grad_norm=grad_norm, consecutive=consecutive_bad)
+    if consecutive_bad >= args.max_nonfinite_steps:
+        mlog.close()
+        raise NonFiniteLossError(
+            f"loss or gradient non-finite for {consecutive_bad} consecutive steps (last: step {step}, mse "
+            f"{mse}, ce {ce}, grad norm {grad_norm}); stopping. Lower --lr, check the data, or resume "
+            "from an earlier checkpoint"
+        )
+    return consecutive_bad
+
+
 def train(args) -> dict:
     """Run training; returns a summary dict (final step, counters). Raises ``NonFiniteLossError``."""
     info = init_distributed(args.device)
@@ -156,41 +266,9 @@ def train(args) -> dict:
         optimizer, args.lr, args.lr_scheduler, args.warmup_steps, args.total_steps, args.min_lr
     )
     ema = EMA(model, args.ema) if args.ema > 0 else None
-    state = {"tokens_seen": 0.0, "nonfinite_skipped": 0, "samples_seen": 0}
-    data_status = None
-    first_step = 0
-    if start.resume_dir is not None:
-        ckpt.load_optimizer(start.resume_dir, model, optimizer)
-        ckpt.load_scheduler(start.resume_dir, scheduler)
-        saved = ckpt.load_train_state(start.resume_dir)
-        for k in ("world_size", "num_workers", "gradient_accumulation_steps", "data_seed"):
-            if k in saved and saved[k] != _run_facts(args, info)[k]:
-                raise SystemExit(
-                    f"cannot resume {start.resume_dir}: {k} was {saved[k]}, now {_run_facts(args, info)[k]} (the "
-                    "data order depends on it); use --resume_from with --resume_model_only to restart the data"
-                )
-        state.update({k: saved[k] for k in state if k in saved})
-        data_status = ckpt.load_data_status(start.resume_dir, info.rank, info.world_size)
-        if ema is not None and os.path.isfile(os.path.join(start.resume_dir, ckpt.EMA_FILE)):
-            ckpt.load_ema(start.resume_dir, ema)
-        first_step = int(saved["step"]) + 1
-        logger.info("resumed train state at step %d", first_step)
-
+    state, data_status, first_step = _resume(args, info, start, model, optimizer, scheduler, ema)
     data = build_data_source(args, loaded, info, data_status)
-    mlog = MetricLogger(
-        args.results_dir,
-        info.is_main,
-        {
-            "enabled": bool(args.wandb_project),
-            "project": args.wandb_project,
-            "name": args.wandb_name,
-            "runid": args.wandb_runid,
-            "resume": args.wandb_resume,
-            "offline": args.wandb_offline,
-            "config": vars(args),
-            "dir": args.results_dir,
-        },
-    )
+    mlog = _metric_logger(args, info)
     peak = args.peak_device_tflops or guess_peak_tflops(info.device)
     dense, attn = dense_llm_params(model), attention_flop_coeff(model)
     params = trainable_parameters(model)
@@ -201,13 +279,7 @@ def train(args) -> dict:
         if info.device.type == "cuda" and dtype != torch.float32
         else contextlib.nullcontext()
     )
-    cache, cache_file, fingerprint = None, "", ""
-    if args.vae_cache_gb > 0:
-        cache = PosteriorCache(int(args.vae_cache_gb * 2**30))
-        if args.vae_cache_file:
-            cache_file = args.vae_cache_file + (f".rank{info.rank}" if info.world_size > 1 else "")
-            fingerprint = vae_fingerprint(vae)
-            cache.load(cache_file, fingerprint)
+    cache, cache_file, fingerprint = _posterior_cache(args, info, vae)
     tput = Throughput()
     accum, world = args.gradient_accumulation_steps, info.world_size
     consecutive_bad = 0
@@ -221,63 +293,18 @@ def train(args) -> dict:
             [*(sum(c[i] for c in local) for i in range(3)), float(len(lens))], info.device
         )
         flops = all_reduce_sum([step_flops(dense, attn, int(sum(c[2] for c in local)), lens)], info.device)[0]
-        mse_sum = ce_sum = 0.0
-        stats = {}
-        for a, seq in enumerate(packs):
-            g = torch.Generator().manual_seed(pack_seed(args.global_seed, step, info.rank * accum + a))
-            seq = seq.to(info.device)
-            latent = None
-            if seq.vae_images is not None:
-                with torch.no_grad(), vae_autocast:
-                    images = seq.vae_images
-                    latent = (
-                        cache.encode(vae, images, g) if cache is not None else vae.encode(images, generator=g)
-                    )
-            set_gradient_sync(model, a == accum - 1)
-            terms = flow_matching_losses(
-                model,
-                seq,
-                latent,
-                generator=g,
-                use_semantic_mask=args.use_semantic_mask,
-                timestep_shift=args.timestep_shift,
-            )
-            try:
-                part = pack_loss(
-                    terms, seq, n_mse, n_ce, world, args.mse_weight, args.ce_weight, args.ce_loss_reweighting
-                )
-            except RuntimeError as e:
-                raise RuntimeError(f"step {step}: {e}") from None
-            mse_sum += part.mse
-            ce_sum += part.ce
-            part.loss.backward()
-            stats.update(terms.stats)
+        mse_sum, ce_sum, stats = _forward_backward(
+            args, info, model, vae, packs, step, (n_mse, n_ce), cache, vae_autocast
+        )
         mse_g, ce_g = (v / world for v in all_reduce_sum([mse_sum, ce_sum], info.device))
         grad_norm = clip_grad_norm(params, args.max_grad_norm)
         bad = all_reduce_max(
             [0.0 if math.isfinite(mse_g + ce_g) and math.isfinite(grad_norm) else 1.0], info.device
         )[0]
         lr = scheduler.apply(step)
-        if bad:
-            optimizer.zero_grad(set_to_none=True)
-            consecutive_bad += 1
-            state["nonfinite_skipped"] += 1
-            mlog.event(
-                step, "skip_nonfinite", mse=mse_g, ce=ce_g, grad_norm=grad_norm, consecutive=consecutive_bad
-            )
-            if consecutive_bad >= args.max_nonfinite_steps:
-                mlog.close()
-                raise NonFiniteLossError(
-                    f"loss or gradient non-finite for {consecutive_bad} consecutive steps (last: step {step}, mse "
-                    f"{mse_g}, ce {ce_g}, grad norm {grad_norm}); stopping. Lower --lr, check the data, or resume "
-                    "from an earlier checkpoint"
-                )
-        else:
-            consecutive_bad = 0
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update()
+        consecutive_bad = _update_weights(
+            args, step, bool(bad), optimizer, ema, state, mlog, consecutive_bad, mse_g, ce_g, grad_norm
+        )
         state["tokens_seen"] += n_tok
         state["samples_seen"] += int(n_samples)
         tput.add(1, n_tok, flops)
@@ -297,15 +324,8 @@ def train(args) -> dict:
                 **tput.rates(peak * world),
                 **_data_counters(data),
                 **stats,
+                **(cache.counters() if cache is not None else {}),
             }
-            if cache is not None:
-                rec.update(
-                    {
-                        "vae_cache/hits": cache.hits,
-                        "vae_cache/misses": cache.misses,
-                        "vae_cache/gib": cache.bytes / 2**30,
-                    }
-                )
             mlog.log(step, rec)
             tput.reset()
         if (step > 0 and step % args.save_every == 0) or step == args.total_steps - 1:

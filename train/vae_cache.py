@@ -117,6 +117,14 @@ class PosteriorCache:
         return vae.sample_posterior(mean, logvar, generator=generator).to(dtype)
 
     # ------------------------------------------------------------------ persistence
+    def counters(self) -> dict:
+        """What the training log shows."""
+        return {
+            "vae_cache/hits": self.hits,
+            "vae_cache/misses": self.misses,
+            "vae_cache/gib": self.bytes / 2**30,
+        }
+
     def save(self, path: str, fingerprint: str) -> None:
         """Write the entries (grouped by latent shape) to ``path`` (safetensors, written atomically)."""
         groups: dict[tuple[int, ...], list[bytes]] = {}
