@@ -124,20 +124,11 @@ def main(argv=None) -> None:
 
         apply_activation_checkpointing(model, (MoTDecoderLayer, SiglipEncoderLayer))
     if device.type == "cuda":  # bf16 compute over fp32 master weights, exactly like training (1-rank FSDP2)
-        from train.parallel import apply_fsdp, build_mesh, init_distributed
-        from train.pretrain import FSDP_SUBMODULES, block_classes
+        from train.parallel import build_mesh, init_distributed
+        from train.pretrain import shard_model
 
         init_distributed("cuda")
-        mesh = build_mesh("FULL_SHARD", 1, 1, 1, "cuda")
-        mixed = dtype != torch.float32
-        apply_fsdp(
-            model,
-            mesh,
-            block_classes(),
-            FSDP_SUBMODULES,
-            param_dtype=dtype if mixed else None,
-            reduce_dtype=torch.float32 if mixed else None,
-        )
+        shard_model(model, build_mesh("FULL_SHARD", 1, 1, 1, "cuda"), dtype)
     opt = build_optimizer(model, 1e-5)
     params = [q for q in model.parameters() if q.requires_grad]
     spec = SyntheticSpec(

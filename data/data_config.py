@@ -1,4 +1,4 @@
-"""YAML dataset mixes -> group datasets (spec training.md §2.2).
+"""YAML dataset mixes -> group datasets (docs/data.md).
 
 One top-level key per group (a registry key: s2i, t2i_pretrain, unified_edit, vlm_sft)::
 

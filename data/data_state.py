@@ -76,7 +76,7 @@ def is_upstream_status(state: dict) -> bool:
 
 
 def check_rank_state(state: dict, *, rank: int, world_size: int, num_workers: int, data_seed: int) -> None:
-    """A state is only valid for the same world size, number of workers and data seed (spec §9)."""
+    """A state is only valid for the same world size, number of workers and data seed."""
     if state.get("format") != FORMAT:
         raise DataConfigError(f"unknown data state format {state.get('format')!r} (expected {FORMAT})")
     expected = {"rank": rank, "world_size": world_size, "num_workers": num_workers, "data_seed": data_seed}

@@ -1,5 +1,5 @@
 """Dataset registry: which class reads each group, and where each named dataset lives
-(spec training.md §2.1).
+(docs/data.md).
 
 Paths are **relative to a data root** chosen at run time (``--data_root`` / ``data_root=`` argument,
 else the ``SCONE_DATA_ROOT`` environment variable), so nothing here needs editing. Absolute paths are

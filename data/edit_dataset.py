@@ -1,4 +1,4 @@
-"""BAGEL's ``unified_edit`` parquet dataset (spec training.md §1.4).
+"""BAGEL's ``unified_edit`` parquet dataset (docs/data.md).
 
 Row schema: ``image_list`` = list of encoded images (an editing trajectory), ``instruction_list`` =
 list (one entry per transition i -> i+1) of candidate instruction lists. A random start frame and an

@@ -1,4 +1,4 @@
-"""Token-budget sequence packing over a weighted mix of dataset groups (spec training.md §4).
+"""Token-budget sequence packing over a weighted mix of dataset groups (docs/data.md).
 
 Per DataLoader worker, forever:
 

@@ -1,4 +1,4 @@
-"""Parquet file selection and row-group reading (spec training.md §1.2, §2.2, §3).
+"""Parquet file selection and row-group reading (docs/data.md).
 
 * Files of a data directory are listed **sorted** (upstream used unsorted ``os.listdir``), repeated
   cyclically when more are requested than exist, then truncated.

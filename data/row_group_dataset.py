@@ -1,4 +1,4 @@
-"""Parquet datasets sharded by row group (s2i, unified_edit; spec training.md §1.2, §3).
+"""Parquet datasets sharded by row group (s2i, unified_edit; docs/data.md).
 
 Units are ``(parquet_path, row_group_idx)`` pairs taken from ``parquet_info``; the resume index of a
 row is ``[worker-local row-group index, row index inside the row group]`` (upstream's format).

@@ -1,4 +1,4 @@
-"""Scone subject-to-image (s2i) parquet dataset (spec training.md §1.3).
+"""Scone subject-to-image (s2i) parquet dataset (docs/data.md).
 
 Row schema: ``image`` = list of encoded images, references first and the **target last**;
 ``instruction`` = string. Sequence plan for k references::

@@ -1,4 +1,4 @@
-"""Build one training sample: a *sequence plan* plus its text ids and image tensors (spec training.md §1.3).
+"""Build one training sample: a *sequence plan* plus its text ids and image tensors (docs/data.md).
 
 A sample is a dict::
 

@@ -1,5 +1,5 @@
 """Deterministic sharding over ranks x DataLoader workers, and the resumable row iterator
-(spec training.md §3).
+(docs/data.md).
 
 A dataset is a list of *units* (parquet row groups, parquet files, or JSONL lines). For a given
 ``data_seed`` the units are sorted, shuffled with ``random.Random(data_seed)``, rank r takes the slice

@@ -1,4 +1,4 @@
-"""BAGEL's ``t2i_pretrain`` parquet dataset (spec training.md §1.4).
+"""BAGEL's ``t2i_pretrain`` parquet dataset (docs/data.md).
 
 Row schema: ``image`` = encoded image bytes, ``captions`` = JSON string of a dict of captions. One
 caption is chosen at random (per-row RNG); an empty dict gives a single space (upstream). Plan: caption

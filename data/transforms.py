@@ -1,7 +1,6 @@
 """Image preprocessing shared by inference and training.
 
-The resize rule reproduces upstream's ``MaxLongEdgeMinShortEdgeResize`` exactly (spec
-inference.md §1.1), quirks included, because every token count and position id downstream
+The resize rule reproduces upstream's ``MaxLongEdgeMinShortEdgeResize`` exactly, quirks included, because every token count and position id downstream
 depends on the resized size.
 """
 

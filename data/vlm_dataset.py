@@ -1,4 +1,4 @@
-"""BAGEL's ``vlm_sft`` JSONL dataset (spec training.md §1.4).
+"""BAGEL's ``vlm_sft`` JSONL dataset (docs/data.md).
 
 One JSON object per line::
 

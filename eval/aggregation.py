@@ -1,4 +1,4 @@
-"""Score aggregation for OmniContext and SconeEval (spec/benchmarks.md §2.4, §3.3), shared by every judge.
+"""Score aggregation for OmniContext and SconeEval (docs/evaluation.md), shared by every judge.
 
 Input: per-case records, one list per (sampling round, judging pass) group:
     {"key", "task_type", "PF_score", "SC_score",

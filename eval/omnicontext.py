@@ -1,4 +1,4 @@
-"""OmniContext scoring (spec/benchmarks.md §2): per case a PF and an SC judgement over
+"""OmniContext scoring (docs/evaluation.md): per case a PF and an SC judgement over
 [resized reference images..., generated image]; overall = sqrt(PF*SC); means per task type and Average.
 
     python -m eval.omnicontext --benchmark_dir datasets/OmniContext-jsonl \

@@ -1,4 +1,4 @@
-"""SconeEval scoring (spec/benchmarks.md §3): PF and SC for every case (COM = sqrt(PF*SC)), and for the
+"""SconeEval scoring (docs/evaluation.md): PF and SC for every case (COM = sqrt(PF*SC)), and for the
 distinction subtasks one presence judgement per (reference image, candidate subject) -> DIS metrics.
 
     python -m eval.sconeeval --benchmark_dir datasets/SconeEval \

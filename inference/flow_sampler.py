@@ -1,4 +1,4 @@
-"""Rectified-flow sampling as pure functions (spec inference.md §3), separate from the network.
+"""Rectified-flow sampling as pure functions (docs/architecture.md), separate from the network.
 
 Convention: ``x_t = (1 - t) x_0 + t eps``; the model predicts ``v = eps - x_0``; sampling integrates t
 from 1 to 0 with ``x <- x - v dt``.
@@ -46,7 +46,7 @@ def cfg_combine(
     renorm_type: str = "text_channel",
     renorm_min: float = 0.0,
 ) -> torch.Tensor:
-    """Combine branch velocities [tokens, D] of ONE image (spec §3.4). Renorm only ever shrinks."""
+    """Combine branch velocities [tokens, D] of ONE image (docs/architecture.md §6). Renorm only ever shrinks."""
     if renorm_type not in RENORM_TYPES:
         raise ValueError(f"cfg_renorm_type must be one of {RENORM_TYPES}, got {renorm_type!r}")
     if cfg_text_scale <= 1.0:

@@ -138,7 +138,7 @@ def generate_text(
     generator: torch.Generator | None = None,
     return_logits: bool = False,
 ) -> tuple[list[int], torch.Tensor | None]:
-    """Decode from ``<|im_start|>`` at the context's next position (spec inference.md §5.1).
+    """Decode from ``<|im_start|>`` at the context's next position (docs/architecture.md).
 
     Returns the fed tokens (start token first, as upstream's ``generate_text``) and optionally the
     logits of every forward [steps, V]. Stops when the next token is ``<|im_end|>`` (not appended).

@@ -1,6 +1,6 @@
 """FLUX autoencoder (the VAE of BAGEL / Scone), checkpoint-compatible with ``ae.safetensors``.
 
-Spec: model.md §9. Pixels [B, 3, H, W] in [-1, 1] <-> latents [B, z_channels, H/8, W/8] (for the released
+Docs: docs/vision.md. Pixels [B, 3, H, W] in [-1, 1] <-> latents [B, z_channels, H/8, W/8] (for the released
 4-level geometry). The encoder outputs 2*z_channels channels = (mean, logvar) of a diagonal Gaussian; like
 upstream, ``encode`` SAMPLES that posterior (also at inference), then applies ``scale * (z - shift)``.
 

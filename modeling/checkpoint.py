@@ -1,4 +1,4 @@
-"""Loading a released BAGEL / Scone folder (spec model.md §1).
+"""Loading a released BAGEL / Scone folder (the layout: ckpts/README.md).
 
 A folder holds ``llm_config.json``, ``vit_config.json``, ``ae.safetensors``, the weights
 (``model.safetensors`` for Scone, ``ema.safetensors`` for BAGEL-7B-MoT) and the Qwen2 tokenizer files.
@@ -91,7 +91,7 @@ def _peek_shape(path: str, key: str) -> list[int] | None:
 
 
 def build_config(folder: str, weights_path: str | None = None) -> BagelConfig:
-    """Read the two JSON configs and apply upstream's inference-loader adjustments (spec §1.4)."""
+    """Read the two JSON configs and apply upstream's inference-loader adjustments."""
     for name in CONFIG_FILES:
         if not os.path.isfile(os.path.join(folder, name)):
             raise CheckpointError(f"missing {name} in {folder}")

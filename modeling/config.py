@@ -1,7 +1,7 @@
 """Plain-dataclass configs for the BAGEL/Scone model.
 
 ``LLMConfig`` mirrors the fields of ``llm_config.json`` that the model uses; ``BagelConfig`` is the
-wrapper config that upstream builds in code (it is stored in no file, spec model.md §2).
+wrapper config that upstream builds in code (it is stored in no file).
 """
 
 from __future__ import annotations

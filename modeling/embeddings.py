@@ -1,4 +1,4 @@
-"""Generation-side and bridge embeddings (spec model.md §8, §10).
+"""Generation-side and bridge embeddings (docs/architecture.md).
 
 * ``PositionEmbedding``: fixed 2-D sin-cos table, stored in the checkpoint, never trained.
 * ``TimestepEmbedder``: 256 sinusoidal features of t in [0, 1] (cos half first) -> MLP.

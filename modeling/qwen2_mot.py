@@ -1,4 +1,4 @@
-"""Qwen2 Mixture-of-Transformers decoder (BAGEL's ``Qwen2MoTDecoderLayer``), spec model.md §4.
+"""Qwen2 Mixture-of-Transformers decoder (BAGEL's ``Qwen2MoTDecoderLayer``); docs/architecture.md §1.
 
 Every layer holds two full sets of weights: the *understanding* expert (plain Qwen2 names) and the
 *generation* expert (the ``_moe_gen`` twins). Each token is routed to one expert by its modality —

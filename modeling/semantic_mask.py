@@ -1,11 +1,11 @@
-"""Scone's understanding bridge: the semantic mask (spec model.md §11). Training only.
+"""Scone's understanding bridge: the semantic mask (docs/architecture.md). Training only.
 
 After decoder layer ``semantic_layer`` (8), every reference image's ViT tokens are compared with the
 sample's instruction tokens (mean cosine similarity of the hidden states). The similarity map is
 resized to the reference's VAE latent grid; reference tokens (ViT and VAE) below ``threshold`` are then
 hidden from the noisy target tokens in layers ``semantic_mask_layers`` (9..16). No other row changes.
 
-Upstream defects fixed here (spec §11 table): shapes are looked up per image run, so a skipped sample
+Upstream defects fixed here: shapes are looked up per image run, so a skipped sample
 cannot shift later samples; a batch without MSE rows is fine; no torch.distributed needed; the pairing
 works for any layout where a reference's clean VAE image precedes its ViT image; skipped samples are
 counted and returned, not printed.

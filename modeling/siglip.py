@@ -1,4 +1,4 @@
-"""SigLIP NaViT vision encoder (``vit_model`` of BAGEL / Scone), spec model.md §1.3, §3.2, §7.
+"""SigLIP NaViT vision encoder (``vit_model`` of BAGEL / Scone); docs/vision.md.
 
 Images of different sizes are patchified, concatenated along one token axis and described by
 ``cu_seqlens`` (prefix sums of patches per image); attention never crosses images. Per patch:

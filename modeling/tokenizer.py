@@ -1,4 +1,4 @@
-"""Qwen2 tokenizer with the special tokens BAGEL/Scone rely on (spec model.md §5.1)."""
+"""Qwen2 tokenizer with the special tokens BAGEL/Scone rely on (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ DATA_ROOT=${DATA_ROOT:-./datasets}          # holds Scone-S2I-57K/ (see docs/dat
 EXTRA_ARGS=${EXTRA_ARGS:-}                 # e.g. "--wandb_project scone --wandb_name $EXP_NAME"
 
 # run_scone_stage DATA_YAML FINETUNE_FROM_EMA [stage flags...]
-# Settings common to all stages are the ones every upstream Scone script passes (spec training.md §11).
+# Settings common to all stages are the ones every upstream Scone script passes (docs/training.md).
 run_scone_stage() {
   local data_yaml=$1 from_ema=$2
   shift 2

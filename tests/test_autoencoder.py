@@ -87,7 +87,7 @@ def test_decode_parity(ae: AutoEncoder, cases: dict) -> None:
     with torch.no_grad():
         x = ae.decode(cases["gen.vae_decoder_input"])
     torch.testing.assert_close(x, cases["gen.vae_decoded"], atol=1e-4, rtol=1e-4)
-    # Pixel conversion of inference.md §3.5: truncation, not rounding.
+    # Pixel conversion of docs/architecture.md §6: truncation, not rounding.
     u8 = (torch.clamp(x * 0.5 + 0.5, 0, 1) * 255).to(torch.uint8)[0].permute(1, 2, 0)
     diff = (u8.int() - cases["gen.image_uint8"].int()).abs()
     assert diff.max() <= 1

@@ -205,7 +205,7 @@ def test_condition_dropout_position_rules(tok, drop):
     batch = upstream_batch(pack_samples([sample], cfg, random.Random(0), np.random.RandomState(0)))
     pos = batch["packed_position_ids"]
     target_pos = pos[batch["mse_loss_indexes"]].unique().tolist()
-    # model.md §5.3: ref1-VAE 0, ref1-ViT 1, ref2-VAE 2, ref2-ViT 3, text 4..4+n+1, target 4+n+2
+    # docs/architecture.md: ref1-VAE 0, ref1-ViT 1, ref2-VAE 2, ref2-ViT 3, text 4..4+n+1, target 4+n+2
     if drop == "text":
         assert target_pos == [4]  # dropped text consumes nothing
         assert "packed_instruc_indexes" in batch and batch["packed_instruc_indexes"].numel() == 0

@@ -1,4 +1,4 @@
-"""Geometric position rules (spec benchmarks.md 4.3): hand-computed table + case-level outcomes."""
+"""Geometric position rules (docs/psrbench.md): hand-computed table + case-level outcomes."""
 
 import pytest
 from PIL import Image

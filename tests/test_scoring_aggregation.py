@@ -201,7 +201,7 @@ def test_csv_and_json_outputs(tmp_path):
     assert head.endswith("| Avg COM | Avg DIS | Overall | failed |")
 
 
-# Published SconeEval leaderboard (Scone README, spec/benchmarks.md §3.5): per-task COM/DIS -> Avg/Overall
+# Published SconeEval leaderboard (Scone README, docs/evaluation.md): per-task COM/DIS -> Avg/Overall
 PUBLISHED = {
     # method: (C-S, C-M, DC COM, DC DIS, DI COM, DI DIS, DCC COM, DCC DIS, DCI COM, DCI DIS, avgCOM, avgDIS, overall)
     "Scone": (8.52, 7.40, 8.98, 9.73, 7.97, 7.74, 8.20, 9.25, 8.21, 8.44, 8.21, 8.79, 8.50),

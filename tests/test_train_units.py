@@ -70,7 +70,7 @@ def test_freeze_bridges_and_time_embedder(names):
 
 
 def test_stage2_step2_trains_only_embeddings_and_time_embedder(names):
-    """As scripted upstream (spec §11): und + gen + both bridges frozen, ViT frozen."""
+    """As scripted upstream (docs/training.md, the four stages): und + gen + both bridges frozen, ViT frozen."""
     f = frozen(
         names,
         freeze_vit=True,

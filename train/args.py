@@ -1,4 +1,4 @@
-"""Command line of ``train/pretrain.py`` with upstream's argument names (spec training.md §10).
+"""Command line of ``train/pretrain.py`` with upstream's argument names (docs/training.md).
 
 Every option accepts dashes and underscores (``--resume-model-only`` = ``--resume_model_only``), booleans
 accept upstream's ``--flag True`` / ``--flag False`` as well as a bare ``--flag``, and unique prefixes

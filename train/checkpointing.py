@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic step folders that are also released-layout model folders (spec §9).
+"""Training checkpoints: atomic step folders that are also released-layout model folders (docs/training.md).
 
 Layout of ``{checkpoint_dir}/{step:07d}/`` (``step`` = index of the last executed step; a resume starts
 at ``step + 1``, like upstream):
@@ -39,7 +39,7 @@ OPTIM_DIR = "optimizer"
 SCHEDULER_FILE = "scheduler.pt"
 TRAIN_STATE_FILE = "train_state.json"
 DATA_STATUS_FILE = "data_status.pt"
-# Files that make a step folder a released-layout folder (model.md §1.1).
+# Files that make a step folder a released-layout folder (ckpts/README.md).
 FOLDER_FILES = (
     "llm_config.json",
     "vit_config.json",

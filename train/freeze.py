@@ -1,4 +1,4 @@
-"""Freeze flags with exactly upstream's parameter sets (spec training.md §8).
+"""Freeze flags with exactly upstream's parameter sets (docs/training.md).
 
 The rules work on clean state-dict names (``language_model.model.layers.0.mlp.up_proj.weight`` …), so
 they can be checked on a key list without building a model (``frozen_reasons``) and applied to a live
@@ -15,7 +15,7 @@ import torch.nn as nn
 
 logger = logging.getLogger(__name__)
 
-# Fixed 2-D sin-cos tables (model.md §3.3): buffers in spirit, parameters in the checkpoint.
+# Fixed 2-D sin-cos tables (docs/architecture.md): buffers in spirit, parameters in the checkpoint.
 POS_EMBED_KEYS = ("latent_pos_embed.pos_embed", "vit_pos_embed.pos_embed")
 LLM_BODY = "language_model.model."
 

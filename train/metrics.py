@@ -1,4 +1,4 @@
-"""Throughput, MFU and logging of training metrics (spec training.md §12).
+"""Throughput, MFU and logging of training metrics (docs/training.md).
 
 Rank 0 writes log lines, a JSON-lines file ``{results_dir}/metrics.jsonl`` (one record per logged step,
 handy for tests and plots) and, optionally, Weights & Biases (imported lazily, off by default).
@@ -67,7 +67,7 @@ def attention_flop_coeff(model: nn.Module) -> int:
 
 
 def step_flops(dense_params: int, attn_coeff: int, num_tokens: int, sample_lens) -> float:
-    """``6·N_dense·tokens + 12·hd·nh·L·Σ sample_len²`` (spec §12)."""
+    """``6·N_dense·tokens + 12·hd·nh·L·Σ sample_len²``."""
     return 6.0 * dense_params * num_tokens + float(attn_coeff) * float(sum(int(s) ** 2 for s in sample_lens))
 
 

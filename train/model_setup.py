@@ -1,4 +1,4 @@
-"""Which weights a run starts from, and building the model for training (spec training.md §9).
+"""Which weights a run starts from, and building the model for training (docs/training.md).
 
 Resolution order (``resolve_start``):
 

@@ -1,4 +1,4 @@
-"""Optimizer, LR schedules, gradient clipping and EMA (spec training.md §6).
+"""Optimizer, LR schedules, gradient clipping and EMA (docs/training.md).
 
 All pieces work on plain tensors and on FSDP2 DTensor parameters alike.
 """

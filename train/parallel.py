@@ -1,4 +1,4 @@
-"""Process group, device mesh, FSDP2 sharding and activation checkpointing (spec training.md §7).
+"""Process group, device mesh, FSDP2 sharding and activation checkpointing (docs/training.md).
 
 Upstream wraps with FSDP1 (``HYBRID_SHARD``, ``use_orig_params``); we use FSDP2 ``fully_shard``
 (per-parameter DTensor sharding, so frozen and trainable parameters can share a unit without flat-param

@@ -72,6 +72,23 @@ def block_classes() -> tuple[type, ...]:
     return (MoTDecoderLayer, SiglipEncoderLayer)
 
 
+def shard_model(
+    model, mesh, dtype: torch.dtype, reduce_dtype: torch.dtype = torch.float32, cpu_offload: bool = False
+) -> None:
+    """FSDP2 on every block, the FSDP_SUBMODULES and the root; ``dtype`` below fp32 = mixed precision
+    (compute in ``dtype`` over fp32 master weights, gradients reduced in ``reduce_dtype``)."""
+    mixed = dtype != torch.float32
+    apply_fsdp(
+        model,
+        mesh,
+        block_classes(),
+        FSDP_SUBMODULES,
+        param_dtype=dtype if mixed else None,
+        reduce_dtype=reduce_dtype if mixed else None,
+        cpu_offload=cpu_offload,
+    )
+
+
 def pack_seed(global_seed: int, step: int, pack_index: int) -> int:
     """Seed of every random draw for one pack (world-size independent)."""
     return (global_seed * 1_000_003 + step) * 10_007 + pack_index
@@ -119,18 +136,8 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
         mesh = build_mesh(
             args.sharding_strategy, info.world_size, args.num_replicate, num_shard, info.device.type
         )
-        mixed = dtype != torch.float32
-        apply_fsdp(
-            model,
-            mesh,
-            block_classes(),
-            FSDP_SUBMODULES,
-            param_dtype=dtype if mixed else None,
-            reduce_dtype=(torch.bfloat16 if args.reduce_dtype == "bf16" else torch.float32)
-            if mixed
-            else None,
-            cpu_offload=args.cpu_offload,
-        )
+        reduce = torch.bfloat16 if args.reduce_dtype == "bf16" else torch.float32
+        shard_model(model, mesh, dtype, reduce, args.cpu_offload)
         if from_rank0:
             load_full_state_from_rank0(
                 model, full_state, torch.device("cpu") if args.cpu_offload else info.device

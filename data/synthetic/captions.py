@@ -1,5 +1,5 @@
 """ShapeWorld understanding data: captions of the training cases' reference images, in BAGEL's
-``vlm_sft`` JSONL layout (spec training.md §1.4, read by data/vlm_dataset.py).
+``vlm_sft`` JSONL layout (docs/data.md, read by data/vlm_dataset.py).
 
 Why: the tiny model starts from nothing, unlike BAGEL, whose understanding expert and SigLIP were
 pretrained on captioning and VQA. Trained on generation alone it learns the instruction's words (shape,

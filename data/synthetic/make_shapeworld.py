@@ -2,7 +2,7 @@
 
     python -m data.synthetic.make_shapeworld --out DIR --num_train N --num_eval M --seed S
 
-Output (spec training.md §1, benchmarks.md §3.1):
+Output (docs/data.md, docs/evaluation.md):
 
     DIR/parquet_data/shapeworld_single_candidate/part-00000.parquet   composition_* cases
     DIR/parquet_data/shapeworld_multi_candidate/part-00000.parquet    distinction_* cases

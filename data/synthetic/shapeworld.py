@@ -2,7 +2,7 @@
 
 A *case* is one subject-driven generation example: reference images (each holding one subject, several
 candidate subjects, or only a scene/background), an instruction, and the target image the instruction
-describes. The six task types mirror SconeEval (spec benchmarks.md §3.1):
+describes. The six task types mirror SconeEval (docs/evaluation.md):
 
 * ``composition_single`` — one reference with one subject;
 * ``composition_multi`` — 2–3 references with one subject each;
@@ -293,7 +293,7 @@ def _placement_dict(p: Placement, label: int | None = None) -> dict:
 
 
 def case_record(case: Case, key: str, input_images: list[str], target_image: str) -> dict:
-    """SconeEval-style jsonl record (spec benchmarks.md §3.1) plus the ``shapeworld`` description."""
+    """SconeEval-style jsonl record (docs/evaluation.md) plus the ``shapeworld`` description."""
     record = {
         "key": key,
         "task_type": case.task_type,

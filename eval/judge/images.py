@@ -1,5 +1,5 @@
 """Images for the judge: loading (PIL / path / bytes), encoding as data URLs, content hashes, and the
-reference-image downscaling of the benchmark protocol (spec/benchmarks.md §1.1)."""
+reference-image downscaling of the benchmark protocol (docs/evaluation.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """PSRBench evaluation (7 subsets x 50 multi-subject cases): case reader, subject consistency
 (Grounding DINO crops + DINO ViT-S/16 cosine), geometric position alignment, VLM semantic alignment,
-HPSv3 aesthetics and the report. See docs/psrbench.md and spec benchmarks.md section 4."""
+HPSv3 aesthetics and the report. See docs/psrbench.md."""
 
 from eval.psrbench.data import SUBSET_SUBJECTS, SUBSETS, Case, load_psrbench_cases, write_results_json
 

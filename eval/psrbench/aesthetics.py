@@ -1,4 +1,4 @@
-"""Aesthetic preference with HPSv3 (spec benchmarks.md 4.5), optional.
+"""Aesthetic preference with HPSv3 (docs/psrbench.md), optional.
 
 Uses the `hpsv3` package (`HPSv3RewardInferencer(device=...).reward(prompts=..., image_paths=...)`,
 one tensor per image whose first element is the preference score mu), batched on a GPU, with the case

@@ -1,6 +1,6 @@
 """PSRBench case reader and results-JSON writer.
 
-Layout (spec benchmarks.md 4.1)::
+Layout (docs/psrbench.md)::
 
     PSRBench/ Attribute.json Action.json Background.json Position.json Complex.json Three.json Four.json
               subjects/ animals/            # reference images

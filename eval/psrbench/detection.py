@@ -1,7 +1,7 @@
 """Open-set detection for PSRBench: a `Detector` interface, the Grounding DINO implementation (via
 `transformers`) and box cropping with the protocol's integer truncation.
 
-Protocol (spec benchmarks.md 4.2): query = category text lower-cased, stripped, with a trailing '.';
+Protocol (docs/psrbench.md): query = category text lower-cased, stripped, with a trailing '.';
 box threshold 0.35 on the max token probability, text threshold 0.25 (labels only, never filters boxes);
 boxes kept **in decoder-query order** (not re-sorted by score); x1,y1,x2,y2 in original-image pixels,
 then `int()`-truncated before cropping `[y1:y2, x1:x2]`.

@@ -1,6 +1,6 @@
 """DINO ViT-S/16 image embeddings for subject consistency.
 
-Pre-processing follows the protocol exactly (spec benchmarks.md 4.2), written with PIL + torch (no
+Pre-processing follows the protocol exactly (docs/psrbench.md), written with PIL + torch (no
 torchvision): Resize shorter side to 256 (bicubic, longer side `int(256 * long / short)`), CenterCrop
 224 (offsets `round((size - 224) / 2)`), convert to RGB (after the resize, as upstream), scale to [0, 1],
 ImageNet mean/std. Embedding = CLS token of the final-layer-normed output (what DINO's own

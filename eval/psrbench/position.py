@@ -1,4 +1,4 @@
-"""Geometric position alignment for the Position subset (spec benchmarks.md 4.3), score in [0, 1].
+"""Geometric position alignment for the Position subset (docs/psrbench.md), score in [0, 1].
 
 Relation = the first phrase of RELATION_PHRASES (in that order) contained in the instruction
 (matched case-insensitively; upstream matched case-sensitively). Subject 1 (`category1`) stands in the

@@ -1,4 +1,4 @@
-"""Semantic alignment (spec benchmarks.md 4.4): a VLM judge (Qwen2.5-VL behind an OpenAI-compatible
+"""Semantic alignment (docs/psrbench.md): a VLM judge (Qwen2.5-VL behind an OpenAI-compatible
 server: vLLM or SGLang) rates 0-10 how well the generated image matches the case's instruction, with a
 per-subset rubric (our own wording, `prompts/{name}.txt`, `{instruction}` placeholder; `prompt_dir`
 loads other wording, e.g. the PSR authors' text for upstream comparability).

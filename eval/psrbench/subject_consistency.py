@@ -1,5 +1,5 @@
 """Subject consistency (SC): detector crops of each subject in the generated image and in its reference,
-DINO embeddings, cosine similarity, mean over subjects (spec benchmarks.md 4.2).
+DINO embeddings, cosine similarity, mean over subjects (docs/psrbench.md).
 
 One code path for any number of subjects. Box assignment ("general" rule): the k-th subject whose
 detector query repeats an earlier subject's query takes box k of that query in the generated image
