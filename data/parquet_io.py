@@ -23,6 +23,17 @@ class DataConfigError(ValueError):
     """Bad data configuration (missing directory/file, malformed info file, bad YAML values)."""
 
 
+def selected_parquet_files(
+    dataset_name: str, data_dir_list: list[str], num_used_data: list[int]
+) -> list[list[str]]:
+    """Per data dir of a dataset, its ``num_used_data`` parquet files (see ``list_parquet_files``)."""
+    if len(data_dir_list) != len(num_used_data):
+        raise DataConfigError(
+            f"{dataset_name}: {len(data_dir_list)} data dirs but {len(num_used_data)} num_used_data entries"
+        )
+    return [list_parquet_files(d, n) for d, n in zip(data_dir_list, num_used_data)]
+
+
 def list_parquet_files(data_dir: str, num_used: int) -> list[str]:
     """Sorted ``*.parquet`` paths of ``data_dir``, cycled/truncated to exactly ``num_used`` entries."""
     if not os.path.isdir(data_dir):

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from data.image_io import decode_image
-from data.parquet_io import DataConfigError, list_parquet_files, read_row_group, row_groups_of_files
+from data.parquet_io import DataConfigError, read_row_group, row_groups_of_files, selected_parquet_files
 from data.sample_builder import SampleBuilder
 from data.sharding import ShardedSource, count_read_error
 from data.transforms import ImageTransform
@@ -50,14 +50,10 @@ class ParquetRowGroupDataset(ShardedSource):
         world_size: int = 1,
         data_seed: int = 42,
     ):
-        if len(data_dir_list) != len(num_used_data):
-            raise DataConfigError(
-                f"{dataset_name}: {len(data_dir_list)} data dirs but {len(num_used_data)} num_used_data entries"
-            )
         units: list[tuple[str, int]] = []
         self.missing_in_parquet_info: list[str] = []
-        for data_dir, num in zip(data_dir_list, num_used_data):
-            files = list_parquet_files(data_dir, num)
+        selected = selected_parquet_files(dataset_name, data_dir_list, num_used_data)
+        for data_dir, files in zip(data_dir_list, selected):
             row_groups, missing = row_groups_of_files(files, parquet_info, where=f"{dataset_name} {data_dir}")
             units.extend(row_groups)
             self.missing_in_parquet_info.extend(missing)

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from data.image_io import decode_image
-from data.parquet_io import DataConfigError, list_parquet_files, num_row_groups, read_row_group
+from data.parquet_io import num_row_groups, read_row_group, selected_parquet_files
 from data.row_group_dataset import image_bytes
 from data.sample_builder import SampleBuilder, new_sample
 from data.sharding import ShardedSource, count_read_error
@@ -41,13 +41,9 @@ class T2IDataset(ShardedSource):
         world_size: int = 1,
         data_seed: int = 42,
     ):
-        if len(data_dir_list) != len(num_used_data):
-            raise DataConfigError(
-                f"{dataset_name}: {len(data_dir_list)} data dirs but {len(num_used_data)} num_used_data entries"
-            )
-        files: list[str] = []
-        for data_dir, num in zip(data_dir_list, num_used_data):
-            files.extend(list_parquet_files(data_dir, num))
+        files = [
+            f for group in selected_parquet_files(dataset_name, data_dir_list, num_used_data) for f in group
+        ]
         super().__init__(dataset_name, files, rank=rank, world_size=world_size, data_seed=data_seed)
         self.builder = SampleBuilder(tokenizer, transform, None)
 

@@ -66,3 +66,13 @@ def test_checker_sees_lazy_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from eval.cases import x\n    import data.sequence_packing\n")
     assert imported_packages(f) == {"eval", "data"}
+
+
+def test_no_module_over_600_lines():
+    long = []
+    for pkg in (*PACKAGES, "bench", "scripts"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            n = len(path.read_text().splitlines())
+            if n > 600:
+                long.append(f"{path.relative_to(ROOT)}: {n} lines")
+    assert not long, "\n".join(long)

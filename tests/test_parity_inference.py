@@ -1,8 +1,7 @@
 """Parity with the golden fixture recorded from upstream (tests/fixtures/bagel-tiny/README.md).
 
 Tolerances follow the fixture README: ids/positions exact; floats atol 1e-4 (CFG-mixed velocities and
-the final latent up to 1e-3 is allowed by the README, we assert the tighter 1e-4 on the final latent as
-the issue requires); decoded image within 1/255 per pixel.
+the final latent up to 1e-3 is allowed by the README, we assert the tighter 1e-4 on the final latent); decoded image within 1/255 per pixel.
 """
 
 from __future__ import annotations
