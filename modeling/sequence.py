@@ -213,6 +213,43 @@ class PackedSequence:
         return self._map_tensors(lambda t: t.pin_memory())
 
 
+def concat_sequences(a: PackedSequence, b: PackedSequence) -> PackedSequence:
+    """``b``'s samples appended after ``a``'s (indexes shifted by ``a.length``). ``b``'s VAE images must be
+    grid-only (``vae_images`` None): the pixels stay ``a``'s, so ``vae_images`` covers ``a``'s grids only."""
+    if b.vae_images is not None:
+        raise ValueError("concat_sequences: the appended sequence must not carry VAE pixels")
+    n = a.length
+
+    def cat(x: torch.Tensor, y: torch.Tensor, shift: int = 0) -> torch.Tensor:
+        return torch.cat([x, y.to(x.device) + shift])
+
+    if a.latents is not None or b.latents is not None:
+        raise ValueError("concat_sequences: set the latents after concatenating (seq.with_latents)")
+    return PackedSequence(
+        sample_lens=a.sample_lens + b.sample_lens,
+        split_lens=a.split_lens + b.split_lens,
+        attn_modes=a.attn_modes + b.attn_modes,
+        position_ids=cat(a.position_ids, b.position_ids),
+        text_ids=cat(a.text_ids, b.text_ids),
+        text_indexes=cat(a.text_indexes, b.text_indexes, n),
+        instruction_indexes=cat(a.instruction_indexes, b.instruction_indexes, n),
+        vit_pixels=torch.cat([a.vit_pixels, b.vit_pixels.to(a.vit_pixels.device, a.vit_pixels.dtype)]),
+        vit_indexes=cat(a.vit_indexes, b.vit_indexes, n),
+        vit_position_ids=cat(a.vit_position_ids, b.vit_position_ids),
+        vit_grids=a.vit_grids + b.vit_grids,
+        vae_images=a.vae_images,
+        vae_indexes=cat(a.vae_indexes, b.vae_indexes, n),
+        vae_position_ids=cat(a.vae_position_ids, b.vae_position_ids),
+        vae_grids=a.vae_grids + b.vae_grids,
+        vae_timesteps=cat(a.vae_timesteps, b.vae_timesteps),
+        mse_indexes=cat(a.mse_indexes, b.mse_indexes, n),
+        ce_indexes=cat(a.ce_indexes, b.ce_indexes, n),
+        label_ids=cat(a.label_ids, b.label_ids),
+        ce_weights=cat(a.ce_weights, b.ce_weights),
+        meta=a.meta,
+    )
+
+
 # ---------------------------------------------------------------------------------------- builder
 class SequenceBuilder:
     """Appends samples item by item and ``build()``s the ``PackedSequence``.
@@ -287,14 +324,18 @@ class SequenceBuilder:
         self.positions.extend(positions)
 
     # -------------------------------------------------------------- items
-    def add_text(self, ids: list[int], loss: bool = False, wrap: bool = True) -> range:
+    def add_text(
+        self, ids: list[int], loss: bool = False, wrap: bool = True, instruction: bool = True
+    ) -> range:
         """``<|im_start|> ids <|im_end|>`` (``wrap=False``: the ids alone, e.g. one decoded token), causal,
         one position per token. ``loss``: CE on the positions of ``[bos] + ids`` with labels ``ids + [eos]``,
-        weight 1/sqrt(len(ids) + 1). Returns the tokens' indexes."""
+        weight 1/sqrt(len(ids) + 1). ``instruction``: the bridge compares images with these tokens.
+        Returns the tokens' indexes."""
         m = self.markers
         tokens = [m.bos_token_id, *ids, m.eos_token_id] if wrap else list(ids)
         span = self._tokens(tokens)
-        self.instruction_indexes.extend(span)
+        if instruction:
+            self.instruction_indexes.extend(span)
         if loss:
             if not wrap:
                 raise ValueError("a text loss needs the wrapped form (labels end with <|im_end|>)")

@@ -193,6 +193,7 @@ def test_kill_and_resume_matches_straight_run(tmp_path, tiny_data):
     (resumed / "ckpt" / "0000009").mkdir()  # incomplete: no model / train_state
     (resumed / "ckpt" / "notes").mkdir()
     train(parquet_args(resumed, tiny_data, 6))
+    assert not (resumed / "ckpt" / ".tmp-0000004-999").exists()  # the crash's leftover is cleaned up
 
     a, b = losses(straight), losses(resumed)
     assert sorted(a) == list(range(6)) and sorted(b) == list(range(6))
@@ -247,3 +248,64 @@ def test_vae_cache_needs_a_frozen_vae(tmp_path):
         args_for(tmp_path, *SYN, "{}", "--vae_cache_gb", "1", "--freeze_vae", "False")
     with pytest.raises(SystemExit, match="vae_cache_gb"):
         args_for(tmp_path, *SYN, "{}", "--vae_cache_file", str(tmp_path / "c.safetensors"))
+
+
+GEN_ONLY = json.dumps({"image_size": 32, "vit_size": 28, "text_len": 8})  # no CE: lm_head never gets a grad
+
+
+def test_resume_of_a_generation_only_run_with_the_llm_unfrozen(tmp_path):
+    """The real Stage I setting: generation-only data, --freeze_llm False. AdamW then holds no state for
+    lm_head, and the resume must still load and continue exactly."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = [*SYN, GEN_ONLY, "--lr", "1e-3", "--ema", "0.9", "--freeze_llm", "False", "--save_every", "2"]
+    train(args_for(straight, *common, "--total_steps", "5"))
+    train(args_for(resumed, *common, "--total_steps", "3"))  # ends with a save at step 2
+    train(args_for(resumed, *common, "--total_steps", "5", "--auto_resume", "True"))
+    assert [r["step"] for r in metrics(resumed) if "event" not in r] == [0, 1, 2, 3, 4]  # resumed at 3
+    a, b = losses(straight), losses(resumed)
+    assert sorted(a) == sorted(b) == list(range(5))
+    for s in range(5):
+        assert b[s][0] == pytest.approx(a[s][0], rel=1e-5), (s, a[s], b[s])
+    for name in ("model.safetensors", "ema.safetensors"):
+        wa = load_file(str(straight / "ckpt" / "0000004" / name))
+        wb = load_file(str(resumed / "ckpt" / "0000004" / name))
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-6, atol=1e-6, msg=k)
+    assert torch.equal(
+        wa["language_model.lm_head.weight"],
+        load_file(os.path.join(CKPT, "model.safetensors"))["language_model.lm_head.weight"],
+    )
+
+
+def test_a_diverged_run_stops_nonzero_and_saves_no_broken_weights(tmp_path):
+    spec = json.dumps({"text_loss": True, "image_size": 32, "vit_size": 28, "text_len": 8})
+    argv = ["--model_path", CKPT, "--device", "cpu", "--results_dir", str(tmp_path), "--checkpoint_dir",
+            str(tmp_path / "ckpt"), "--log_every", "1", "--save_every", "3", "--warmup_steps", "0",
+            "--activation_checkpointing", "False", *SYN, spec, "--total_steps", "12", "--lr", "1e8"]  # fmt: skip
+    assert main(argv) == 3
+    events = [r for r in metrics(tmp_path) if "event" in r]
+    assert any(e["event"] == "skip_nonfinite" for e in events)
+    saved = sorted(p.name for p in (tmp_path / "ckpt").glob("0*")) if (tmp_path / "ckpt").exists() else []
+    for name in saved:  # whatever was written before the divergence is finite
+        w = load_file(str(tmp_path / "ckpt" / name / "model.safetensors"))
+        assert all(torch.isfinite(v).all() for v in w.values()), name
+    assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "ckpt").glob(".*")) if saved else True
+
+
+def test_nonfinite_weights_stop_the_run_before_a_save(tmp_path, monkeypatch):
+    from train import pretrain
+
+    real = pretrain._update_weights
+
+    def poison(args, step, bad, optimizer, ema, *rest):
+        out = real(args, step, bad, optimizer, ema, *rest)
+        if step == 1:
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(pretrain, "_update_weights", poison)
+    with pytest.raises(NonFiniteLossError, match="no longer finite"):
+        train(args_for(tmp_path, *SYN, GEN_ONLY, "--total_steps", "6", "--save_every", "2", "--lr", "1e-3",
+                       "--check_finite_every", "1000"))  # fmt: skip
+    assert not (tmp_path / "ckpt" / "0000002").exists()  # the save at step 2 found the weights broken

@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many consecutive non-finite steps",
     )
     _add(
+        g,
+        "check_finite_every",
+        type=int,
+        default=100,
+        help="check that every weight is finite every N steps (and before every save); stop if not",
+    )
+    _add(
         g, "use_semantic_mask", type=bool, default=False, help="Scone understanding bridge (stage II step 1)"
     )
     _add(g, "use_flex", type=bool, default=False, help="(upstream) FlexAttention path: not supported")
@@ -293,8 +300,8 @@ def validate_args(args) -> None:
         raise SystemExit("--vae_cache_gb needs a frozen VAE (--freeze_vae True) and a value >= 0")
     if args.vae_cache_file and args.vae_cache_gb <= 0:
         raise SystemExit("--vae_cache_file needs --vae_cache_gb > 0")
-    if args.save_every < 1 or args.log_every < 1:
-        raise SystemExit("--save_every and --log_every must be >= 1")
+    if args.save_every < 1 or args.log_every < 1 or args.check_finite_every < 1:
+        raise SystemExit("--save_every, --log_every and --check_finite_every must be >= 1")
     if args.upstream_compat:
         args.reduce_dtype = "bf16"
 

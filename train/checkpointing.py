@@ -144,7 +144,7 @@ def save_checkpoint(
     )
     if rank == 0:
         os.makedirs(checkpoint_dir, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_stale_temp_folders(checkpoint_dir)
         os.makedirs(tmp)
     barrier()
 
@@ -179,6 +179,21 @@ def save_checkpoint(
     return final
 
 
+def remove_stale_temp_folders(checkpoint_dir: str) -> list[str]:
+    """Delete the ``.tmp-*`` / ``.old-*`` folders a crash in the middle of a save left behind (one writer per
+    checkpoint folder: rank 0 of the one run that saves there). Returns the removed names."""
+    removed = []
+    if not os.path.isdir(checkpoint_dir):
+        return removed
+    for name in sorted(os.listdir(checkpoint_dir)):
+        path = os.path.join(checkpoint_dir, name)
+        if (name.startswith(".tmp-") or name.startswith(".old-")) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+            logger.info("removed %s, left by an interrupted save", path)
+    return removed
+
+
 def load_train_state(step_dir: str) -> dict:
     path = os.path.join(step_dir, TRAIN_STATE_FILE)
     if not os.path.isfile(path):
@@ -195,11 +210,25 @@ def load_optimizer(step_dir: str, model: nn.Module, optimizer: torch.optim.Optim
     path = os.path.join(step_dir, OPTIM_DIR)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"optimizer state {path} missing (use --resume_model_only to restart it)")
-    osd = get_optimizer_state_dict(model, optimizer)
-    state = {"optimizer": osd}
+    from torch.distributed.checkpoint import FileSystemReader
+
+    osd = get_optimizer_state_dict(model, optimizer)  # initialises a state for every parameter
+    saved = set(FileSystemReader(path).read_metadata().state_dict_metadata)
+    # AdamW keeps no state for a parameter that never had a gradient (e.g. lm_head on generation-only
+    # data), so the checkpoint may lack it: load what is there, and give the rest no state again, as in the
+    # uninterrupted run (the initialised one has step 1, which would change Adam's bias correction).
+    missing = [fqn for fqn in osd["state"] if f"optimizer.state.{fqn}.step" not in saved]
+    have = {fqn: st for fqn, st in osd["state"].items() if fqn not in missing}
+    state = {"optimizer": {"state": have, "param_groups": osd["param_groups"]}}
     no_dist = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     dcp_load(state, checkpoint_id=path, no_dist=no_dist)
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"])
+    osd["state"].update(state["optimizer"]["state"])
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=osd)
+    params = dict(model.named_parameters())
+    for fqn in missing:
+        optimizer.state.pop(params[fqn], None)
+    if missing:
+        logger.info("optimizer state: %d parameter(s) had none yet (no gradient so far)", len(missing))
 
 
 def load_scheduler(step_dir: str, scheduler) -> None:

@@ -116,6 +116,15 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
+@torch.no_grad()
+def all_finite(tensors) -> bool:
+    """True when every (local shard of a) tensor is finite; one fused reduction, no collective."""
+    local = [_local(t.detach()) for t in tensors]
+    if not local:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in local]).all())
+
+
 class EMA:
     """Exponential moving average of the trainable parameters (``ema = d·ema + (1−d)·p``).
 

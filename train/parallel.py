@@ -227,6 +227,15 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def sum_counters(counters: dict[str, float]) -> dict[str, float]:
+    """Counters summed over all ranks (keys of any rank). Collective: every rank must call it."""
+    total: dict[str, float] = {}
+    for part in all_gather_object(dict(counters)):
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
 def broadcast_object(obj, src: int = 0):
     if not (dist.is_available() and dist.is_initialized()):
         return obj

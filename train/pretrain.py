@@ -28,7 +28,7 @@ from train import checkpointing as ckpt
 from train.args import check_model_matches_args, compute_dtype, parse_args
 from train.data_source import build_data_source
 from train.freeze import FreezeFlags, apply_freeze, keep_frozen_in_eval
-from train.losses import flow_matching_losses, loss_counts, pack_loss
+from train.losses import flow_matching_losses, loss_counts, pack_loss, participation_sample
 from train.metrics import (
     MetricLogger,
     Throughput,
@@ -39,7 +39,7 @@ from train.metrics import (
     step_flops,
 )
 from train.model_setup import load_model_for_rank, resolve_start
-from train.optim import EMA, WarmupSchedule, build_optimizer, clip_grad_norm, trainable_parameters
+from train.optim import EMA, WarmupSchedule, all_finite, build_optimizer, clip_grad_norm, trainable_parameters
 from train.parallel import (
     DistInfo,
     all_reduce_max,
@@ -51,6 +51,7 @@ from train.parallel import (
     init_distributed,
     load_full_state_from_rank0,
     set_gradient_sync,
+    sum_counters,
 )
 from train.vae_cache import PosteriorCache, vae_fingerprint
 
@@ -201,7 +202,7 @@ def _posterior_cache(args, info: DistInfo, vae) -> tuple[PosteriorCache | None, 
 
 
 def _forward_backward(
-    args, info: DistInfo, model, vae, packs, step: int, global_counts, cache, vae_autocast
+    args, info: DistInfo, model, vae, packs, step: int, global_counts, cache, vae_autocast, participation
 ) -> tuple[float, float, dict]:
     """Backward of every pack of this rank's step (gradients synchronised on the last); returns the summed
     normalised MSE and CE parts and the bridge statistics."""
@@ -221,7 +222,7 @@ def _forward_backward(
         set_gradient_sync(model, a == accum - 1)
         terms = flow_matching_losses(
             model, seq, latent, generator=g, use_semantic_mask=args.use_semantic_mask,
-            timestep_shift=args.timestep_shift,
+            timestep_shift=args.timestep_shift, participation=participation,
         )  # fmt: skip
         try:
             part = pack_loss(
@@ -287,11 +288,16 @@ def train(args) -> dict:
         else contextlib.nullcontext()
     )
     cache, cache_file, fingerprint = _posterior_cache(args, info, vae)
+    # FSDP reduces only existing gradients: every rank routes a token through every part (train/losses.py)
+    participation = None
+    if info.distributed:
+        participation = participation_sample(loaded.special_ids, model.config.sequence_geometry())
     tput = Throughput()
     accum, world = args.gradient_accumulation_steps, info.world_size
     consecutive_bad = 0
     step = first_step - 1
     last_saved = None
+    save_due = False  # a save that fell on a skipped (non-finite) step waits for the next finite one
     for step in range(first_step, args.total_steps):
         packs = [data.next_batch() for _ in range(accum)]
         local = [loss_counts(b, args.ce_loss_reweighting) for b in packs]
@@ -301,7 +307,7 @@ def train(args) -> dict:
         )
         flops = all_reduce_sum([step_flops(dense, attn, int(sum(c[2] for c in local)), lens)], info.device)[0]
         mse_sum, ce_sum, stats = _forward_backward(
-            args, info, model, vae, packs, step, (n_mse, n_ce), cache, vae_autocast
+            args, info, model, vae, packs, step, (n_mse, n_ce), cache, vae_autocast, participation
         )
         mse_g, ce_g = (v / world for v in all_reduce_sum([mse_sum, ce_sum], info.device))
         grad_norm = clip_grad_norm(params, args.max_grad_norm)
@@ -329,16 +335,30 @@ def train(args) -> dict:
                 "nonfinite_skipped": state["nonfinite_skipped"],
                 "peak_mem_gib": peak_memory_gib(info.device),
                 **tput.rates(peak * world),
-                **_data_counters(data),
+                # counters of every rank (and its data workers), not only rank 0's
+                **sum_counters({**_data_counters(data), **(cache.counters() if cache is not None else {})}),
                 **stats,
-                **(cache.counters() if cache is not None else {}),
             }
             mlog.log(step, rec)
             tput.reset()
-        if (step > 0 and step % args.save_every == 0) or step == args.total_steps - 1:
+        if consecutive_bad or step % args.check_finite_every == 0:  # a skipped step: are the weights broken?
+            _check_weights(info, model, ema, step, mlog)
+        save_due = save_due or (step > 0 and step % args.save_every == 0) or step == args.total_steps - 1
+        if save_due and consecutive_bad:
+            # the weights of a skipped step gave a non-finite loss: save after the next finite step instead
+            mlog.event(step, "save_postponed", consecutive_nonfinite=consecutive_bad)
+        elif save_due:
+            _check_weights(info, model, ema, step, mlog)
             _save(args, info, step, model, optimizer, scheduler, ema, state, data, loaded.folder)
-            last_saved = step
+            last_saved, save_due = step, False
+    if consecutive_bad:
+        mlog.close()
+        raise NonFiniteLossError(
+            f"the run ended with {consecutive_bad} consecutive non-finite steps (last: step {step}); those "
+            f"weights were not saved (last checkpoint: step {last_saved}). Lower --lr or check the data"
+        )
     if last_saved != step and step >= first_step:
+        _check_weights(info, model, ema, step, mlog)
         _save(args, info, step, model, optimizer, scheduler, ema, state, data, loaded.folder)
     if cache_file:
         cache.save(cache_file, fingerprint)
@@ -359,6 +379,22 @@ def _run_facts(args, info: DistInfo) -> dict:
 def _data_counters(data) -> dict:
     c = data.counters() if hasattr(data, "counters") else {}
     return {f"data/{k}": v for k, v in c.items()}
+
+
+def _check_weights(info: DistInfo, model, ema, step: int, mlog) -> None:
+    """Stop (non-zero exit, nothing saved) when any rank holds a non-finite weight or EMA shadow: no later
+    step can repair it, and a checkpoint of it would only spread it."""
+    tensors = [p for p in model.parameters() if p.requires_grad]
+    if ema is not None:
+        tensors += list(ema.shadow.values())
+    bad = all_reduce_max([0.0 if all_finite(tensors) else 1.0], info.device)[0]
+    if bad:
+        mlog.event(step, "nonfinite_weights")
+        mlog.close()
+        raise NonFiniteLossError(
+            f"step {step}: the weights are no longer finite; no checkpoint was written for them. Lower --lr, "
+            "check the data, or resume from an earlier checkpoint"
+        )
 
 
 def _save(args, info, step, model, optimizer, scheduler, ema, state, data, folder) -> None:

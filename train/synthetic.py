@@ -28,6 +28,19 @@ class SyntheticSpec:
     vocab: int = 256  # ids are drawn from [0, vocab)
     max_latent_size: int = 64
     vit_max_patch_per_side: int = 70
+    # mixed packs: pack g holds one kind of sample, g % 4 = text only with CE (a VLM answer without image) /
+    # no ViT view (VAE references only) / the normal sample with CE / the normal sample without CE, so that
+    # ranks see different modalities in the same step (what real mixes with dropout and VLM data do)
+    mixed: bool = False
+
+
+def pack_kind(spec: SyntheticSpec, ids) -> str:
+    """ "normal" (the s2i sample), or with ``spec.mixed`` one of "text" / "no_vit" / "ce" / "normal" by the
+    pack's index (``ids`` are consecutive sample ids of one pack)."""
+    if not spec.mixed:
+        return "normal"
+    first = min(ids)
+    return ("text", "no_vit", "ce", "normal")[(first // spec.samples_per_pack) % 4]
 
 
 def make_pack(spec: SyntheticSpec, ids, seed: int, special: dict) -> PackedSequence:
@@ -43,16 +56,22 @@ def make_pack(spec: SyntheticSpec, ids, seed: int, special: dict) -> PackedSeque
     def image(side: int, g: torch.Generator) -> torch.Tensor:
         return torch.rand(3, side, side, generator=g) * 2 - 1
 
+    kind = pack_kind(spec, ids)
     for sid in ids:
         key = sid % spec.num_distinct if spec.num_distinct > 0 else sid
         g = torch.Generator().manual_seed(seed * 1_000_003 + key)
         builder.start_sample()
-        for _ in range(spec.num_refs):
+        for _ in range(spec.num_refs if kind != "text" else 0):
             builder.add_vae_image(image(spec.image_size, g))
-            builder.add_vit_image(image(spec.vit_size, g))
-        builder.add_text(torch.randint(0, spec.vocab, (spec.text_len,), generator=g).tolist(), spec.text_loss)
+            vit = image(spec.vit_size, g)
+            if kind != "no_vit":
+                builder.add_vit_image(vit)
+        words = torch.randint(0, spec.vocab, (spec.text_len,), generator=g).tolist()
+        builder.add_text(words, spec.text_loss if kind == "normal" else kind in ("text", "ce"))
         target = image(spec.image_size, g)
-        builder.add_vae_image(target, noisy=True, timestep=float(torch.randn((), generator=g)))
+        timestep = float(torch.randn((), generator=g))
+        if kind != "text":
+            builder.add_vae_image(target, noisy=True, timestep=timestep)
         builder.end_sample({"synthetic": int(sid)})
     return builder.build()
 
