@@ -25,7 +25,8 @@ CKPT = os.path.join(ROOT, "tests", "fixtures", "bagel-tiny", "checkpoint")
 
 
 def common(out) -> list[str]:
-    spec = json.dumps({"text_loss": True, "image_size": 32, "vit_size": 28, "text_len": 8})
+    # mixed packs: in one step, one rank's pack is text only while the other's has no ViT view, and so on
+    spec = json.dumps({"text_loss": True, "image_size": 32, "vit_size": 28, "text_len": 8, "mixed": True})
     return [
         "--model_path",
         CKPT,
@@ -87,6 +88,8 @@ def records(out) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_process_fsdp_matches_single_process(tmp_path):
+    """Ranks whose packs differ (text only / no ViT / CE / no CE) make the same collectives, and the result
+    equals one process over the same global batch."""
     one, two = tmp_path / "one", tmp_path / "two"
     run([sys.executable, "-m", "train.pretrain", *common(one), "--gradient_accumulation_steps", "2"])
     run(
@@ -99,6 +102,7 @@ def test_two_process_fsdp_matches_single_process(tmp_path):
         assert "weights read by rank 0 and broadcast" in f.read()
     r1, r2 = records(one), records(two)
     assert [r["step"] for r in r1] == [r["step"] for r in r2] == [0, 1, 2]
+    assert r2[0]["mse_tokens"] > 0 and r2[2]["ce_tokens"] > 0  # the modalities differ between the ranks
     for a, b in zip(r1, r2):
         assert (
             a["tokens"] == b["tokens"]
@@ -138,3 +142,82 @@ def test_corrupt_weights_on_rank0_stop_every_rank(tmp_path):
     out = p.stdout + p.stderr
     assert out.count("rank 0 could not load the weights") >= 2, out[-3000:]  # raised on both ranks
     assert "model.safetensors" in out
+
+
+def parquet_command(out, data_root: str, port: int) -> list[str]:
+    """The documented tiny mix as shipped (default condition dropouts), 2 ranks, EMA on, auto-resume."""
+    cmd = torchrun(
+        "--model_path", CKPT, "--device", "cpu", "--dataset_config_file",
+        os.path.join(ROOT, "data", "configs", "scone_tiny.yaml"), "--data_root", data_root,
+        "--expected_num_tokens", "300", "--max_num_tokens", "420", "--max_num_tokens_per_sample", "420",
+        "--num_workers", "1", "--total_steps", "9", "--save_every", "3", "--log_every", "1", "--lr", "1e-3",
+        "--warmup_steps", "1", "--ema", "0.9", "--auto_resume", "True", "--results_dir", str(out),
+        "--checkpoint_dir", str(out / "ckpt"),
+    )  # fmt: skip
+    cmd[cmd.index("--master_port") + 1] = str(port)
+    return cmd
+
+
+def last_records(out) -> dict[int, dict]:
+    return {r["step"]: r for r in records(out)}  # a step logged again after a resume: the later line
+
+
+@pytest.mark.slow
+def test_two_rank_real_mix_survives_sigkill_and_resumes_exactly(tmp_path):
+    import random
+    import signal
+    import time
+
+    from data.tiny_data import make_tiny_dataset
+
+    data_root = str(tmp_path / "data")
+    make_tiny_dataset(data_root, seed=0)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(parquet_command(straight, data_root, free_port()), timeout=400)
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = parquet_command(killed, data_root, free_port())
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    first = killed / "ckpt" / "0000003" / "train_state.json"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert first.exists(), "the run never wrote its first checkpoint"
+    time.sleep(random.Random().uniform(0.0, 1.5))  # a random moment after the first checkpoint
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    cmd[cmd.index("--master_port") + 1] = str(free_port())
+    run(cmd, timeout=400)  # the same command again
+
+    a, b = last_records(straight), last_records(killed)
+    assert sorted(a) == sorted(b) == list(range(9))
+    for step in range(9):
+        for k in ("mse", "ce", "tokens", "mse_tokens", "ce_tokens"):
+            assert b[step][k] == pytest.approx(a[step][k], rel=1e-5, abs=1e-7), (
+                step,
+                k,
+                a[step][k],
+                b[step][k],
+            )
+    with open(killed / "train.log") as f:
+        assert "resumed train state at step" in f.read()
+    for name in ("model.safetensors", "ema.safetensors"):
+        wa = load_file(str(straight / "ckpt" / "0000008" / name))
+        wb = load_file(str(killed / "ckpt" / "0000008" / name))
+        assert set(wa) == set(wb)
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-6, atol=1e-6, msg=k)
+    da = torch.load(straight / "ckpt" / "0000008" / "data_status.pt", weights_only=True)
+    db = torch.load(killed / "ckpt" / "0000008" / "data_status.pt", weights_only=True)
+    assert da == db and len(da) == 2
+    # the logged data counters are those of both ranks (each rank's state holds its workers' counters)
+    from collections import Counter
+
+    per_rank = [sum((Counter(w["stats"]) for w in st["workers"].values()), Counter()) for st in da]
+    assert all(per_rank), per_rank  # both ranks skipped or dropped something
+    logged = {k[len("data/") :]: v for k, v in a[8].items() if k.startswith("data/")}
+    assert logged == dict(per_rank[0] + per_rank[1])
+    assert not [p for p in (killed / "ckpt").iterdir() if p.name.startswith((".tmp-", ".old-"))]

@@ -39,7 +39,15 @@ from train.metrics import (
     step_flops,
 )
 from train.model_setup import load_model_for_rank, resolve_start
-from train.optim import EMA, WarmupSchedule, all_finite, build_optimizer, clip_grad_norm, trainable_parameters
+from train.optim import (
+    EMA,
+    WarmupSchedule,
+    all_finite,
+    build_optimizer,
+    clip_grad_norm,
+    fill_missing_grads,
+    trainable_parameters,
+)
 from train.parallel import (
     DistInfo,
     all_reduce_max,
@@ -310,6 +318,7 @@ def train(args) -> dict:
             args, info, model, vae, packs, step, (n_mse, n_ce), cache, vae_autocast, participation
         )
         mse_g, ce_g = (v / world for v in all_reduce_sum([mse_sum, ce_sum], info.device))
+        fill_missing_grads(params)
         grad_norm = clip_grad_norm(params, args.max_grad_norm)
         bad = all_reduce_max(
             [0.0 if math.isfinite(mse_g + ce_g) and math.isfinite(grad_norm) else 1.0], info.device
