@@ -364,7 +364,7 @@ def train(args) -> dict:
         mlog.close()
         raise NonFiniteLossError(
             f"the run ended with {consecutive_bad} consecutive non-finite steps (last: step {step}); those "
-            f"weights were not saved (last checkpoint: step {last_saved}). Lower --lr or check the data"
+            f"weights were not saved ({'last checkpoint: step ' + str(last_saved) if last_saved is not None else 'this run wrote no checkpoint'}). Lower --lr or check the data"
         )
     if last_saved != step and step >= first_step:
         _check_weights(info, model, ema, step, mlog)
