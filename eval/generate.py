@@ -1,6 +1,6 @@
 """Benchmark image generation (OmniContext-jsonl / SconeEval / PSRBench layouts), one process per GPU.
 
-    torchrun --nproc_per_node 4 -m eval.generate --model_path ckpts/Scone \
+    torchrun --nproc_per_node 4 -m eval.generate --model_path ckpts/Scone \\
         --benchmark_dir datasets/SconeEval --output_dir results/sconeeval/Scone --rounds 3
     python -m eval.generate ...        # one plain process works too
 
@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.cases import BenchmarkCase, input_image_paths, read_cases
+from inference.cli_common import USER_ERRORS, default_model_path, report_user_error
 from inference.sampling import SamplingConfig, add_sampling_args, sampling_overrides
 
 log = logging.getLogger("eval.generate")
@@ -208,7 +209,12 @@ def run_jobs(
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_path", required=True, help="checkpoint folder (or hub id) for SconePipeline")
+    p.add_argument(
+        "--model_path",
+        default=None,
+        help="checkpoint folder or hub id (default: as inference.single_case: ckpts/Scone if downloaded, else the "
+        "shipped tiny ShapeWorld model)",
+    )
     p.add_argument("--weights_file", default=None, help="default: model.safetensors")
     p.add_argument(
         "--benchmark",
@@ -249,6 +255,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task_types", nargs="*", default=None, help="only these task types")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases (smoke runs)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.batch_size < 1:
         p.error("--rounds and --batch_size must be >= 1")
@@ -353,7 +360,11 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
     if args.seed_mode == "global":
         torch.manual_seed(args.seed)  # before loading, like upstream
     if pipe is None:
-        pipe = _load_pipeline(args, device, use_cuda)
+        try:
+            args.model_path = default_model_path(args.model_path)
+            pipe = _load_pipeline(args, device, use_cuda)
+        except USER_ERRORS as e:
+            return report_user_error(log, e, args.debug)
     sampling = getattr(pipe, "sampling", SamplingConfig()).replace(**sampling_overrides(args))
     extra = {
         "model_path": args.model_path,

@@ -1,7 +1,7 @@
 """OmniContext scoring (docs/evaluation.md): per case a PF and an SC judgement over
 [resized reference images..., generated image]; overall = sqrt(PF*SC); means per task type and Average.
 
-    python -m eval.omnicontext --benchmark_dir datasets/OmniContext-jsonl \
+    python -m eval.omnicontext --benchmark_dir datasets/OmniContext-jsonl \\
         --result_dir results/omnicontext/Scone --output_dir results/omnicontext/Scone/scores
 """
 

@@ -1,7 +1,7 @@
 """SconeEval scoring (docs/evaluation.md): PF and SC for every case (COM = sqrt(PF*SC)), and for the
 distinction subtasks one presence judgement per (reference image, candidate subject) -> DIS metrics.
 
-    python -m eval.sconeeval --benchmark_dir datasets/SconeEval \
+    python -m eval.sconeeval --benchmark_dir datasets/SconeEval \\
         --result_dir results/sconeeval/Scone --output_dir results/sconeeval/Scone/scores --scorings 3
 """
 

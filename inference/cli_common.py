@@ -8,9 +8,41 @@ import os
 
 import torch
 
+from modeling.errors import CheckpointError
+
 # A downloaded Scone wins; a fresh clone falls back to the shipped tiny ShapeWorld model.
 DEFAULT_MODEL_CANDIDATES = ("ckpts/Scone", "ckpts/scone-tiny")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# The errors a user can fix (a path, a file, a value): one ERROR line and exit code 2, unless --debug.
+USER_ERRORS = (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, TypeError)
+
+
+def report_user_error(log: logging.Logger, error: BaseException, debug: bool) -> int:
+    """Log ``error`` as one line (the full traceback with ``--debug``) and return the exit code 2."""
+    if debug:
+        log.exception("%s", error)
+    else:
+        log.error(
+            "%s (run with --debug for the traceback)",
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+        )
+    return 2
+
+
+def check_inputs(images: list[str], text: str, flag: str, height: int | None, width: int | None) -> None:
+    """Everything that can be checked before the model loads: the images open and decode, the text is not
+    empty, the size is a positive multiple of 16. Raises ValueError / FileNotFoundError naming the input."""
+    from inference.pipeline import load_image
+
+    if not text or not text.strip():
+        raise ValueError(f"{flag} must not be empty")
+    for path in images:
+        load_image(path)
+    for name, v in (("--height", height), ("--width", width)):
+        if v is not None and (v <= 0 or v % 16):
+            raise ValueError(f"{name} must be a positive multiple of 16, got {v}")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +60,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", "bf16", "fp16", "fp32"],
         help="auto: bf16 on CUDA, fp32 on CPU",
     )
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
 def default_model_path(arg: str | None) -> str:

@@ -299,6 +299,12 @@ class SconePipeline:
         return_logits: bool = False,
     ) -> UnderstandingOutput:
         """Answer ``prompt`` about ``images`` (ViT view only), greedy by default."""
+        if self.config.extra.get("generation_only"):
+            log.warning(
+                "%s was trained for image generation only (scone_config.json: generation_only): its answers "
+                "are not meaningful",
+                self.loaded.folder,
+            )
         model, sp = self.model, self.special
         ctx = Context.empty(self.config.llm.num_hidden_layers)
         if think:

@@ -19,7 +19,14 @@ import time
 
 import torch
 
-from inference.cli_common import add_model_args, default_model_path, resolve_device_dtype
+from inference.cli_common import (
+    USER_ERRORS,
+    add_model_args,
+    check_inputs,
+    default_model_path,
+    report_user_error,
+    resolve_device_dtype,
+)
 from inference.sampling import add_sampling_args, sampling_overrides
 
 log = logging.getLogger("scone.single_case")
@@ -48,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from inference.pipeline import SconePipeline
+    from modeling.checkpoint import check_model_folder
 
-    device, dtype = resolve_device_dtype(args.device, args.dtype)
-    model_path = default_model_path(args.model_path)
     try:
+        check_inputs(args.input_image_paths, args.instruction, "--instruction", args.height, args.width)
+        model_path = check_model_folder(default_model_path(args.model_path), args.weights_file)
+        device, dtype = resolve_device_dtype(args.device, args.dtype)
         pipe = SconePipeline.from_pretrained(
             model_path, device=device, dtype=dtype, weights_file=args.weights_file
         )
@@ -63,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=True,
             **sampling_overrides(args),
         )
-    except (FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        return 2
+    except USER_ERRORS as e:
+        return report_user_error(log, e, args.debug)
     path = args.output or default_output_path(args.output_dir, args.seed, args.instruction)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     out.image.save(path)

@@ -9,7 +9,14 @@ import argparse
 import logging
 import sys
 
-from inference.cli_common import add_model_args, default_model_path, resolve_device_dtype
+from inference.cli_common import (
+    USER_ERRORS,
+    add_model_args,
+    check_inputs,
+    default_model_path,
+    report_user_error,
+    resolve_device_dtype,
+)
 
 log = logging.getLogger("scone.understand")
 
@@ -27,11 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--think", action="store_true")
     args = p.parse_args(argv)
     from inference.pipeline import SconePipeline
+    from modeling.checkpoint import check_model_folder
 
-    device, dtype = resolve_device_dtype(args.device, args.dtype)
     try:
+        check_inputs(args.images, args.question, "--question", None, None)
+        model_path = check_model_folder(default_model_path(args.model_path), args.weights_file)
+        device, dtype = resolve_device_dtype(args.device, args.dtype)
         pipe = SconePipeline.from_pretrained(
-            default_model_path(args.model_path), device=device, dtype=dtype, weights_file=args.weights_file
+            model_path, device=device, dtype=dtype, weights_file=args.weights_file
         )
         ans = pipe.understand(
             images=args.images,
@@ -42,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             think=args.think,
         )
-    except (FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        return 2
+    except USER_ERRORS as e:
+        return report_user_error(log, e, args.debug)
     print(ans.text)
     return 0
 

@@ -63,7 +63,30 @@ def resolve_model_path(path_or_repo: str, weights_file: str | None = None) -> st
     try:
         return snapshot_download(repo_id=path_or_repo, allow_patterns=patterns)
     except Exception as e:  # offline, unknown repo, network
-        raise CheckpointError(f"could not fetch {path_or_repo!r} from the hub: {e}") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"could not fetch {path_or_repo!r} from the hub ({type(e).__name__}: {first}); pass a local "
+            "folder, or download it first (ckpts/README.md)"
+        ) from e
+
+
+def check_model_folder(path_or_repo: str, weights_file: str | None = None) -> str:
+    """Resolve ``path_or_repo`` (a hub id is downloaded) and check that every file loading needs is there,
+    naming all missing ones at once, before anything is read. Returns the folder."""
+    folder = resolve_model_path(path_or_repo, weights_file)
+    missing = [n for n in (*CONFIG_FILES, AE_FILE) if not os.path.isfile(os.path.join(folder, n))]
+    if weights_file is not None:
+        missing += [] if os.path.isfile(os.path.join(folder, weights_file)) else [weights_file]
+    elif not any(os.path.isfile(os.path.join(folder, n)) for n in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES))
+    if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        missing += [n for n in TOKENIZER_FILES if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise CheckpointError(
+            f"{folder} is not a model folder in the released layout; missing: {', '.join(missing)} "
+            "(see ckpts/README.md)"
+        )
+    return folder
 
 
 def pick_weights_file(folder: str, weights_file: str | None) -> str:
@@ -193,10 +216,7 @@ def load_pretrained(
 ) -> LoadedModel:
     """Load model + VAE + tokenizer from a released folder or hub id. ``vae_dtype`` defaults to fp32."""
     device = torch.device(device)
-    folder = resolve_model_path(path_or_repo, weights_file)
-    missing = [n for n in (*CONFIG_FILES, AE_FILE) if not os.path.isfile(os.path.join(folder, n))]
-    if missing:
-        raise CheckpointError(f"checkpoint folder {folder} is missing: {', '.join(missing)}")
+    folder = check_model_folder(path_or_repo, weights_file)
     weights = pick_weights_file(folder, weights_file)
     tokenizer, special_ids, n_new = load_tokenizer(folder)
     vae = load_autoencoder(os.path.join(folder, AE_FILE), device=device, dtype=vae_dtype or torch.float32)

@@ -14,9 +14,16 @@ from modeling.sequence import SequenceGeometry
 MOT_LAYER = "Qwen2MoTDecoderLayer"
 # Optional file of a model folder (released checkpoints have none; the tiny ShapeWorld model has one):
 # {"semantic_layer": int, "semantic_mask_layers": [lo, hi], "semantic_threshold": float,
-#  "inference": {generation defaults: vae_transform, vit_transform, height, width, num_timesteps, ...}}
+#  "inference": {generation defaults: vae_transform, vit_transform, height, width, num_timesteps, ...},
+#  "generation_only": true when the understanding side was never trained to answer}
 SCONE_CONFIG_FILE = "scone_config.json"
-SCONE_CONFIG_KEYS = ("semantic_layer", "semantic_mask_layers", "semantic_threshold", "inference")
+SCONE_CONFIG_KEYS = (
+    "semantic_layer",
+    "semantic_mask_layers",
+    "semantic_threshold",
+    "inference",
+    "generation_only",
+)
 
 
 @dataclass
@@ -103,6 +110,10 @@ class BagelConfig:
             if not isinstance(raw["inference"], dict):
                 raise ValueError(f"{where}: 'inference' must be an object")
             self.extra["inference"] = dict(raw["inference"])
+        if "generation_only" in raw:  # the model was never trained to answer questions
+            if not isinstance(raw["generation_only"], bool):
+                raise ValueError(f"{where}: 'generation_only' must be true or false")
+            self.extra["generation_only"] = raw["generation_only"]
 
     @property
     def vae_downsample(self) -> int:

@@ -66,6 +66,8 @@ TINY_SCONE = {
     "semantic_layer": 1,
     "semantic_mask_layers": [2, 3],
     "semantic_threshold": 0.88,
+    # the recipe trains generation only: the understanding expert never learns to answer questions
+    "generation_only": True,
     "inference": {
         "vae_transform": [96, 32, 16],
         "vit_transform": [70, 28, 14],

@@ -1,6 +1,6 @@
 r"""PSRBench evaluation CLI: subject consistency, position alignment, semantic alignment, aesthetics.
 
-    python -m eval.psrbench.evaluate --data_root PSRBench --results_dir outputs/psrbench \
+    python -m eval.psrbench.evaluate --data_root PSRBench --results_dir outputs/psrbench \\
         --judge_base_url http://127.0.0.1:17140/v1 --judge_model Qwen/Qwen2.5-VL-32B-Instruct
 
 Reads `{results_dir}/{subset}.json` (subset records + `result_path`, written by the runner through

@@ -1,6 +1,6 @@
 """Picture for the README: one row per benchmark case — references → generated image (→ ground truth).
 
-    python scripts/tiny/make_grid.py --bench_dir ckpts/tiny-work/data/shapeworld/bench \
+    python scripts/tiny/make_grid.py --bench_dir ckpts/tiny-work/data/shapeworld/bench \\
         --result_dir ckpts/tiny-work/eval/stage2_mask --keys sw00001 sw00004 --out assets/shapeworld_grid.png
 
 Rows keep the references in input order; a thin gap separates references, generation and ground truth,

@@ -2,7 +2,7 @@
 for the original and for the recoloured references with the same seeds, and count how often the output's
 colour follows the reference.
 
-    python scripts/tiny/reference_swap.py --model_path ckpts/scone-tiny \
+    python scripts/tiny/reference_swap.py --model_path ckpts/scone-tiny \\
         --bench_dir ckpts/tiny-work/data/shapeworld/bench --work /tmp/swap [--num_cases 50]
 
 composition_single instructions name only the shape ("the star from image 1"), so the colour can only come

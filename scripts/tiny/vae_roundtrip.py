@@ -1,9 +1,9 @@
 """The autoencoder's ceiling on ShapeWorld: ground-truth targets passed through encode → decode, written in
 the benchmark runner's layout so that ``python -m eval.shapeworld`` scores them like generated images.
 
-    python scripts/tiny/vae_roundtrip.py --ae ckpts/scone-tiny/ae.safetensors \
+    python scripts/tiny/vae_roundtrip.py --ae ckpts/scone-tiny/ae.safetensors \\
         --bench_dir ckpts/tiny-work/data/shapeworld/bench --out ckpts/tiny-work/eval/vae_roundtrip
-    python -m eval.shapeworld --bench_dir ckpts/tiny-work/data/shapeworld/bench \
+    python -m eval.shapeworld --bench_dir ckpts/tiny-work/data/shapeworld/bench \\
         --result_dir ckpts/tiny-work/eval/vae_roundtrip
 
 A generator can at best reach this score: every image it makes goes through the same decoder.
