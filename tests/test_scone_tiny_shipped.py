@@ -74,3 +74,32 @@ def test_shipped_model_rescores_within_noise(tmp_path):
     for key in KEYS:
         got, want = result["mean"][key], sub["overall"][key]
         assert got == pytest.approx(want, abs=sub["tolerance"]), (key, got, want)
+
+
+def test_shipped_model_says_it_is_generation_only(caplog):
+    import logging
+
+    from inference.pipeline import SconePipeline
+
+    pipe = SconePipeline.from_pretrained(str(SHIPPED))
+    assert pipe.config.extra["generation_only"] is True
+    with caplog.at_level(logging.WARNING):
+        pipe.understand(images=[str(ROOT / "assets" / "examples" / "ref1.png")], prompt="What colour?",
+                        max_new_tokens=2)  # fmt: skip
+    assert any("generation only" in r.getMessage() for r in caplog.records)
+
+
+def test_generation_only_must_be_a_boolean(tmp_path):
+    import shutil
+
+    from inference.pipeline import SconePipeline
+
+    folder = tmp_path / "m"
+    shutil.copytree(SHIPPED, folder)
+    cfg = json.loads((folder / "scone_config.json").read_text())
+    cfg["generation_only"] = "yes"
+    (folder / "scone_config.json").write_text(json.dumps(cfg))
+    from modeling.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="'generation_only' must be true or false"):
+        SconePipeline.from_pretrained(str(folder))
