@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from eval.aggregation import aggregate, get_benchmark, write_outputs
 from eval.cases import BenchmarkCase, CaseProblem, input_image_paths, read_cases
-from eval.judge.cache import atomic_write_text
+from eval.judge.cache import LiveLedgerFile, atomic_write_text
 from eval.judge.client import JudgeClient, JudgeFatalError, JudgeResult
 from eval.judge.images import load_rgb, resize_reference
 from eval.judge.prompts import PromptSet
@@ -182,12 +184,22 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--backoff_base", type=float, default=1.0)
     p.add_argument("--backoff_max", type=float, default=60.0)
     p.add_argument(
+        "--retry_after_max",
+        type=float,
+        default=300.0,
+        help="longest wait a server's Retry-After may ask for (it overrides --backoff_max up to this)",
+    )
+    p.add_argument(
         "--image_format", choices=("png", "jpeg"), default="png", help="jpeg = upstream's encoding"
     )
     p.add_argument("--cache_dir", default=None, help="default: {output_dir}/judge_cache")
     p.add_argument("--prompt_dir", default=None, help="folder with template files overriding eval/prompts/")
     p.add_argument("--task_types", nargs="*", default=None, help="only these task types (default: all)")
     p.add_argument("--no_progress", action="store_true")
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_cli(
@@ -233,10 +245,29 @@ def run_cli(
         max_tokens=args.max_tokens,
         backoff_base=args.backoff_base,
         backoff_max=args.backoff_max,
+        retry_after_max=args.retry_after_max,
         image_format=args.image_format,
     )
     started = time.time()
     code = EXIT_OK
+    recovered = LiveLedgerFile.recover(output_dir)
+    if recovered:
+        log.warning(
+            "%d interrupted run(s) found: their judge usage is now in %s",
+            recovered,
+            output_dir / "usage.jsonl",
+        )
+
+    def ledger_line() -> dict:
+        return {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()}
+
+    live = LiveLedgerFile(output_dir, ledger_line).start()
+    # SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so that the ledger line below is written
+    previous = (
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     try:
         result = score_benchmark(
             bench.name,
@@ -256,10 +287,13 @@ def run_cli(
         log.error("scoring stopped: %s. Finished judgements are cached; rerun the same command to resume.", e)
         result, code = None, EXIT_FATAL
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         client.close()
-        usage = {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()}
+        usage = ledger_line()
         with open(output_dir / "usage.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(usage) + "\n")
+        live.close()
         log.info("judge usage: %s", json.dumps(usage))
     if result is None:
         return code

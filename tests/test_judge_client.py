@@ -166,14 +166,71 @@ def test_garbage_is_retried_then_failure_with_backoff_growth():
         assert u["failures"] == 1 and u["retries"] == 3 and u["successes"] == 0
 
 
-def test_retry_after_header_is_honoured_up_to_backoff_max():
-    script = [Reply(status=429, error_code="rate_limit_exceeded", headers={"retry-after": "0.05"})]
+def test_retry_after_header_is_honoured_over_backoff_max_up_to_its_ceiling():
+    script = [
+        Reply(status=429, error_code="rate_limit_exceeded", headers={"retry-after": "0.05"}),
+        Reply(status=429, error_code="rate_limit_exceeded", headers={"retry-after": "3600"}),
+    ]
     with FakeJudgeServer(ScriptedResponder(script, default=lambda p: Reply(SCORE))) as srv:
-        c = _client(srv, backoff_max=0.03)
+        c = _client(srv, backoff_max=0.03, retry_after_max=0.2)
         sleeps = []
         c._sleep = sleeps.append
         assert c.judge("p", [_img()], parse_score_json).ok
-        assert sleeps == [0.03]
+        assert sleeps == [0.05, 0.2]  # the server's wait over backoff_max; an hour capped at the ceiling
+
+
+_CHAT = b'{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": %s}'
+MALFORMED_200 = {
+    "html page": Reply(raw=b"<html><body>502 Bad Gateway</body></html>", content_type="text/html"),
+    "message null": Reply(raw=_CHAT % b'[{"index": 0, "message": null, "finish_reason": "stop"}]'),
+    "json array": Reply(raw=b'[{"choices": []}]'),
+    "not json": Reply(raw=b'{"choices": [', content_type="application/json"),
+    "choices not a list": Reply(raw=_CHAT % b'"none"'),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_200))
+def test_a_200_that_is_not_a_completion_is_retried_then_failed(name):
+    bad = MALFORMED_200[name]
+    with FakeJudgeServer(ScriptedResponder([bad], default=lambda p: Reply(SCORE))) as srv:
+        c = _client(srv)
+        c._sleep = lambda s: None
+        r = c.judge("p", [_img()], parse_score_json)
+        assert r.ok and r.value == 7.0 and r.attempts == 2, (name, r)  # retried, then the good reply
+    with FakeJudgeServer(ScriptedResponder(default=lambda p: bad)) as srv:
+        c = _client(srv, max_retries=2)
+        c._sleep = lambda s: None
+        r = c.judge("p", [_img()], parse_score_json)
+        assert not r.ok and r.attempts == 3 and c.usage.failures == 1, (name, r)  # failed, no crash
+
+
+def test_content_as_a_list_of_parts_is_read_as_its_text():
+    parts = b'[{"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": "{\\"score\\": "}, {"type": "text", "text": "7}"}]}, "finish_reason": "stop"}]'
+    with FakeJudgeServer(ScriptedResponder(default=lambda p: Reply(raw=_CHAT % parts))) as srv:
+        r = _client(srv).judge("p", [_img()], parse_score_json)
+    assert r.ok and r.value == 7.0, r
+
+
+@pytest.mark.parametrize(
+    "reply,expected",
+    [
+        ("The subject from image 1 does not appear in the image. Answer: 0", 0),
+        ("**Answer:** 1", 1),
+        ('{"answer": 0, "reason": "image 1 shows a cat"}', 0),
+        ("I see it. Final answer: 1. (not 0)", 1),
+        ("0.", 0),
+    ],
+)
+def test_presence_takes_the_explicit_answer(reply, expected):
+    assert parse_binary(reply) == expected
+
+
+@pytest.mark.parametrize(
+    "reply", ["-1", "Answer: -1", "The subject from image 1 does not appear.", "1 or 0", "maybe", "1.5"]
+)
+def test_presence_that_is_ambiguous_is_unparseable(reply):
+    with pytest.raises(ValueError):
+        parse_binary(reply)
 
 
 # ----------------------------------------------------------------------------- fatal stops

@@ -220,17 +220,35 @@ def test_kill_and_rerun_resumes_with_same_table(tmp_path, api_key):
             stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 60
-        while len(srv.requests) < 10 and time.time() < deadline and proc.poll() is None:
+
+        def live_requests() -> int:
+            for f in out.glob(".usage-live-*.json"):
+                try:
+                    return json.loads(f.read_text())["requests"]
+                except (OSError, ValueError, KeyError):
+                    return 0
+            return 0
+
+        while (
+            (len(srv.requests) < 10 or live_requests() == 0)
+            and time.time() < deadline
+            and proc.poll() is None
+        ):
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         before = len(srv.requests)
+        spent = live_requests()  # what the killed run had recorded of its spend
+        assert spent > 0 and not (out / "usage.jsonl").exists()
         assert 10 <= before < total
         cached = sum(1 for f in (out / "judge_cache").rglob("*.json"))
         assert 0 < cached <= before
         assert not list((out / "judge_cache").rglob("*.tmp"))
         assert sconeeval.main(args) == 0
         assert len(srv.requests) - before == total - cached  # only unfinished calls are made again
+        ledger = [json.loads(x) for x in (out / "usage.jsonl").read_text().splitlines()]
+        assert [e.get("interrupted", False) for e in ledger] == [True, False]  # the killed run is recorded
+        assert ledger[0]["requests"] >= spent and not list(out.glob(".usage-live-*.json"))
     with FakeJudgeServer(judge_reply) as srv:
         fresh = tmp_path / "fresh"
         assert sconeeval.main(cli_args(bench, res, fresh, srv.base_url, "--scorings", "2")) == 0
@@ -297,3 +315,64 @@ def test_prompt_dir_overrides_templates(tmp_path, api_key):
     src = json.loads((out / "scores.json").read_text())["prompts"]
     assert src["omnicontext_pf"]["path"] == str(pdir / "omnicontext_pf.txt")
     assert src["omnicontext_sc"]["path"].endswith("eval/prompts/omnicontext_sc.txt")
+
+
+def test_sigterm_writes_the_usage_line(tmp_path, api_key):
+    cases = [c for c in SCONE_CASES if c["key"] != "bad"]
+    bench, res = make_bench(tmp_path, cases, rounds=1)
+    slow = lambda p: Reply(judge_reply(p).content, delay=0.05)  # noqa: E731
+    out = tmp_path / "termed"
+    with FakeJudgeServer(slow) as srv:
+        args = cli_args(bench, res, out, srv.base_url, "--scorings", "2", "--max_concurrency", "2")
+        env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-m", "eval.sconeeval", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.time() + 60
+        while len(srv.requests) < 6 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+    (line,) = [json.loads(x) for x in (out / "usage.jsonl").read_text().splitlines()]
+    assert line["requests"] >= 6 and "interrupted" not in line
+    assert not list(out.glob(".usage-live-*.json"))
+
+
+def test_a_hostile_judge_gives_the_clean_table(tmp_path, api_key):
+    """A quarter of the replies are faults: proxy HTML pages and malformed bodies with status 200, 5xx,
+    rate limits; presence answers come as prose with an explicit final answer. The table equals the clean
+    judge's, nothing crashes, and every fault is counted in the usage ledger."""
+    import random
+    import threading
+
+    cases = [c for c in SCONE_CASES if c["key"] != "bad"]
+    bench, res = make_bench(tmp_path, cases, rounds=1)
+    rng, lock = random.Random(7), threading.Lock()
+    faults = [
+        Reply(raw=b"<html>502 Bad Gateway</html>", content_type="text/html"),
+        Reply(raw=b'{"choices": [{"index": 0, "message": null}]}'),
+        Reply(raw=b"[1, 2, 3]"),
+        Reply(status=500, error_code="server_error"),
+        Reply(status=429, error_code="rate_limit_exceeded", headers={"retry-after": "0.001"}),
+    ]
+
+    def hostile(payload):
+        with lock:
+            roll, fault = rng.random(), rng.choice(faults)
+        if roll < 0.25:
+            return fault
+        good = judge_reply(payload)
+        if good.content in ("0", "1"):  # a talkative local judge
+            return Reply(f"The subject from image 1 is considered. Answer: {good.content}")
+        return good
+
+    with FakeJudgeServer(judge_reply) as srv:
+        clean = tmp_path / "clean"
+        assert sconeeval.main(cli_args(bench, res, clean, srv.base_url, "--scorings", "2")) == 0
+    with FakeJudgeServer(hostile) as srv:
+        noisy = tmp_path / "noisy"
+        args = cli_args(bench, res, noisy, srv.base_url, "--scorings", "2", "--max_retries", "10")
+        assert sconeeval.main(args) == 0
+    assert (noisy / "scores.md").read_text() == (clean / "scores.md").read_text()
+    (usage,) = [json.loads(x) for x in (noisy / "usage.jsonl").read_text().splitlines()]
+    assert usage["failures"] == 0 and usage["retries"] == sum(usage["errors"].values()) > 0
+    assert {"malformed", "http_500", "rate_limit"} <= set(usage["errors"])

@@ -97,3 +97,57 @@ class UsageLedger:
             d["dropped_params"] = list(self.dropped_params)
         d["elapsed_s"] = round(time.time() - self.started, 3)
         return d
+
+
+class LiveLedgerFile:
+    """Keeps a run's usage ledger on disk while it runs, so that a killed run's spend is not lost.
+
+    ``{output_dir}/.usage-live-{pid}.json`` is rewritten atomically every ``interval`` seconds (and by
+    ``flush``); ``close`` removes it once the run has appended its final line to ``usage.jsonl``. A later run
+    calls ``recover`` first: every live file left behind by a killed run becomes a ``usage.jsonl`` line
+    marked ``"interrupted": true``.
+    """
+
+    def __init__(self, output_dir, snapshot, interval: float = 0.5):
+        self.path = Path(output_dir) / f".usage-live-{os.getpid()}.json"
+        self.snapshot, self.interval = snapshot, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def recover(output_dir) -> int:
+        """Fold the live files of interrupted runs into ``usage.jsonl``; returns how many there were."""
+        n = 0
+        for live in sorted(Path(output_dir).glob(".usage-live-*.json")):
+            try:
+                entry = json.loads(live.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                entry = {"unreadable_live_ledger": live.name}
+            entry["interrupted"] = True
+            with open(Path(output_dir) / "usage.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+            live.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def start(self) -> LiveLedgerFile:
+        self.flush()
+        self._thread.start()
+        return self
+
+    def flush(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.snapshot()), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.flush()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.path.unlink(missing_ok=True)

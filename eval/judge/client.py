@@ -91,6 +91,7 @@ class JudgeClient:
         max_tokens: int | None = 1400,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
+        retry_after_max: float = 300.0,
         extra_body: dict | None = None,
         image_format: str = "png",
     ):
@@ -100,7 +101,7 @@ class JudgeClient:
         self._api_key, self.api_key_env = api_key, api_key_env
         self.max_concurrency, self.max_retries, self.timeout = max_concurrency, max_retries, timeout
         self.temperature, self.seed, self.max_tokens = temperature, seed, max_tokens
-        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.backoff_base, self.backoff_max, self.retry_after_max = backoff_base, backoff_max, retry_after_max
         self.extra_body, self.image_format = dict(extra_body or {}), image_format
         self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
         self.usage = UsageLedger()
@@ -160,10 +161,12 @@ class JudgeClient:
         return url
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter, capped at ``backoff_max``; a server's Retry-After is honoured
+        over that cap, up to ``retry_after_max`` (a server asking for an hour does not stall the run)."""
         delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter: concurrent workers do not retry in lockstep
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.backoff_max))
+            delay = max(delay, min(retry_after, self.retry_after_max))
         return delay
 
     # ---------------------------------------------------------------- one HTTP attempt
@@ -193,15 +196,39 @@ class JudgeClient:
             raise _Retryable("connection", f"connection error: {e}") from None
         except openai.APIStatusError as e:
             self._classify_status(e)
+        except (openai.APIError, ValueError, TypeError, AttributeError, KeyError) as e:
+            # a 200 whose body the SDK cannot read as a completion (HTML from a proxy, a JSON array, ...)
+            raise _Retryable(
+                "malformed", self._redact(f"unreadable reply ({type(e).__name__}: {e})")[:300]
+            ) from None
+        return self._reply_text(resp)
+
+    def _reply_text(self, resp) -> str:
+        """The text of a chat completion. Anything else a server or proxy may answer with 200 (an HTML page,
+        a JSON array, a choice without a message, content of another type) is a retryable fault."""
         usage = getattr(resp, "usage", None)
-        if usage is not None:
+        try:
             self.usage.add(
-                prompt_tokens=int(usage.prompt_tokens or 0),
-                completion_tokens=int(usage.completion_tokens or 0),
+                prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             )
-        if not resp.choices:
+        except (TypeError, ValueError):
+            pass  # a malformed usage block does not make the reply unusable
+        choices = getattr(resp, "choices", None)
+        if isinstance(resp, (str, bytes, list, dict)) or not isinstance(choices, list):
+            raise _Retryable("malformed", f"reply is not a chat completion: {str(resp)[:120]!r}")
+        if not choices:
             raise _Retryable("empty", "reply has no choices")
-        return resp.choices[0].message.content or ""
+        message = getattr(choices[0], "message", None)
+        content = getattr(message, "content", None) if message is not None else None
+        if content is None and message is not None and getattr(message, "refusal", None):
+            raise _ItemFailure(f"the judge refused: {str(message.refusal)[:200]}")
+        if isinstance(content, list):  # content as a list of parts: keep the text parts
+            parts = [p.get("text", "") if isinstance(p, dict) else getattr(p, "text", "") for p in content]
+            content = "".join(x for x in parts if isinstance(x, str))
+        if not isinstance(content, str):
+            raise _Retryable("malformed", f"reply has no text content: {str(choices[0])[:120]!r}")
+        return content
 
     def _classify_status(self, e: openai.APIStatusError) -> NoReturn:
         status, code = e.status_code, getattr(e, "code", None)

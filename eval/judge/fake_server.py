@@ -29,6 +29,8 @@ class Reply:
     error_message: str = "scripted error"
     delay: float = 0.0
     headers: dict = field(default_factory=dict)
+    raw: bytes | None = None  # sent as the body verbatim (a proxy's HTML page, malformed JSON)
+    content_type: str = "application/json"
 
     def body(self, model: str) -> dict:
         if self.status != 200:
@@ -112,10 +114,14 @@ class FakeJudgeServer:
                     reply = server.responder(payload)
                 if reply.delay:
                     time.sleep(reply.delay)
-                data = json.dumps(reply.body(payload.get("model", ""))).encode()
+                data = (
+                    reply.raw
+                    if reply.raw is not None
+                    else json.dumps(reply.body(payload.get("model", ""))).encode()
+                )
                 try:
                     self.send_response(reply.status)
-                    self.send_header("content-type", "application/json")
+                    self.send_header("content-type", reply.content_type)
                     self.send_header("content-length", str(len(data)))
                     for k, v in reply.headers.items():
                         self.send_header(k, str(v))

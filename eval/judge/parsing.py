@@ -10,7 +10,13 @@ import json
 import math
 import re
 
-_BINARY_RE = re.compile(r"\b([01])\b")
+# a 0/1 that is a number of its own: not part of "-1", "1.5", "10" or "image1"
+_BINARY_RE = re.compile(r"(?<![\w.\-])([01])(?![\w]|\.\d)")
+# an explicit final answer: "Answer: 0", "final answer is 1", "Output - 0", "**Answer:** 1"
+_ANSWER_RE = re.compile(
+    r"(?:final\s+)?(?:answer|output|result|verdict)\W{0,6}(?:is\s+)?\W{0,3}(?<![\-\d.])([01])(?![\w]|\.\d)",
+    re.I,
+)
 
 
 def _json_object(text: str) -> dict:
@@ -64,15 +70,33 @@ def parse_score_json(text: str) -> float:
 def parse_binary(text: str) -> int:
     """Parse a presence judgement -> 0 or 1.
 
-    The trimmed reply must be exactly "0"/"1", else the first standalone 0 or 1 (word boundaries) wins;
-    a reply containing neither raises ValueError.
+    In order: a reply that is just "0" or "1" (punctuation around it allowed); an explicit final answer
+    ("Answer: 0", "the answer is 1", the last one if several); a JSON object with an "answer" / "present"
+    / "score" field of 0 or 1; a reply whose only standalone 0/1 numbers all agree. Anything else (no
+    answer, "-1", answers that disagree, digits that only number the images) raises ValueError, so the
+    client asks again and then records the item as failed.
     """
     if text is None:
         raise ValueError("empty reply")
     stripped = text.strip()
-    if stripped in ("0", "1"):
-        return int(stripped)
-    m = _BINARY_RE.search(stripped)
-    if m is None:
-        raise ValueError(f"no standalone 0 or 1 in reply: {stripped[:200]!r}")
-    return int(m.group(1))
+    bare = stripped.strip(" .!*`'\"")
+    if bare in ("0", "1"):
+        return int(bare)
+    answers = _ANSWER_RE.findall(stripped)
+    if answers:
+        return int(answers[-1])
+    if "{" in stripped:
+        try:
+            obj = _json_object(stripped)
+        except ValueError:
+            obj = {}
+        for key in ("answer", "present", "score", "value"):
+            v = obj.get(key)
+            if not isinstance(v, bool) and v in (0, 1):
+                return int(v)
+    found = set(_BINARY_RE.findall(stripped))
+    if len(found) == 1 and not re.search(
+        r"\b(?:image|picture|subject|reference)\s*#?\s*[01]\b", stripped, re.I
+    ):
+        return int(found.pop())
+    raise ValueError(f"no unambiguous 0/1 answer in reply: {stripped[:200]!r}")
