@@ -231,7 +231,11 @@ def run_cli(
             kept.append(c)
     for p in problems:
         log.error("invalid case %s", p)
-    prompts = PromptSet(bench.name, args.prompt_dir)
+    try:
+        prompts = PromptSet(bench.name, args.prompt_dir)
+    except (FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return EXIT_FATAL
     client = JudgeClient(
         model=args.judge_model,
         base_url=args.base_url,

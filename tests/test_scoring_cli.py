@@ -4,6 +4,7 @@ expected tables, failures listed, cache makes reruns free, quota stop and kill -
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -309,12 +310,17 @@ def test_prompt_dir_overrides_templates(tmp_path, api_key):
     )
     with FakeJudgeServer(judge_reply) as srv:
         out = tmp_path / "scores"
+        # a partial set is an error (it would mix two rubrics), and no request is made
+        assert omnicontext.main(cli_args(bench, res, out, srv.base_url, "--prompt_dir", str(pdir))) == 2
+        assert srv.requests == []
+        for name in ("omnicontext_sc", "omnicontext_sc_scene"):
+            shutil.copy(ROOT / "eval" / "prompts" / f"{name}.txt", pdir / f"{name}.txt")
         assert omnicontext.main(cli_args(bench, res, out, srv.base_url, "--prompt_dir", str(pdir))) == 0
         texts = sorted(prompt_text(p) for p in srv.requests)
     assert "PROMPT FOLLOWING, authors' wording. Instruction: wave" in texts
     src = json.loads((out / "scores.json").read_text())["prompts"]
     assert src["omnicontext_pf"]["path"] == str(pdir / "omnicontext_pf.txt")
-    assert src["omnicontext_sc"]["path"].endswith("eval/prompts/omnicontext_sc.txt")
+    assert src["omnicontext_sc"]["path"] == str(pdir / "omnicontext_sc.txt")
 
 
 def test_sigterm_writes_the_usage_line(tmp_path, api_key):

@@ -1,5 +1,6 @@
 """Judge prompt templates: our own rubric files in eval/prompts/, optionally overridden by the files of
-`--prompt_dir` (e.g. the benchmark authors' original wording, for exact reproduction).
+`--prompt_dir` (e.g. the benchmark authors' original wording, for exact reproduction), which must then
+hold every template of the benchmark.
 
 Templates use `string.Template` placeholders: `${instruction}`, `${num_references}`, `${subject}`
 (write a literal dollar sign as `$$`). Every substitution is strict: an unknown placeholder is an error.
@@ -30,16 +31,21 @@ class PromptSet:
             raise ValueError(f"no prompt templates for benchmark {benchmark!r}")
         self.templates: dict[str, Template] = {}
         self.sources: dict[str, dict] = {}
-        for name in TEMPLATE_NAMES[benchmark]:
-            path = BUILTIN_DIR / f"{name}.txt"
-            if prompt_dir is not None:
-                if not Path(prompt_dir).is_dir():
-                    raise FileNotFoundError(f"--prompt_dir {prompt_dir} is not a directory")
-                custom = Path(prompt_dir) / f"{name}.txt"
-                if custom.is_file():
-                    path = custom
-                else:
-                    log.warning("prompt %s: %s not found, using the built-in template", name, custom)
+        names = TEMPLATE_NAMES[benchmark]
+        folder = BUILTIN_DIR
+        if prompt_dir is not None:
+            folder = Path(prompt_dir)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"--prompt_dir {prompt_dir} is not a directory")
+            # all or nothing: a partial set would mix two rubrics in one table
+            missing = [f"{n}.txt" for n in names if not (folder / f"{n}.txt").is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"--prompt_dir {prompt_dir} lacks {', '.join(missing)}: a prompt set must hold all of "
+                    f"{', '.join(n + '.txt' for n in names)} (copy the built-in ones from {BUILTIN_DIR} to keep them)"
+                )
+        for name in names:
+            path = folder / f"{name}.txt"
             text = path.read_text(encoding="utf-8")
             self.templates[name] = Template(text)
             self.sources[name] = {"path": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()}
