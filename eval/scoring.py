@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -113,6 +114,65 @@ def _score_one(
     return {**base, **make_record(case, results)}
 
 
+def image_tokens(width: int, height: int) -> int:
+    """OpenAI's documented count for a high-detail image: fit in 2048², shortest side to 768, then
+    85 + 170 per 512-px tile. An estimate for other servers."""
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    return 85 + 170 * (math.ceil(w / 512) * math.ceil(h / 512))
+
+
+@dataclass
+class RequestPlan:
+    requests: int = 0  # requests a run would send now (not cached), one attempt each
+    cached: int = 0
+    skipped_cases: int = 0  # cases that cannot be judged (missing images): no request
+    prompt_tokens: int = 0  # estimated, of the requests to send
+    completion_tokens: int = 0
+
+    def cost(self, price_in: float, price_out: float) -> float:
+        """USD at list prices per million input / output tokens."""
+        return (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6
+
+
+def plan_requests(
+    cases: list[BenchmarkCase],
+    benchmark_dir: Path,
+    result_dir: Path,
+    client: JudgeClient,
+    prompts: PromptSet,
+    build_calls: CallBuilder,
+    rounds: int | None = None,
+    scorings: int = 1,
+    completion_tokens: int = 200,
+) -> RequestPlan:
+    """What ``score_benchmark`` would send, without sending anything: the same calls, minus cache hits.
+    Text tokens are estimated at 4 characters per token, replies at ``completion_tokens`` each."""
+    plan = RequestPlan()
+    for _round, image_dir in round_dirs(result_dir, rounds):
+        for case in cases:
+            out_path = image_dir / case.task_type / f"{case.key}.png"
+            try:
+                refs = [resize_reference(load_rgb(p)) for p in input_image_paths(case, benchmark_dir)]
+                output = load_rgb(out_path)
+            except (OSError, ValueError):
+                plan.skipped_cases += scorings
+                continue
+            for s in range(scorings):
+                for call in build_calls(case, refs, output, prompts):
+                    if client.is_cached(call.prompt, call.images, s):
+                        plan.cached += 1
+                        continue
+                    plan.requests += 1
+                    plan.prompt_tokens += len(call.prompt) // 4 + sum(
+                        image_tokens(*im.size) for im in call.images
+                    )
+                    plan.completion_tokens += completion_tokens
+    return plan
+
+
 def score_benchmark(
     bench_name: str,
     cases: list[BenchmarkCase],
@@ -196,6 +256,17 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--prompt_dir", default=None, help="folder with template files overriding eval/prompts/")
     p.add_argument("--task_types", nargs="*", default=None, help="only these task types (default: all)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print the requests a run would send (cached ones excluded), their estimated tokens and cost; "
+        "send nothing",
+    )
+    p.add_argument("--price_input", type=float, default=2.0, help="USD per 1M input tokens (--dry_run)")
+    p.add_argument("--price_output", type=float, default=8.0, help="USD per 1M output tokens (--dry_run)")
+    p.add_argument(
+        "--completion_tokens", type=int, default=200, help="assumed reply length for --dry_run's estimate"
+    )
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -252,6 +323,19 @@ def run_cli(
         retry_after_max=args.retry_after_max,
         image_format=args.image_format,
     )
+    if args.dry_run:
+        plan = plan_requests(
+            kept, benchmark_dir, Path(args.result_dir), client, prompts, build_calls, args.rounds,
+            args.scorings, args.completion_tokens,
+        )  # fmt: skip
+        cost = plan.cost(args.price_input, args.price_output)
+        print(
+            f"dry run ({args.judge_model}): {plan.requests} request(s) to send, {plan.cached} cached, "
+            f"{plan.skipped_cases} case(s) without images; about {plan.prompt_tokens} input + "
+            f"{plan.completion_tokens} output tokens = ${cost:.2f} at ${args.price_input}/"
+            f"${args.price_output} per 1M (retries not included)"
+        )
+        return EXIT_OK
     started = time.time()
     code = EXIT_OK
     recovered = LiveLedgerFile.recover(output_dir)

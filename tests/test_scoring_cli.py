@@ -382,3 +382,21 @@ def test_a_hostile_judge_gives_the_clean_table(tmp_path, api_key):
     (usage,) = [json.loads(x) for x in (noisy / "usage.jsonl").read_text().splitlines()]
     assert usage["failures"] == 0 and usage["retries"] == sum(usage["errors"].values()) > 0
     assert {"malformed", "http_500", "rate_limit"} <= set(usage["errors"])
+
+
+def test_dry_run_counts_the_requests_a_real_run_makes(tmp_path, capsys, monkeypatch):
+    bench, res = make_bench(tmp_path, SCONE_CASES)
+    out = tmp_path / "scores"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a dry run needs no key
+    with FakeJudgeServer(judge_reply) as srv:
+        args = cli_args(bench, res, out, srv.base_url, "--scorings", "2")
+        assert sconeeval.main([*args, "--dry_run", "--price_input", "2", "--price_output", "8"]) == 0
+        assert srv.requests == []
+        planned = capsys.readouterr().out
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        sconeeval.main(args)
+        sent = len(srv.requests)
+        assert sconeeval.main([*args, "--dry_run"]) == 0
+        again = capsys.readouterr().out.splitlines()[-1]
+    assert f" {sent} request(s) to send, 0 cached" in planned and "$" in planned
+    assert again.split(": ", 1)[1].startswith(f"0 request(s) to send, {sent} cached")

@@ -274,6 +274,13 @@ class JudgeClient:
         raise _ItemFailure(msg)
 
     # ---------------------------------------------------------------- public API
+    def is_cached(self, prompt: str, images: list[ImageLike], scoring_round: int = 0) -> bool:
+        """Whether ``judge`` would answer this from the disk cache (no request)."""
+        if self.cache is None:
+            return False
+        hashes = [f"{self.image_format}:{image_hash(load_rgb(im))}" for im in images]
+        return self.cache.get(cache_key(self.model, prompt, hashes, scoring_round)) is not None
+
     def judge(
         self,
         prompt: str,
