@@ -122,3 +122,31 @@ def test_write_results_json_layout_and_round_trip(tmp_path, monkeypatch):
     # a partial selection (not a prefix) keeps its ids through the results file
     write_results_json([cases[4]], tmp_path / "partial")
     assert [c.id for c in load_psrbench_cases(root, ["Three"], json_dir=tmp_path / "partial")] == ["1"]
+
+
+def test_results_files_are_checked_against_the_benchmark(tmp_path):
+    from eval.psrbench.data import check_results_against_benchmark
+    from eval.psrbench.report import summarize, to_markdown
+
+    root = make_synthetic_psrbench(tmp_path / "bench", subsets=("Background", "Position"), n_per_subset=3)
+    results = tmp_path / "results"
+    results.mkdir()
+    bg = json.loads((root / "Background.json").read_text())
+    pos = json.loads((root / "Position.json").read_text())
+    bg = bg[:2] + [{**bg[0], "instruction": "an extra case", "id": "99"}]
+    pos[0]["category1"] = "Dog"  # an edited record
+    pos[1] = {"instruction": ""}  # a malformed one: fails that record, not the run
+    (results / "Background.json").write_text(json.dumps(bg))
+    (results / "Position.json").write_text(json.dumps(pos))
+    benchmark = load_psrbench_cases(root, ["Background", "Position"])
+    errors: list[str] = []
+    got = load_psrbench_cases(
+        root, ["Background", "Position"], json_dir=results, check_files=False, errors=errors
+    )
+    assert len(errors) == 1 and "Position.json[1]" in errors[0]
+    kept, cov = check_results_against_benchmark(benchmark, got)
+    assert cov["benchmark_cases"] == 6 and cov["scored_cases"] == len(kept) == 3  # bg 0, 1 and pos 2
+    assert cov["missing"] == ["Background/2", "Position/1"]  # the malformed record counts as missing
+    assert cov["extra"] == ["Background/99"] and cov["edited"] == ["Position/0"]
+    md = to_markdown(summarize([], {"coverage": {**cov, "malformed": errors}}))
+    assert "Scored 3 of the benchmark's 6 cases." in md and "1 edited" in md and "1 malformed" in md

@@ -186,6 +186,7 @@ def load_psrbench_cases(
     *,
     json_dir: str | os.PathLike | None = None,
     check_files: bool = True,
+    errors: list[str] | None = None,
 ) -> list[Case]:
     """Read the subset JSON files -> cases in subset order, then file order.
 
@@ -193,7 +194,9 @@ def load_psrbench_cases(
     subsets: names from SUBSETS (None = all seven; each file must exist).
     json_dir: read `{subset}.json` from here instead of data_root (e.g. results files with `result_path`).
     check_files: require every reference image to exist.
-    Raises ValueError / FileNotFoundError naming the file and record on any malformed input.
+    Raises ValueError / FileNotFoundError naming the file and record on any malformed input; with an
+    ``errors`` list, a malformed *record* is appended there (naming it) and left out instead, so that one
+    bad record fails that record, not the run (a missing or unreadable file still raises).
     """
     root = Path(data_root)
     if not root.is_dir():
@@ -210,7 +213,14 @@ def load_psrbench_cases(
             raise ValueError(f"{src}: invalid JSON ({e})") from None
         if not isinstance(records, list):
             raise ValueError(f"{src}: expected a JSON list of records, got {type(records).__name__}")
-        subset_cases = [_parse_record(r, i, subset, src, root, check_files) for i, r in enumerate(records)]
+        subset_cases = []
+        for i, r in enumerate(records):
+            try:
+                subset_cases.append(_parse_record(r, i, subset, src, root, check_files))
+            except (ValueError, FileNotFoundError) as e:
+                if errors is None:
+                    raise
+                errors.append(str(e))
         dup = [k for k, c in Counter(c.id for c in subset_cases).items() if c > 1]
         if dup:
             raise ValueError(f"{src}: duplicate sample ids {dup[:5]}")
@@ -218,6 +228,40 @@ def load_psrbench_cases(
         log.info("PSRBench %s: %d cases (reference field: %s)", subset, len(subset_cases), dict(fields))
         cases.extend(subset_cases)
     return cases
+
+
+def check_results_against_benchmark(benchmark: list[Case], results: list[Case]) -> tuple[list[Case], dict]:
+    """Match the results files' records with the benchmark's own by (subset, id).
+
+    Returns the result cases to score (present in the benchmark, with the same instruction, categories
+    and references) and a coverage dict: how many of the benchmark's cases are scored, and the ids that
+    are missing from the results, extra (not in the benchmark) or edited (a field differs).
+    """
+    bench = {(c.subset, c.id): c for c in benchmark}
+    kept, extra, edited, seen = [], [], [], set()
+    for c in results:
+        ref = bench.get((c.subset, c.id))
+        if ref is None:
+            extra.append(c.uid)
+            continue
+        seen.add((c.subset, c.id))
+        if (c.instruction, c.categories, c.input_relpaths) != (
+            ref.instruction,
+            ref.categories,
+            ref.input_relpaths,
+        ):
+            edited.append(c.uid)
+            continue
+        kept.append(c)
+    missing = [c.uid for k, c in bench.items() if k not in seen]
+    coverage = {
+        "benchmark_cases": len(benchmark),
+        "scored_cases": len(kept),
+        "missing": missing,
+        "extra": extra,
+        "edited": edited,
+    }
+    return kept, coverage
 
 
 def case_output_path(case: Case, output_dir: str | os.PathLike) -> Path:

@@ -22,7 +22,13 @@ import torch
 from tqdm import tqdm
 
 from eval.psrbench.aesthetics import hpsv3_scores
-from eval.psrbench.data import SUBSETS, Case, load_psrbench_cases, resolve_result_path
+from eval.psrbench.data import (
+    SUBSETS,
+    Case,
+    check_results_against_benchmark,
+    load_psrbench_cases,
+    resolve_result_path,
+)
 from eval.psrbench.detection import BOX_THRESHOLD, DEFAULT_DETECTOR, TEXT_THRESHOLD, CachedDetector, Detector
 from eval.psrbench.features import DEFAULT_FEATURE_MODEL
 from eval.psrbench.position import position_alignment
@@ -248,7 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     metrics = tuple(args.metrics)
     save_dir = Path(args.save_dir) if args.save_dir else Path(args.results_dir) / "eval"
-    cases = load_psrbench_cases(args.data_root, args.subsets, json_dir=args.results_dir)
+    benchmark = load_psrbench_cases(args.data_root, args.subsets)
+    malformed: list[str] = []
+    results = load_psrbench_cases(
+        args.data_root, args.subsets, json_dir=args.results_dir, check_files=False, errors=malformed
+    )
+    # the results files are checked against the benchmark's own: nothing missing, extra or edited is scored
+    cases, coverage = check_results_against_benchmark(benchmark, results)
+    coverage["malformed"] = malformed
+    for kind in ("missing", "extra", "edited", "malformed"):
+        if coverage[kind]:
+            log.error(
+                "%d %s record(s) in the results files: %s", len(coverage[kind]), kind, coverage[kind][:10]
+            )
+    log.info("scoring %d of the benchmark's %d cases", coverage["scored_cases"], coverage["benchmark_cases"])
     progress = not args.no_progress
 
     detector = features = client = None
@@ -311,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "judge_usage": client.usage.as_dict() if client else None,
         "upstream_compat": args.upstream_compat,
         "box_rule": "upstream" if args.upstream_compat else "general",
+        "coverage": coverage,
     }
     summary = summarize(records, meta, skipped)
     paths = write_report(summary, records, save_dir)
@@ -318,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     if client is not None:
         client.close()
-    return 2 if "semantic" in skipped and skipped["semantic"].startswith("judge stopped") else 0
+    if "semantic" in skipped and skipped["semantic"].startswith("judge stopped"):
+        return 2
+    incomplete = any(coverage[k] for k in ("missing", "extra", "edited", "malformed"))
+    return 1 if incomplete else 0
 
 
 if __name__ == "__main__":

@@ -103,6 +103,14 @@ def _metric_cell(stats: dict, metric: str, nd: int) -> str:
 def to_markdown(summary: dict) -> str:
     meta = summary["meta"]
     lines = ["# PSRBench results", ""]
+    cov = meta.get("coverage")
+    if cov:
+        lines += [f"Scored {cov['scored_cases']} of the benchmark's {cov['benchmark_cases']} cases."]
+        bad = {k: len(cov.get(k, [])) for k in ("missing", "extra", "edited", "malformed") if cov.get(k)}
+        if bad:
+            lines += ["**Results files do not match the benchmark:** " + ", ".join(f"{n} {k}" for k, n in bad.items())
+                      + " (listed in summary.json, meta.coverage)."]  # fmt: skip
+        lines += [""]
     if meta.get("upstream_compat"):
         lines += [
             "**UPSTREAM-COMPAT MODE**: unparseable judge replies scored 5 (column 'sem. default 5').",
