@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modeling.sequence import PackedSequence, SequenceBuilder, SequenceGeometry
+from modeling.tokenizer import SpecialTokenIds
 
 
 @dataclass
@@ -53,12 +54,9 @@ class PackingConfig:
         )
 
     def new_builder(self) -> SequenceBuilder:
-        markers = {
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "start_of_image": self.start_of_image,
-            "end_of_image": self.end_of_image,
-        }
+        markers = SpecialTokenIds(
+            self.bos_token_id, self.eos_token_id, self.start_of_image, self.end_of_image
+        )
         return SequenceBuilder(markers, self.geometry())
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modeling.tokenizer import SpecialTokenIds
+
 ATTN_MODES = ("causal", "full", "noise")
 
 
@@ -119,21 +121,6 @@ class SequenceGeometry:
     latent_downsample: int = 16  # pixels per latent token: VAE downsample x latent patch size
     max_latent_size: int = 64
     interpolate_pos: bool = False
-
-
-@dataclass(frozen=True)
-class MarkerTokens:
-    """The four special token ids of the layout (``modeling.tokenizer.SpecialTokenIds`` has the same fields)."""
-
-    bos_token_id: int
-    eos_token_id: int
-    start_of_image: int
-    end_of_image: int
-
-    @classmethod
-    def of(cls, special) -> MarkerTokens:
-        d = special if isinstance(special, dict) else dataclasses.asdict(special)
-        return cls(d["bos_token_id"], d["eos_token_id"], d["start_of_image"], d["end_of_image"])
 
 
 # ---------------------------------------------------------------------------------------- sequence
@@ -258,8 +245,9 @@ class SequenceBuilder:
     next position), the ``add_*`` methods append one split each, ``end_sample()`` closes it.
     """
 
-    def __init__(self, markers, geometry: SequenceGeometry):
-        self.markers = MarkerTokens.of(markers)
+    def __init__(self, markers: SpecialTokenIds | dict, geometry: SequenceGeometry):
+        """``markers``: the four special token ids (``SpecialTokenIds`` or a dict of its fields)."""
+        self.markers = markers if isinstance(markers, SpecialTokenIds) else SpecialTokenIds(**markers)
         self.geometry = geometry
         self.curr = 0  # tokens in the pack so far
         self._rope: int | None = None
