@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.cases import BenchmarkCase, input_image_paths, read_cases
-from inference.cli_common import USER_ERRORS, default_model_path, report_user_error
+from inference.cli_common import USER_ERRORS, default_model_path, report_user_error, resolve_device_dtype
 from inference.sampling import SamplingConfig, add_sampling_args, sampling_overrides
 
 log = logging.getLogger("eval.generate")
@@ -318,12 +318,10 @@ def generate_benchmark(
     return run_jobs(pipe, jobs, benchmark_dir, settings, batch_size, rank, log_file, log_extra, progress)
 
 
-def _load_pipeline(args, device: str, use_cuda: bool):
+def _load_pipeline(args, device: str):
     from inference.pipeline import SconePipeline
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or ("bf16" if use_cuda else "fp32")
-    ]
+    _, dtype = resolve_device_dtype(device, args.dtype or "auto")  # auto: bf16 on CUDA, fp32 on the CPU
     return SconePipeline.from_pretrained(
         args.model_path,
         device=device,
@@ -362,7 +360,7 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
     if pipe is None:
         try:
             args.model_path = default_model_path(args.model_path)
-            pipe = _load_pipeline(args, device, use_cuda)
+            pipe = _load_pipeline(args, device)
         except USER_ERRORS as e:
             return report_user_error(log, e, args.debug)
     sampling = getattr(pipe, "sampling", SamplingConfig()).replace(**sampling_overrides(args))

@@ -63,6 +63,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
+def load_pipeline(args: argparse.Namespace):
+    """The ``SconePipeline`` of the ``add_model_args`` flags. ``load_pretrained`` checks the folder (naming
+    every missing file) before it reads any of them."""
+    from inference.pipeline import SconePipeline
+
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    return SconePipeline.from_pretrained(
+        default_model_path(args.model_path), device=device, dtype=dtype, weights_file=args.weights_file
+    )
+
+
 def default_model_path(arg: str | None) -> str:
     if arg:
         return arg

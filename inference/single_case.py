@@ -19,14 +19,7 @@ import time
 
 import torch
 
-from inference.cli_common import (
-    USER_ERRORS,
-    add_model_args,
-    check_inputs,
-    default_model_path,
-    report_user_error,
-    resolve_device_dtype,
-)
+from inference.cli_common import USER_ERRORS, add_model_args, check_inputs, load_pipeline, report_user_error
 from inference.sampling import add_sampling_args, sampling_overrides
 
 log = logging.getLogger("scone.single_case")
@@ -54,16 +47,9 @@ def default_output_path(output_dir: str, seed: int, instruction: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from inference.pipeline import SconePipeline
-    from modeling.checkpoint import check_model_folder
-
     try:
         check_inputs(args.input_image_paths, args.instruction, "--instruction", args.height, args.width)
-        model_path = check_model_folder(default_model_path(args.model_path), args.weights_file)
-        device, dtype = resolve_device_dtype(args.device, args.dtype)
-        pipe = SconePipeline.from_pretrained(
-            model_path, device=device, dtype=dtype, weights_file=args.weights_file
-        )
+        pipe = load_pipeline(args)
         out = pipe.generate(
             images=args.input_image_paths,
             prompt=args.instruction,

@@ -9,14 +9,7 @@ import argparse
 import logging
 import sys
 
-from inference.cli_common import (
-    USER_ERRORS,
-    add_model_args,
-    check_inputs,
-    default_model_path,
-    report_user_error,
-    resolve_device_dtype,
-)
+from inference.cli_common import USER_ERRORS, add_model_args, check_inputs, load_pipeline, report_user_error
 
 log = logging.getLogger("scone.understand")
 
@@ -33,16 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--think", action="store_true")
     args = p.parse_args(argv)
-    from inference.pipeline import SconePipeline
-    from modeling.checkpoint import check_model_folder
-
     try:
         check_inputs(args.images, args.question, "--question", None, None)
-        model_path = check_model_folder(default_model_path(args.model_path), args.weights_file)
-        device, dtype = resolve_device_dtype(args.device, args.dtype)
-        pipe = SconePipeline.from_pretrained(
-            model_path, device=device, dtype=dtype, weights_file=args.weights_file
-        )
+        pipe = load_pipeline(args)
         ans = pipe.understand(
             images=args.images,
             prompt=args.question,
