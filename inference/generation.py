@@ -8,6 +8,7 @@ Upstream runs the three branches as three serial forwards at batch size 1.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -148,10 +149,16 @@ def generate_text(
     dev = model.device
     curr = special.bos_token_id
     ids, logits_all = [], []
+    # one token per forward: the layout is built once, each step only swaps the token and its position
+    b = item_builder(model, special, ctx)
+    b.add_text([curr], wrap=False)
+    step_seq = b.end_sample().build().to(dev)
     for _ in range(max_new_tokens):
-        b = item_builder(model, special, ctx)
-        b.add_text([curr], wrap=False)
-        seq = b.end_sample().build().to(dev)
+        seq = dataclasses.replace(
+            step_seq,
+            text_ids=torch.tensor([curr], device=dev),
+            position_ids=torch.tensor([ctx.rope], device=dev),
+        )
         plan = CachedAttention([Segment(1, ctx.cache, ctx.kv_len)], causal=True, update_cache=True)
         h = model(seq, plan).hidden
         ctx.kv_len += 1
