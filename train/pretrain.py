@@ -299,7 +299,9 @@ def train(args) -> dict:
     # FSDP reduces only existing gradients: every rank routes a token through every part (train/losses.py)
     participation = None
     if info.distributed:
-        participation = participation_sample(loaded.special_ids, model.config.sequence_geometry())
+        participation = participation_sample(loaded.special_ids, model.config.sequence_geometry()).to(
+            info.device
+        )
     tput = Throughput()
     accum, world = args.gradient_accumulation_steps, info.world_size
     consecutive_bad = 0
@@ -350,25 +352,27 @@ def train(args) -> dict:
             }
             mlog.log(step, rec)
             tput.reset()
-        if consecutive_bad or step % args.check_finite_every == 0:  # a skipped step: are the weights broken?
-            _check_weights(info, model, ema, step, mlog)
         save_due = save_due or (step > 0 and step % args.save_every == 0) or step == args.total_steps - 1
+        # after a skipped step, before a save and every check_finite_every steps: are the weights broken?
+        if consecutive_bad or save_due or step % args.check_finite_every == 0:
+            _check_weights(info, model, ema, step, mlog)
         if save_due and consecutive_bad:
             # the weights of a skipped step gave a non-finite loss: save after the next finite step instead
             mlog.event(step, "save_postponed", consecutive_nonfinite=consecutive_bad)
-        elif save_due:
-            _check_weights(info, model, ema, step, mlog)
+        elif save_due:  # the last step always gets here (or raises below): no save after the loop
             _save(args, info, step, model, optimizer, scheduler, ema, state, data, loaded.folder)
             last_saved, save_due = step, False
     if consecutive_bad:
         mlog.close()
+        saved = (
+            f"last checkpoint: step {last_saved}"
+            if last_saved is not None
+            else "this run wrote no checkpoint"
+        )
         raise NonFiniteLossError(
             f"the run ended with {consecutive_bad} consecutive non-finite steps (last: step {step}); those "
-            f"weights were not saved ({'last checkpoint: step ' + str(last_saved) if last_saved is not None else 'this run wrote no checkpoint'}). Lower --lr or check the data"
+            f"weights were not saved ({saved}). Lower --lr or check the data"
         )
-    if last_saved != step and step >= first_step:
-        _check_weights(info, model, ema, step, mlog)
-        _save(args, info, step, model, optimizer, scheduler, ema, state, data, loaded.folder)
     if cache_file:
         cache.save(cache_file, fingerprint)
     mlog.close()
