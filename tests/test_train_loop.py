@@ -254,8 +254,8 @@ GEN_ONLY = json.dumps({"image_size": 32, "vit_size": 28, "text_len": 8})  # no C
 
 
 def test_resume_of_a_generation_only_run_with_the_llm_unfrozen(tmp_path):
-    """The real Stage I setting: generation-only data, --freeze_llm False. AdamW then holds no state for
-    lm_head, and the resume must still load and continue exactly."""
+    """The real Stage I setting: generation-only data, --freeze_llm False (lm_head never gets a real
+    gradient); the resume must load and continue exactly."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = [*SYN, GEN_ONLY, "--lr", "1e-3", "--ema", "0.9", "--freeze_llm", "False", "--save_every", "2"]
     train(args_for(straight, *common, "--total_steps", "5"))
@@ -275,6 +275,27 @@ def test_resume_of_a_generation_only_run_with_the_llm_unfrozen(tmp_path):
         wa["language_model.lm_head.weight"],
         load_file(os.path.join(CKPT, "model.safetensors"))["language_model.lm_head.weight"],
     )
+
+
+def test_optimizer_state_without_some_parameters_loads(tmp_path, monkeypatch):
+    """A checkpoint whose AdamW state lacks a parameter (written when unused parameters got no gradient)
+    loads, and that parameter is left without state, as it was when the checkpoint was written."""
+    from train import checkpointing as ckpt
+    from train import pretrain
+    from train.model_setup import load_for_training
+    from train.optim import build_optimizer
+
+    with monkeypatch.context() as m:
+        m.setattr(pretrain, "fill_missing_grads", lambda params: 0)  # the old behaviour
+        train(
+            args_for(tmp_path, *SYN, GEN_ONLY, "--lr", "1e-3", "--freeze_llm", "False", "--total_steps", "2")
+        )
+    step_dir = tmp_path / "ckpt" / "0000001"
+    model = load_for_training(CKPT, os.path.join(CKPT, "model.safetensors"), torch.float32).model
+    opt = build_optimizer(model, 1e-3)
+    ckpt.load_optimizer(str(step_dir), model, opt)
+    head = model.language_model.lm_head.weight
+    assert head not in opt.state and len(opt.state) == len(opt.param_groups[0]["params"]) - 1
 
 
 def test_a_diverged_run_stops_nonzero_and_saves_no_broken_weights(tmp_path):

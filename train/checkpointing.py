@@ -204,20 +204,20 @@ def load_train_state(step_dir: str) -> dict:
 
 def load_optimizer(step_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Restore the sharded AdamW state (DCP reshards if the world size changed)."""
+    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint import load as dcp_load
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     path = os.path.join(step_dir, OPTIM_DIR)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"optimizer state {path} missing (use --resume_model_only to restart it)")
-    from torch.distributed.checkpoint import FileSystemReader
-
     osd = get_optimizer_state_dict(model, optimizer)  # initialises a state for every parameter
     saved = set(FileSystemReader(path).read_metadata().state_dict_metadata)
-    # AdamW keeps no state for a parameter that never had a gradient (e.g. lm_head on generation-only
-    # data), so the checkpoint may lack it: load what is there, and give the rest no state again, as in the
-    # uninterrupted run (the initialised one has step 1, which would change Adam's bias correction).
-    missing = [fqn for fqn in osd["state"] if f"optimizer.state.{fqn}.step" not in saved]
+    # AdamW keeps no state for a parameter that never had a gradient, so a checkpoint may lack it (runs
+    # from before every trainable parameter got a gradient each step: lm_head on generation-only data).
+    # Load what is there and give the rest no state again, as in the uninterrupted run (the initialised
+    # state has step 1, which would change Adam's bias correction).
+    missing = {fqn for fqn in osd["state"] if f"optimizer.state.{fqn}.step" not in saved}
     have = {fqn: st for fqn, st in osd["state"].items() if fqn not in missing}
     state = {"optimizer": {"state": have, "param_groups": osd["param_groups"]}}
     no_dist = not (torch.distributed.is_available() and torch.distributed.is_initialized())
