@@ -9,6 +9,7 @@ Upstream runs the three branches as three serial forwards at batch size 1.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,11 +59,13 @@ def denoise(
     sampling: SamplingConfig,
     batch_branches: bool = True,
     progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
 ) -> list[torch.Tensor]:
     """Integrate each request's latent tokens from noise to data.
 
     init_noise[r] [h*w, p*p*C] fp32 (t = 1); grids[r] = (h, w) latent-token grid. Returns the final
     latents [h*w, p*p*C] fp32. ``batch_branches=False`` runs one forward per branch (reference path).
+    ``callback(done, total)`` is called after every Euler step (a UI's progress bar).
     Under ``trace.recording()`` request 0's x_t / branch velocities / v_t are recorded per step.
     """
     dev = model.device
@@ -125,6 +128,8 @@ def denoise(
                     }
                 )
             xs[r] = euler_step(xs[r], v.to(xs[r].device), float(dts[i]))
+        if callback is not None:
+            callback(i + 1, len(timesteps))
     return xs
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -201,6 +202,7 @@ class SconePipeline:
         max_think_tokens: int = 1000,
         batch_cfg: bool = True,
         progress: bool = False,
+        callback: Callable[[int, int], None] | None = None,
         **settings,
     ) -> list[GenerationOutput]:
         """Generate one image per request; all requests and CFG branches share each denoising forward.
@@ -209,7 +211,7 @@ class SconePipeline:
         (``height=``, ``num_timesteps=``, ``cfg_text_scale=``, ...; None keeps the setting). Random draws per
         request, in upstream's order: one VAE posterior noise per reference image, then the initial latent
         noise [h*w, p*p*C], from ``torch.Generator().manual_seed(seed)`` when the request has a seed, else
-        from the global CPU generator.
+        from the global CPU generator. ``callback(done, total)`` is called after every denoising step.
         """
         cfg = (sampling or self.sampling).replace(**settings)
         h, w = self._check_size(cfg.height, cfg.width)
@@ -241,6 +243,7 @@ class SconePipeline:
             cfg,
             batch_branches=batch_cfg,
             progress=progress,
+            callback=callback,
         )
         outs = []
         for req, lat, thought in zip(requests, latents, thoughts):
