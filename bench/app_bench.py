@@ -111,13 +111,21 @@ class Outcome:
     settings: str = ""
 
 
-def generate(url: str, files: list[str], instruction: str, seed: int, steps: int | None = None) -> Outcome:
-    """One /generate call through a fresh client (one browser tab, in effect)."""
-    from gradio_client import Client, handle_file
+def connect(url: str):
+    """A ``gradio_client.Client`` of the demo: one person with the page open."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def generate(client, files: list[str], instruction: str, seed: int, steps: int | None = None) -> Outcome:
+    """One /generate call (``client``: a ``connect`` result or the demo's URL)."""
+    from gradio_client import handle_file
 
     start = time.monotonic()
     try:
-        client = Client(url, verbose=False)
+        if isinstance(client, str):
+            client = connect(client)
         kw = {} if steps is None else {"steps": steps}
         image, settings = client.predict(
             files=[handle_file(f) for f in files],
@@ -132,10 +140,18 @@ def generate(url: str, files: list[str], instruction: str, seed: int, steps: int
 
 
 def run_requests(url: str, requests: list[dict], clients: int) -> tuple[list[Outcome], float]:
-    """``requests`` (kwargs of ``generate``) from ``clients`` threads; (outcomes in order, wall seconds)."""
+    """``requests`` (kwargs of ``generate``) from ``clients`` people, each sending its share one after
+    another; (outcomes in order, wall seconds). The clients connect before the clock starts."""
+    people = [connect(url) for _ in range(clients)]
+    outs: list[Outcome | None] = [None] * len(requests)
+
+    def person(k: int) -> None:
+        for i in range(k, len(requests), clients):
+            outs[i] = generate(people[k], **requests[i])
+
     start = time.monotonic()
     with cf.ThreadPoolExecutor(clients) as ex:
-        outs = list(ex.map(lambda r: generate(url, **r), requests))
+        list(ex.map(person, range(clients)))
     return outs, time.monotonic() - start
 
 
@@ -207,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "--model_path", default=None, help="for the demo started here (default: the shipped tiny model)"
     )
     p.add_argument("--max_batch_size", type=int, default=8, help="for the demo started here")
+    p.add_argument("--threads", type=int, default=None, help="--threads of the demo started here")
     p.add_argument("--steps", type=int, default=None, help="timesteps per image (default: the model's)")
     p.add_argument(
         "--soak", type=int, default=0, metavar="N", help="instead: N requests with bad uploads mixed in"

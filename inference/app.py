@@ -373,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_side", type=int, default=Limits.max_side, help="largest output side (and the model's)"
     )
     p.add_argument("--max_steps", type=int, default=Limits.max_steps)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for the model (torch.set_num_threads; default: PyTorch's)",
+    )
     return p
 
 
@@ -385,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         log.error("the web demo needs Gradio: pip install -r requirements-app.txt")
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         pipe = load_pipeline(args)
     except USER_ERRORS as e:

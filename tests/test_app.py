@@ -174,3 +174,21 @@ def test_understanding_goes_through_the_same_worker_and_warns_for_a_generation_o
     finally:
         batcher.close()
     assert torch.is_grad_enabled()  # the worker's no_grad did not leak into this thread
+
+
+def test_the_app_command_line_has_help_and_a_bad_model_folder_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "inference.app", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and "--max_batch_size" in r.stdout and "127.0.0.1" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "inference.app", "--model_path", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    errors = [x for x in r.stderr.splitlines() if "ERROR" in x]
+    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]

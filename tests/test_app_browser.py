@@ -30,9 +30,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 @pytest.fixture(scope="module")
 def app():
     # batches of up to 8, a short gather window; 8 timesteps keep each request under a second on 2 cores
-    with AppProcess(
-        ["--max_batch_size", "8", "--batch_wait_ms", "50"], model_path="ckpts/scone-tiny"
-    ) as a:
+    with AppProcess(["--max_batch_size", "8", "--batch_wait_ms", "50"], model_path="ckpts/scone-tiny") as a:
         yield a
         assert a.alive(), f"the app died:\n{a.log_tail()}"
 
