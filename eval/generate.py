@@ -32,7 +32,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.cases import BenchmarkCase, input_image_paths, read_cases
-from inference.cli_common import USER_ERRORS, default_model_path, report_user_error, resolve_device_dtype
+from inference.cli_common import (
+    USER_ERRORS,
+    add_weights_arg,
+    default_model_path,
+    report_user_error,
+    resolve_device_dtype,
+)
 from inference.sampling import SamplingConfig, add_sampling_args, sampling_overrides
 
 log = logging.getLogger("eval.generate")
@@ -246,6 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU"
     )
+    add_weights_arg(p)
     p.add_argument(
         "--vae_transform", type=int, nargs=3, default=None, help="max min stride (default: the model's)"
     )
@@ -327,6 +334,7 @@ def _load_pipeline(args, device: str):
         device=device,
         dtype=dtype,
         weights_file=args.weights_file,
+        weights=args.weights,
         vae_transform=None if args.vae_transform is None else tuple(args.vae_transform),
         vit_transform=None if args.vit_transform is None else tuple(args.vit_transform),
     )

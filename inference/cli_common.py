@@ -9,6 +9,7 @@ import os
 import torch
 
 from modeling.errors import CheckpointError
+from modeling.weight_formats import WEIGHT_FORMATS
 
 # A downloaded Scone wins; a fresh clone falls back to the shipped tiny ShapeWorld model.
 DEFAULT_MODEL_CANDIDATES = ("ckpts/Scone", "ckpts/scone-tiny")
@@ -53,6 +54,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "else the shipped tiny ShapeWorld model ckpts/scone-tiny)",
     )
     p.add_argument("--weights_file", default=None, help="model.safetensors (default) or ema.safetensors")
+    add_weights_arg(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
         "--dtype",
@@ -63,6 +65,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        default=None,
+        choices=WEIGHT_FORMATS,
+        help="weight format: the --dtype (default), or int8 / fp8 weight-only quantized decoder blocks",
+    )
+
+
 def load_pipeline(args: argparse.Namespace):
     """The ``SconePipeline`` of the ``add_model_args`` flags. ``load_pretrained`` checks the folder (naming
     every missing file) before it reads any of them."""
@@ -70,7 +81,11 @@ def load_pipeline(args: argparse.Namespace):
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     return SconePipeline.from_pretrained(
-        default_model_path(args.model_path), device=device, dtype=dtype, weights_file=args.weights_file
+        default_model_path(args.model_path),
+        device=device,
+        dtype=dtype,
+        weights_file=args.weights_file,
+        weights=getattr(args, "weights", None),
     )
 
 

@@ -19,6 +19,7 @@ from inference import trace
 from inference.context import Context, item_builder
 from inference.flow_sampler import branches_needed, cfg_combine, cfg_scales_at, euler_step, timestep_schedule
 from inference.sampling import SamplingConfig
+from inference.step_cache import TaylorCache, is_full_step
 from modeling.bagel import Bagel
 from modeling.kv_cache import CachedAttention, Segment
 from modeling.sequence import PackedSequence, SequenceBuilder
@@ -60,33 +61,56 @@ def denoise(
     batch_branches: bool = True,
     progress: bool = False,
     callback: Callable[[int, int], None] | None = None,
+    stats: dict | None = None,
 ) -> list[torch.Tensor]:
     """Integrate each request's latent tokens from noise to data.
 
     init_noise[r] [h*w, p*p*C] fp32 (t = 1); grids[r] = (h, w) latent-token grid. Returns the final
     latents [h*w, p*p*C] fp32. ``batch_branches=False`` runs one forward per branch (reference path).
-    ``callback(done, total)`` is called after every Euler step (a UI's progress bar).
+    ``callback(done, total)`` is called after every Euler step (a UI's progress bar). ``sampling.cache``
+    other than "none" skips network evaluations on some steps (inference/step_cache.py). ``stats``, if
+    given, receives ``evaluations`` (branch evaluations per request), ``forwards`` and ``steps``.
     Under ``trace.recording()`` request 0's x_t / branch velocities / v_t are recorded per step.
     """
     dev = model.device
     timesteps, dts = timestep_schedule(sampling.num_timesteps, sampling.timestep_shift)
+    n_steps = len(timesteps)
     xs = [n.float().clone() for n in init_noise]
-    queries: dict = {}  # the query layout depends only on which branches run: built once per set
-    for i in tqdm(range(len(timesteps)), desc="denoising", disable=not progress, leave=False):
+    caching = sampling.cache != "none"
+    taylor = TaylorCache(sampling.cache_order) if caching else None
+    evaluations = [0] * len(contexts)  # branch evaluations per request
+    forwards = 0
+    queries: dict = {}  # the query layout depends only on which (request, branch) run: built once per set
+    for i in tqdm(range(n_steps), desc="denoising", disable=not progress, leave=False):
         t = float(timesteps[i])
         s_t, s_i = cfg_scales_at(t, sampling.cfg_interval, sampling.cfg_text_scale, sampling.cfg_img_scale)
         need_text, need_img = branches_needed(s_t, s_i)
-        jobs = []  # (request, branch name, context)
-        for r, ctxs in enumerate(contexts):
-            jobs.append((r, "full", ctxs.full))
-            if need_text:
-                jobs.append((r, "no_text", ctxs.no_text))
-            if need_img:
-                jobs.append((r, "no_image", ctxs.no_image))
+        branches = ["full"] + ["no_text"] * need_text + ["no_image"] * need_img
+        full_step = not caching or is_full_step(
+            i, n_steps, sampling.cache_interval, sampling.cache_warmup_steps, sampling.cache_final_steps
+        )
+
+        extrapolated = set()  # (request, branch) predicted from the cache on this step
+        if caching and not full_step:
+            only_uncond = sampling.cache == "taylorseer_uncond"
+            extrapolated = {
+                (r, b)
+                for r in range(len(contexts))
+                for b in branches
+                if (r, b) in taylor and not (only_uncond and b == "full")  # no history yet: compute
+            }
+        jobs = [
+            (r, b, getattr(c, b))
+            for r, c in enumerate(contexts)
+            for b in branches
+            if (r, b) not in extrapolated
+        ]
         groups = [jobs] if batch_branches else [[j] for j in jobs]
         vel = {}
-        for g, group in enumerate(groups):
-            key = (need_text, need_img, g)
+        for group in groups:
+            if not group:
+                continue
+            key = tuple((r, name) for r, name, _ in group)
             if key not in queries:
                 queries[key] = _query(model, special, group, grids)
                 rec = trace.active()
@@ -97,9 +121,15 @@ def denoise(
             out = model(
                 seq.with_latents(lat, torch.full((lat.shape[0],), t, device=dev)), CachedAttention(segments)
             )
+            forwards += 1
             parts = out.velocity.float().split([xs[r].shape[0] for r, _, _ in group])
             for (r, name, _), v in zip(group, parts):
                 vel[(r, name)] = v
+                evaluations[r] += 1
+                if caching:
+                    taylor.update((r, name), t, v)
+        for r, name in extrapolated:
+            vel[(r, name)] = taylor.predict((r, name), t)
         rec = trace.active()
         for r in range(len(xs)):
             v = cfg_combine(
@@ -129,7 +159,9 @@ def denoise(
                 )
             xs[r] = euler_step(xs[r], v.to(xs[r].device), float(dts[i]))
         if callback is not None:
-            callback(i + 1, len(timesteps))
+            callback(i + 1, n_steps)
+    if stats is not None:
+        stats.update(evaluations=evaluations, forwards=forwards, steps=n_steps)
     return xs
 
 

@@ -60,6 +60,7 @@ class GenerationOutput:
     decoded: torch.Tensor  # [1, 3, H, W] VAE output in [-1, 1] units, fp32, CPU
     thought: str | None = None
     seed: int | None = None
+    evaluations: int | None = None  # network evaluations of its CFG branches (fewer with a step cache)
 
 
 @dataclass
@@ -130,12 +131,16 @@ class SconePipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         weights_file: str | None = None,
+        weights: str | None = None,
         **kwargs,
     ) -> SconePipeline:
-        """``weights_file=None`` loads ``model.safetensors`` (Scone; ``ema.safetensors`` if that is all there is)."""
-        return cls(
-            load_pretrained(path_or_hub_id, device=device, dtype=dtype, weights_file=weights_file), **kwargs
+        """``weights_file=None`` loads ``model.safetensors`` (Scone; ``ema.safetensors`` if that is all there is).
+        ``weights``: None keeps ``dtype``; "bf16" | "fp16" | "fp32" | "int8" | "fp8" (weight-only quantized
+        decoder blocks, computing in ``dtype``; modeling/weight_formats.py)."""
+        loaded = load_pretrained(
+            path_or_hub_id, device=device, dtype=dtype, weights_file=weights_file, weights=weights
         )
+        return cls(loaded, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -234,6 +239,7 @@ class SconePipeline:
                 n: (getattr(contexts[0], n).kv_len, getattr(contexts[0], n).rope)
                 for n in ("full", "no_text", "no_image")
             }
+        stats: dict = {}
         latents = denoise(
             self.model,
             contexts,
@@ -244,11 +250,12 @@ class SconePipeline:
             batch_branches=batch_cfg,
             progress=progress,
             callback=callback,
+            stats=stats,
         )
         outs = []
-        for req, lat, thought in zip(requests, latents, thoughts):
+        for req, lat, thought, n_eval in zip(requests, latents, thoughts, stats["evaluations"]):
             decoded = self.decode_latent(lat, h, w)
-            outs.append(GenerationOutput(self.to_pil(decoded), lat.cpu(), decoded, thought, req.seed))
+            outs.append(GenerationOutput(self.to_pil(decoded), lat.cpu(), decoded, thought, req.seed, n_eval))
         return outs
 
     def generate(

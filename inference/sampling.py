@@ -13,6 +13,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from inference.flow_sampler import RENORM_TYPES
+from inference.step_cache import CACHE_MODES
+
+CHOICES = {"cfg_renorm_type": RENORM_TYPES, "cache": CACHE_MODES}
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,12 @@ class SamplingConfig:
     cfg_interval: tuple[float, float] = (0.0, 1.0)  # CFG applies for t in (lo, hi]
     cfg_renorm_type: str = "text_channel"
     cfg_renorm_min: float = 0.0
+    # Step caching (inference/step_cache.py): "none" evaluates the network on every step (exact).
+    cache: str = "none"
+    cache_interval: int = 3  # a full evaluation every N steps between warm-up and the final steps
+    cache_order: int = 1  # Taylor order of the extrapolation
+    cache_warmup_steps: int = 3  # first steps always evaluated
+    cache_final_steps: int = 1  # last steps always evaluated
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cfg_interval", tuple(float(v) for v in self.cfg_interval))
@@ -33,6 +42,15 @@ class SamplingConfig:
             raise ValueError(f"cfg_interval needs two values, got {self.cfg_interval}")
         if self.cfg_renorm_type not in RENORM_TYPES:
             raise ValueError(f"cfg_renorm_type must be one of {RENORM_TYPES}, got {self.cfg_renorm_type!r}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"unknown cache {self.cache!r}; choose one of {', '.join(CACHE_MODES)}")
+        if self.cache_interval < 1 or self.cache_warmup_steps < 1 or self.cache_final_steps < 0:
+            raise ValueError(
+                "cache_interval and cache_warmup_steps must be >= 1 and cache_final_steps >= 0, got "
+                f"{self.cache_interval}, {self.cache_warmup_steps}, {self.cache_final_steps}"
+            )
+        if not 0 <= self.cache_order <= 4:
+            raise ValueError(f"cache_order must be from 0 to 4, got {self.cache_order}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -58,8 +76,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
         kw: dict = {"default": None, "help": f"default: the model's (scone_config.json), else {shown}"}
         if isinstance(value, tuple):
             kw.update(type=type(value[0]), nargs=len(value))
-        elif f.name == "cfg_renorm_type":
-            kw["choices"] = RENORM_TYPES
+        elif f.name in CHOICES:
+            kw["choices"] = CHOICES[f.name]
         else:
             kw["type"] = type(value)
         p.add_argument(f"--{f.name}", **kw)

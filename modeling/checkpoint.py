@@ -27,6 +27,7 @@ from modeling.config import MOT_LAYER, SCONE_CONFIG_FILE, BagelConfig, LLMConfig
 from modeling.errors import CheckpointError
 from modeling.siglip import SiglipVisionConfig
 from modeling.tokenizer import TOKENIZER_FILES, SpecialTokenIds, load_tokenizer
+from modeling.weight_formats import check_supported, quantize_weight, quantized_keys, split_weights
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,14 @@ def build_config(folder: str, weights_path: str | None = None) -> BagelConfig:
     return config
 
 
-def load_bagel_weights(model: Bagel, path: str, device, dtype: torch.dtype) -> None:
-    """Assign every tensor of ``path`` into the meta-built ``model``; strict with named errors."""
+def load_bagel_weights(
+    model: Bagel, path: str, device, dtype: torch.dtype, quantize: str | None = None
+) -> None:
+    """Assign every tensor of ``path`` into the meta-built ``model``; strict with named errors.
+    ``quantize`` ("int8" / "fp8"): the decoder blocks' linear weights are quantized one by one as they are
+    read (modeling/weight_formats.py)."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
+    to_quantize = quantized_keys(model) if quantize else set()
     try:
         f = safe_open(path, framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
@@ -185,7 +191,8 @@ def load_bagel_weights(model: Bagel, path: str, device, dtype: torch.dtype) -> N
                 t = f.get_tensor(k)
             except Exception as e:  # truncated / corrupt data region
                 raise CheckpointError(f"cannot read tensor {k} from {path}: {e}") from e
-            state[k] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            state[k] = quantize_weight(t, quantize) if k in to_quantize else t
             del t
     absent = [k for k in RECOMPUTABLE if k in expected and k not in state]
     model.load_state_dict(state, strict=False, assign=True)
@@ -213,14 +220,20 @@ def load_pretrained(
     dtype: torch.dtype = torch.float32,
     weights_file: str | None = None,
     vae_dtype: torch.dtype | None = None,
+    weights: str | None = None,
 ) -> LoadedModel:
-    """Load model + VAE + tokenizer from a released folder or hub id. ``vae_dtype`` defaults to fp32."""
+    """Load model + VAE + tokenizer from a released folder or hub id. ``vae_dtype`` defaults to fp32.
+    ``weights``: None keeps ``dtype``; "bf16" / "fp16" / "fp32" replace it; "int8" / "fp8" quantize the
+    decoder blocks' linear weights while loading and compute in ``dtype``."""
     device = torch.device(device)
+    dtype, quantize = split_weights(weights, dtype)
+    if quantize:
+        check_supported(quantize, device)
     folder = check_model_folder(path_or_repo, weights_file)
-    weights = pick_weights_file(folder, weights_file)
+    weights_path = pick_weights_file(folder, weights_file)
     tokenizer, special_ids, n_new = load_tokenizer(folder)
     vae = load_autoencoder(os.path.join(folder, AE_FILE), device=device, dtype=vae_dtype or torch.float32)
-    config = build_config(folder, weights)
+    config = build_config(folder, weights_path)
     config.vae = vae.params
     if len(tokenizer) > config.llm.vocab_size:
         raise CheckpointError(
@@ -228,7 +241,10 @@ def load_pretrained(
         )
     with torch.device("meta"):
         model = Bagel(config)
-    load_bagel_weights(model, weights, device, dtype)
+    load_bagel_weights(model, weights_path, device, dtype, quantize)
     model.eval()
-    log.info("loaded %s (%s) on %s as %s", folder, os.path.basename(weights), device, dtype)
-    return LoadedModel(model, vae, tokenizer, special_ids, config, folder, weights)
+    log.info(
+        "loaded %s (%s) on %s as %s%s", folder, os.path.basename(weights_path), device, dtype,
+        f", {quantize} decoder weights" if quantize else "",
+    )  # fmt: skip
+    return LoadedModel(model, vae, tokenizer, special_ids, config, folder, weights_path)

@@ -1,0 +1,90 @@
+"""Weight formats of the loaded model: the checkpoint's floating dtype, or weight-only int8 / fp8.
+
+``weights="int8"``: every linear layer inside the LLM's decoder blocks (attention q/k/v/o and MLP
+gate/up/down, both experts: about 90% of the 7B model's parameters) stores its weight as int8 with one scale per
+output channel; activations and everything else (ViT, VAE, embeddings, norms, ``lm_head``, the
+connectors) stay in the compute dtype. ``weights="fp8"``: the same layers in float8 e4m3 with per-channel
+scales, on GPUs that have fp8 (compute capability 8.9+: Ada, Hopper, Blackwell).
+
+Both use torchao (``Int8WeightOnlyConfig`` / ``Float8WeightOnlyConfig``), which runs on CPU and CUDA. It
+is applied one weight at a time *while loading* (``quantize_weight`` on each tensor as it is read), so
+neither host RAM nor the GPU ever holds the full-precision model: the peak is the quantized model plus
+one layer's weight.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+FLOAT_FORMATS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+QUANTIZED_FORMATS = ("int8", "fp8")
+WEIGHT_FORMATS = (*FLOAT_FORMATS, *QUANTIZED_FORMATS)
+QUANTIZED_PREFIX = "language_model.model.layers."  # the decoder blocks
+
+
+def split_weights(weights: str | None, dtype: torch.dtype) -> tuple[torch.dtype, str | None]:
+    """(compute dtype, quantized format or None) of a ``weights=`` value; None keeps ``dtype``."""
+    if weights is None:
+        return dtype, None
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weights format {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+    if weights in FLOAT_FORMATS:
+        return FLOAT_FORMATS[weights], None
+    return dtype, weights
+
+
+def check_supported(fmt: str, device: torch.device) -> None:
+    """Raise ``ValueError`` where ``fmt`` cannot run (fp8 off a capable GPU, torchao missing)."""
+    if fmt == "fp8":
+        if device.type != "cuda":
+            raise ValueError(
+                f"weights='fp8' needs a CUDA GPU with fp8 (compute capability 8.9+); this is {device}"
+            )
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            raise ValueError(f"weights='fp8' needs compute capability 8.9+; {device} has {major}.{minor}")
+    # torchao's CPU wheels try to load their CUDA kernels at import and log each failure: not our users' concern
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    try:
+        import torchao  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"weights={fmt!r} needs torchao: pip install torchao") from e
+
+
+def quantized_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the weights that ``int8`` / ``fp8`` quantize (also on a meta-built model)."""
+    return {
+        f"{name}.weight"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name.startswith(QUANTIZED_PREFIX)
+    }
+
+
+def _config(fmt: str):
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+
+    return Int8WeightOnlyConfig() if fmt == "int8" else Float8WeightOnlyConfig()
+
+
+def quantize_weight(weight: torch.Tensor, fmt: str) -> torch.Tensor:
+    """One linear weight [out, in] (in the compute dtype, on its device) -> torchao's quantized tensor of
+    the same shape (per output channel scales)."""
+    from torchao.quantization import quantize_
+
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    lin.weight = nn.Parameter(weight, requires_grad=False)
+    quantize_(lin, _config(fmt))
+    return lin.weight.data
+
+
+def storage_bytes(t: torch.Tensor) -> int:
+    """Bytes a (possibly quantized, tensor-subclass) weight occupies: the sum of its inner tensors."""
+    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and not isinstance(t, nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(storage_bytes(getattr(t, n)) for n in names)
+    if isinstance(t, nn.Parameter) and type(t.data) is not torch.Tensor:
+        return storage_bytes(t.data)
+    return t.numel() * t.element_size()
