@@ -2,10 +2,15 @@
 
     python bench/inference_bench.py --config tiny --device cpu --resolution 256 --num_refs 2 --steps 4
     python bench/inference_bench.py --config 7b --device cuda --resolution 1024 --num_refs 2 --steps 10
+    python bench/inference_bench.py --config 7b --device cuda --resolution 1024 --steps 49 \
+        --modes none taylorseer int8 taylorseer+int8
 
 ``7b`` builds the released BAGEL-7B-MoT geometry (14.6 B parameters, ~29 GB in bf16) directly on the
 device. Prints context-build seconds, seconds per denoising step (batched CFG: all branches in one
-forward, and upstream-style serial branches), and peak memory.
+forward, and upstream-style serial branches), and peak memory. ``--modes`` instead times whole images for
+each combination of step cache and weight format (``+``-joined, as bench/quality_bench.py): seconds per
+denoising step (amortised over the run), seconds per image, network evaluations (CFG-branch forwards) per
+image, peak GPU memory and the decoder weights' bytes.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ def main() -> None:
         "--steps", type=int, default=4, help="denoising evaluations timed (num_timesteps = steps + 1)"
     )
     p.add_argument("--batch", type=int, default=1, help="generation requests per call")
+    p.add_argument("--modes", nargs="*", default=None, help="e.g. none taylorseer int8 taylorseer+int8")
     args = p.parse_args()
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
@@ -117,6 +123,9 @@ def main() -> None:
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    if args.modes:
+        return bench_modes(pipe, reqs, args, sync)
 
     from inference.generation import denoise
     from inference.sampling import SamplingConfig
@@ -159,6 +168,48 @@ def main() -> None:
         print(
             f"{'batched' if batch_cfg else 'serial '} CFG: context_build_s={ctx_s:.3f} s_per_step={per_step:.4f} "
             f"peak_mem_GiB={peak:.2f} (res={res}, refs={args.num_refs}, batch={args.batch}, 3 CFG branches)"
+        )
+
+
+def bench_modes(pipe: SconePipeline, reqs: list, args, sync) -> None:
+    """One row per mode: whole images (context, denoising, decoding), same requests and seeds."""
+    from bench.quality_bench import parse_mode
+    from modeling.weight_formats import QUANTIZED_FORMATS, quantize_model, quantized_keys, storage_bytes
+
+    device = pipe.device
+    modes = [parse_mode(m) for m in args.modes]
+    res, steps = args.resolution, args.steps
+    sampling = pipe.sampling.replace(height=res, width=res, num_timesteps=steps + 1)
+    print("| mode | s / step | s / image | evaluations / image | peak GiB | decoder weights GiB |")
+    print("|---|---|---|---|---|---|")
+    # float modes first: quantizing is in place, so the quantized modes come after every float one
+    for m in sorted(modes, key=lambda m: m.weights is not None):
+        if m.weights in QUANTIZED_FORMATS:
+            done = getattr(pipe, "_quantized", None)
+            if done is None:
+                quantize_model(pipe.model, m.weights)
+                pipe._quantized = m.weights
+            elif done != m.weights:
+                raise SystemExit("one quantized weight format per run")
+        params = dict(pipe.model.named_parameters())
+        wbytes = sum(storage_bytes(params[k]) for k in quantized_keys(pipe.model)) / 2**30
+        cfg = sampling.replace(**m.sampling)
+        pipe.generate_batch(reqs, sampling=cfg.replace(num_timesteps=2))  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        marks = []
+        sync()
+        t = time.perf_counter()
+        outs = pipe.generate_batch(
+            reqs, sampling=cfg, callback=lambda i, n, marks=marks: marks.append(time.perf_counter())
+        )
+        sync()
+        total = time.perf_counter() - t
+        per_step = (marks[-1] - marks[0]) / max(1, len(marks) - 1)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        evals = sum(o.evaluations for o in outs) / len(outs)
+        print(
+            f"| {m.name} | {per_step:.4f} | {total / len(reqs):.3f} | {evals:.1f} | {peak:.2f} | {wbytes:.3f} |"
         )
 
 

@@ -34,8 +34,9 @@ from tqdm import tqdm
 from eval.cases import BenchmarkCase, input_image_paths, read_cases
 from inference.cli_common import (
     USER_ERRORS,
-    add_weights_arg,
+    add_weights_args,
     default_model_path,
+    pipeline_load_kwargs,
     report_user_error,
     resolve_device_dtype,
 )
@@ -252,7 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU"
     )
-    add_weights_arg(p)
+    add_weights_args(p)
     p.add_argument(
         "--vae_transform", type=int, nargs=3, default=None, help="max min stride (default: the model's)"
     )
@@ -334,7 +335,7 @@ def _load_pipeline(args, device: str):
         device=device,
         dtype=dtype,
         weights_file=args.weights_file,
-        weights=args.weights,
+        **pipeline_load_kwargs(args),
         vae_transform=None if args.vae_transform is None else tuple(args.vae_transform),
         vit_transform=None if args.vit_transform is None else tuple(args.vit_transform),
     )

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from inference.offload import OFFLOAD_MODES
 from modeling.errors import CheckpointError
 from modeling.weight_formats import WEIGHT_FORMATS
 
@@ -54,7 +55,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "else the shipped tiny ShapeWorld model ckpts/scone-tiny)",
     )
     p.add_argument("--weights_file", default=None, help="model.safetensors (default) or ema.safetensors")
-    add_weights_arg(p)
+    add_weights_args(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
         "--dtype",
@@ -65,12 +66,31 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
-def add_weights_arg(p: argparse.ArgumentParser) -> None:
+def add_weights_args(p: argparse.ArgumentParser) -> None:
+    """--weights, --offload, --offload_group_size (``SconePipeline.from_pretrained``'s)."""
     p.add_argument(
         "--weights",
         default=None,
         choices=WEIGHT_FORMATS,
         help="weight format: the --dtype (default), or int8 / fp8 weight-only quantized decoder blocks",
+    )
+    p.add_argument(
+        "--offload",
+        default="none",
+        choices=OFFLOAD_MODES,
+        help="model: weights in CPU RAM between calls; group: decoder blocks streamed to the GPU (small GPUs)",
+    )
+    p.add_argument(
+        "--offload_group_size", type=int, default=1, help="decoder blocks per copy (--offload group)"
+    )
+
+
+def pipeline_load_kwargs(args: argparse.Namespace) -> dict:
+    """The ``add_weights_args`` flags as ``from_pretrained`` keywords."""
+    return dict(
+        weights=getattr(args, "weights", None),
+        offload=getattr(args, "offload", "none"),
+        offload_group_size=getattr(args, "offload_group_size", 1),
     )
 
 
@@ -85,7 +105,7 @@ def load_pipeline(args: argparse.Namespace):
         device=device,
         dtype=dtype,
         weights_file=args.weights_file,
-        weights=getattr(args, "weights", None),
+        **pipeline_load_kwargs(args),
     )
 
 

@@ -14,6 +14,7 @@ on white, as upstream).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from data.transforms import ImageTransform, pil_img2rgb, to_tensor_normalized
 from inference import trace
 from inference.context import Context, prefill_text, prefill_vae, prefill_vit
 from inference.generation import CFGContexts, denoise, generate_text
+from inference.offload import OFFLOAD_MODES, ModelOffload, apply_group_offload
 from inference.sampling import SamplingConfig
 from modeling.checkpoint import LoadedModel, load_pretrained
 from modeling.sequence import unpatchify
@@ -123,6 +125,13 @@ class SconePipeline:
         self.sampling, transforms = model_defaults(loaded.config)
         self.vae_transform = ImageTransform(*(vae_transform or transforms["vae_transform"]))
         self.vit_transform = ImageTransform(*(vit_transform or transforms["vit_transform"]))
+        self.offloader = None  # set by from_pretrained(offload=...)
+
+    def _on_device(self):
+        """The model on its compute device for one call (``offload="model"`` moves it there and back)."""
+        if isinstance(self.offloader, ModelOffload):
+            return self.offloader.on_device()
+        return contextlib.nullcontext()
 
     @classmethod
     def from_pretrained(
@@ -132,15 +141,37 @@ class SconePipeline:
         dtype: torch.dtype = torch.float32,
         weights_file: str | None = None,
         weights: str | None = None,
+        offload: str = "none",
+        offload_group_size: int = 1,
         **kwargs,
     ) -> SconePipeline:
         """``weights_file=None`` loads ``model.safetensors`` (Scone; ``ema.safetensors`` if that is all there is).
         ``weights``: None keeps ``dtype``; "bf16" | "fp16" | "fp32" | "int8" | "fp8" (weight-only quantized
-        decoder blocks, computing in ``dtype``; modeling/weight_formats.py)."""
+        decoder blocks, computing in ``dtype``; modeling/weight_formats.py). ``offload``: "none" | "model" |
+        "group" (weights in CPU RAM, brought to ``device`` per call or per group of decoder blocks;
+        inference/offload.py)."""
+        if offload not in OFFLOAD_MODES:
+            raise ValueError(f"unknown offload {offload!r}; choose one of {', '.join(OFFLOAD_MODES)}")
+        device = torch.device(device)
+        if offload != "none" and device.type != "cuda":
+            log.warning(
+                "offload=%s on %s: there is no GPU memory to save, the copies are no-ops", offload, device
+            )
+        if offload == "group" and weights in ("int8", "fp8"):
+            raise ValueError(
+                "offload='group' streams float weights; int8 / fp8 weights need no offload to fit"
+            )
+        load_device = device if offload == "none" or weights == "fp8" else torch.device("cpu")
         loaded = load_pretrained(
-            path_or_hub_id, device=device, dtype=dtype, weights_file=weights_file, weights=weights
+            path_or_hub_id, device=load_device, dtype=dtype, weights_file=weights_file, weights=weights
         )
-        return cls(loaded, **kwargs)
+        pipe = cls(loaded, **kwargs)
+        if offload == "group":
+            pipe.offloader = apply_group_offload(loaded.model, device, offload_group_size)
+            loaded.vae.to(device)
+        elif offload == "model":
+            pipe.offloader = ModelOffload([loaded.model, loaded.vae], device)
+        return pipe
 
     @property
     def device(self) -> torch.device:
@@ -219,6 +250,15 @@ class SconePipeline:
         from the global CPU generator. ``callback(done, total)`` is called after every denoising step.
         """
         cfg = (sampling or self.sampling).replace(**settings)
+        self._check_size(cfg.height, cfg.width)
+        with self._on_device():
+            return self._generate_batch(
+                requests, cfg, think, think_prompt, max_think_tokens, batch_cfg, progress, callback
+            )
+
+    def _generate_batch(
+        self, requests, cfg, think, think_prompt, max_think_tokens, batch_cfg, progress, callback
+    ):
         h, w = self._check_size(cfg.height, cfg.width)
         dim = self.config.patch_latent_dim
         contexts, noises, thoughts = [], [], []
@@ -309,6 +349,22 @@ class SconePipeline:
         return_logits: bool = False,
     ) -> UnderstandingOutput:
         """Answer ``prompt`` about ``images`` (ViT view only), greedy by default."""
+        with self._on_device():
+            return self._understand(
+                images,
+                prompt,
+                max_new_tokens,
+                do_sample,
+                temperature,
+                seed,
+                think,
+                think_prompt,
+                return_logits,
+            )
+
+    def _understand(
+        self, images, prompt, max_new_tokens, do_sample, temperature, seed, think, think_prompt, return_logits
+    ):
         if self.config.extra.get("generation_only"):
             log.warning(
                 "%s was trained for image generation only (scone_config.json: generation_only): its answers "

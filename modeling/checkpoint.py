@@ -160,7 +160,7 @@ def load_bagel_weights(
     ``quantize`` ("int8" / "fp8"): the decoder blocks' linear weights are quantized one by one as they are
     read (modeling/weight_formats.py)."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    to_quantize = quantized_keys(model) if quantize else set()
+    to_quantize = quantized_keys(model, quantize) if quantize else set()
     try:
         f = safe_open(path, framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as e:

@@ -20,7 +20,10 @@ import torch
 from torch import nn
 
 FLOAT_FORMATS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-QUANTIZED_FORMATS = ("int8", "fp8")
+# int8_und: only the understanding expert's linears in int8. During denoising that expert serves just the
+# two marker tokens of each image per step, so its precision barely reaches the image there; it builds the
+# text/ViT context once per request (docs/inference_speed.md has the measured effect).
+QUANTIZED_FORMATS = ("int8", "fp8", "int8_und")
 WEIGHT_FORMATS = (*FLOAT_FORMATS, *QUANTIZED_FORMATS)
 QUANTIZED_PREFIX = "language_model.model.layers."  # the decoder blocks
 
@@ -46,32 +49,50 @@ def check_supported(fmt: str, device: torch.device) -> None:
         major, minor = torch.cuda.get_device_capability(device)
         if (major, minor) < (8, 9):
             raise ValueError(f"weights='fp8' needs compute capability 8.9+; {device} has {major}.{minor}")
-    # torchao's CPU wheels try to load their CUDA kernels at import and log each failure: not our users' concern
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    import_torchao()
+
+
+def import_torchao():
+    """Import torchao, quietly: its CPU wheels log a failure for each CUDA kernel library they cannot load
+    and torch warns about one of its enums; neither concerns our users. ValueError if it is missing."""
+    quiet = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
     try:
-        import torchao  # noqa: F401
+        import torchao
+        import torchao.quantization  # noqa: F401 - the warnings come from here
     except ImportError as e:
-        raise ValueError(f"weights={fmt!r} needs torchao: pip install torchao") from e
+        raise ValueError("weights='int8' / 'fp8' need torchao: pip install torchao") from e
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+    return torchao
 
 
-def quantized_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of the weights that ``int8`` / ``fp8`` quantize (also on a meta-built model)."""
-    return {
+def quantized_keys(model: nn.Module, fmt: str = "int8") -> set[str]:
+    """State-dict keys of the weights that ``fmt`` quantizes (also on a meta-built model)."""
+    keys = {
         f"{name}.weight"
         for name, m in model.named_modules()
         if isinstance(m, nn.Linear) and name.startswith(QUANTIZED_PREFIX)
     }
+    if fmt == "int8_und":  # the generation expert's modules are the *_moe_gen ones
+        keys = {k for k in keys if "moe_gen" not in k}
+    return keys
 
 
 def _config(fmt: str):
+    import_torchao()
     from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
 
-    return Int8WeightOnlyConfig() if fmt == "int8" else Float8WeightOnlyConfig()
+    return Float8WeightOnlyConfig() if fmt == "fp8" else Int8WeightOnlyConfig()
 
 
 def quantize_weight(weight: torch.Tensor, fmt: str) -> torch.Tensor:
     """One linear weight [out, in] (in the compute dtype, on its device) -> torchao's quantized tensor of
     the same shape (per output channel scales)."""
+    import_torchao()
     from torchao.quantization import quantize_
 
     lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
@@ -88,3 +109,13 @@ def storage_bytes(t: torch.Tensor) -> int:
     if isinstance(t, nn.Parameter) and type(t.data) is not torch.Tensor:
         return storage_bytes(t.data)
     return t.numel() * t.element_size()
+
+
+def quantize_model(model: nn.Module, fmt: str) -> int:
+    """Quantize an already-built model's decoder linears in place, one weight at a time (random-weight
+    benches; loading from a folder quantizes while reading instead). Returns how many were quantized."""
+    keys = quantized_keys(model, fmt)
+    for key in sorted(keys):
+        module = model.get_submodule(key.rsplit(".", 1)[0])
+        module.weight = nn.Parameter(quantize_weight(module.weight.data, fmt), requires_grad=False)
+    return len(keys)
