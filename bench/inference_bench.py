@@ -16,6 +16,7 @@ image, peak GPU memory and the decoder weights' bytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -49,6 +50,19 @@ CONFIGS = {
             vocab_size=384,
         ),
         vit=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        vae=dict(ch=32, ch_mult=(1, 1, 1, 2), num_res_blocks=1),
+    ),
+    # the CPU comparison setup of bench/upstream_compare.py (LLM 512 x 12 layers, 8/2 heads; ViT 256 x 4)
+    "cpu512": dict(
+        llm=dict(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            vocab_size=384,
+        ),
+        vit=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
         vae=dict(ch=32, ch_mult=(1, 1, 1, 2), num_res_blocks=1),
     ),
     "7b": dict(
@@ -100,7 +114,11 @@ def main() -> None:
     )
     p.add_argument("--batch", type=int, default=1, help="generation requests per call")
     p.add_argument("--modes", nargs="*", default=None, help="e.g. none taylorseer int8 taylorseer+int8")
+    p.add_argument("--profile", action="store_true", help="print the top operators of the timed denoising")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -152,18 +170,22 @@ def main() -> None:
             **kw,
         )
         sync()
+        prof = torch.profiler.profile() if args.profile else contextlib.nullcontext()
         t = time.perf_counter()
-        denoise(
-            pipe.model,
-            ctxs,
-            noises,
-            [(h, w)] * len(reqs),
-            pipe.special,
-            SamplingConfig(num_timesteps=args.steps + 1),
-            **kw,
-        )
+        with prof:
+            denoise(
+                pipe.model,
+                ctxs,
+                noises,
+                [(h, w)] * len(reqs),
+                pipe.special,
+                SamplingConfig(num_timesteps=args.steps + 1),
+                **kw,
+            )
         sync()
         per_step = (time.perf_counter() - t) / args.steps
+        if args.profile:
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
         print(
             f"{'batched' if batch_cfg else 'serial '} CFG: context_build_s={ctx_s:.3f} s_per_step={per_step:.4f} "

@@ -31,6 +31,7 @@ from inference.flow_sampler import RENORM_TYPES
 from inference.pipeline import GenerationRequest, SconePipeline, load_image
 from inference.request_batcher import QueueFull, RequestBatcher
 from inference.sampling import SamplingConfig
+from inference.step_cache import CACHE_MODES
 
 log = logging.getLogger("scone.app")
 
@@ -138,7 +139,7 @@ def settings_text(cfg: SamplingConfig, seed: int, batch_size: int, seconds: floa
             f"seed {seed} · {cfg.width}x{cfg.height} · {cfg.num_timesteps} timesteps · shift {cfg.timestep_shift:g}",
             f"CFG text {cfg.cfg_text_scale:g}, image {cfg.cfg_img_scale:g}, interval "
             f"[{cfg.cfg_interval[0]:g}, {cfg.cfg_interval[1]:g}], renorm {cfg.cfg_renorm_type} "
-            f"(min {cfg.cfg_renorm_min:g})",
+            f"(min {cfg.cfg_renorm_min:g})" + ("" if cfg.cache == "none" else f", step cache {cfg.cache}"),
             f"{seconds:.2f} s, in one batch with {others} other request{'s' if others != 1 else ''}"
             f" (waited {waited:.2f} s in the queue)",
         ]
@@ -245,10 +246,10 @@ def build_app(server: DemoServer):
 
     @as_ui_error
     def on_generate(files, instruction, seed, height, width, steps, text_scale, img_scale, lo, hi, renorm,
-                    renorm_min, shift, progress=gr.Progress()):  # fmt: skip
+                    renorm_min, shift, cache, progress=gr.Progress()):  # fmt: skip
         advanced = dict(
             cfg_text_scale=text_scale, cfg_img_scale=img_scale, cfg_interval_start=lo, cfg_interval_end=hi,
-            cfg_renorm_type=renorm, cfg_renorm_min=renorm_min, timestep_shift=shift,
+            cfg_renorm_type=renorm, cfg_renorm_min=renorm_min, timestep_shift=shift, cache=cache,
         )  # fmt: skip
         return server.generate(files, instruction, seed, height, width, steps, advanced, progress)
 
@@ -293,6 +294,11 @@ def build_app(server: DemoServer):
                                 list(RENORM_TYPES), value=base.cfg_renorm_type, label="CFG renorm"
                             )
                             renorm_min = gr.Number(value=base.cfg_renorm_min, label="CFG renorm min")
+                        cache = gr.Dropdown(
+                            list(CACHE_MODES),
+                            value=base.cache,
+                            label="Step cache (taylorseer: about half the network evaluations)",
+                        )
                     go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 with gr.Column():
                     image = gr.Image(
@@ -317,6 +323,7 @@ def build_app(server: DemoServer):
                     renorm,
                     renorm_min,
                     shift,
+                    cache,
                 ],
                 [image, info],
                 api_name="generate",

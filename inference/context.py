@@ -105,13 +105,65 @@ def prefill_vae(
     special: SpecialTokenIds,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """Encode image [3, H, W] (posterior sampled; ``noise`` replaces the draw) and append its clean latent."""
+    """Encode image [3, H, W] (posterior sampled; ``noise`` replaces the draw) and append its clean latent.
+    ``posterior``: the image's (mean, logvar) [1, z, h, w] if already encoded (batched, by the pipeline)."""
     p = model.config.latent_patch_size
-    vae_param = next(vae.parameters())
-    latent = vae.encode(image[None].to(vae_param.device, vae_param.dtype), noise=noise, generator=generator)[
-        0
-    ]
+    if posterior is None:
+        vae_param = next(vae.parameters())
+        posterior = vae.posterior(image[None].to(vae_param.device, vae_param.dtype))
+    latent = vae.sample_posterior(*posterior, noise=noise, generator=generator)[0]
     b = item_builder(model, special, ctx)
     b.add_vae_image(grid=(latent.shape[1] // p, latent.shape[2] // p))
     append(model, ctx, b, "vae", latents=patchify(latent.float(), p))
+
+
+@dataclass
+class Item:
+    """One input to append to one context: text ``ids``, a ViT view ``vit`` [3, H, W], or a sampled VAE
+    latent ``vae_latent`` [z, h, w] (clean, t = 0)."""
+
+    ctx: Context
+    ids: list[int] | None = None
+    vit: torch.Tensor | None = None
+    vae_latent: torch.Tensor | None = None
+
+    @property
+    def kind(self) -> str:
+        return "text" if self.ids is not None else "vit" if self.vit is not None else "vae"
+
+
+@torch.no_grad()
+def prefill_batch(model: Bagel, special: SpecialTokenIds, items: list[Item]) -> None:
+    """Append every item to its own context in ONE forward (one packed sample per item, each attending to
+    its context's cache). Items must share an attention mode: all text (causal) or all images (full).
+    Same tokens, positions and keys/values as appending them one by one (``prefill_text`` etc.)."""
+    if len({it.kind == "text" for it in items}) != 1:
+        raise ValueError("prefill_batch: text and image items need separate calls (causal vs full attention)")
+    if len({id(it.ctx.cache) for it in items}) != len(items):
+        raise ValueError("prefill_batch: one item per context cache")
+    p = model.config.latent_patch_size
+    b = SequenceBuilder(special, model.config.sequence_geometry())
+    latents, next_ropes = [], []
+    for it in items:
+        it.ctx._writable()
+        b.start_sample(it.ctx.rope)
+        if it.kind == "text":
+            b.add_text(it.ids)
+        elif it.kind == "vit":
+            b.add_vit_image(it.vit.to(model.device))
+        else:
+            b.add_vae_image(grid=(it.vae_latent.shape[1] // p, it.vae_latent.shape[2] // p))
+            latents.append(patchify(it.vae_latent.float(), p))
+        next_ropes.append(b.rope)
+        b.end_sample()
+    seq = b.build().to(model.device)
+    if latents:
+        lat = torch.cat(latents).to(model.device)
+        seq = seq.with_latents(lat, torch.zeros(lat.shape[0], device=model.device))
+    segments = [Segment(n, it.ctx.cache, it.ctx.kv_len) for n, it in zip(seq.sample_lens, items)]
+    model(seq, CachedAttention(segments, causal=items[0].kind == "text", update_cache=True))
+    for n, it, rope in zip(seq.sample_lens, items, next_ropes):
+        it.ctx.kv_len += n
+        it.ctx.rope = rope

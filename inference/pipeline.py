@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data.transforms import ImageTransform, pil_img2rgb, to_tensor_normalized
 from inference import trace
-from inference.context import Context, prefill_text, prefill_vae, prefill_vit
+from inference.context import Context, Item, prefill_batch, prefill_text, prefill_vae, prefill_vit
 from inference.generation import CFGContexts, denoise, generate_text
 from inference.offload import OFFLOAD_MODES, ModelOffload, apply_group_offload
 from inference.sampling import SamplingConfig
@@ -202,7 +202,16 @@ class SconePipeline:
         return prompt
 
     # ------------------------------------------------------------------ generation
-    def _build_contexts(self, req: GenerationRequest, generator, think, think_prompt, max_think_tokens):
+    def _build_contexts(
+        self,
+        req: GenerationRequest,
+        generator,
+        think,
+        think_prompt,
+        max_think_tokens,
+        images=None,
+        posteriors=None,
+    ):
         """The three contexts of one request (docs/architecture.md §6): ``full`` sees everything, ``no_image``
         everything but the references, ``no_text`` is ``full`` as it was before the instruction."""
         model, sp, layers = self.model, self.special, self.config.llm.num_hidden_layers
@@ -210,13 +219,24 @@ class SconePipeline:
         if think:
             for c in (full, no_image):
                 prefill_text(model, c, encode(self.tokenizer, think_prompt or THINK_PROMPT_GENERATE), sp)
-        images = self._prepare_images(req.images)
+        if images is None:
+            images = self._prepare_images(req.images)
         noises = req.ref_posterior_noise
         if noises is not None and len(noises) != len(images):
             raise ValueError(f"ref_posterior_noise has {len(noises)} tensors for {len(images)} images")
         for i, im in enumerate(images):
             noise = None if noises is None else noises[i]
-            prefill_vae(model, self.vae, full, to_tensor_normalized(im), sp, noise=noise, generator=generator)
+            post = None if posteriors is None else posteriors[i]
+            prefill_vae(
+                model,
+                self.vae,
+                full,
+                to_tensor_normalized(im),
+                sp,
+                noise=noise,
+                generator=generator,
+                posterior=post,
+            )
             prefill_vit(model, full, self.vit_transform(im), sp)
         ids = encode(self.tokenizer, self._check_prompt(req.prompt))
         no_text = full.snapshot("no_text")
@@ -228,6 +248,42 @@ class SconePipeline:
             thought = self._decode_text(out)
             prefill_text(model, full, encode(self.tokenizer, thought), sp)
         return CFGContexts(full, no_text, no_image), thought
+
+    def _init_noise(self, req: GenerationRequest, generator, h: int, w: int) -> torch.Tensor:
+        dim = self.config.patch_latent_dim
+        if req.init_noise is not None:
+            return req.init_noise.float().reshape(h * w, dim)
+        return torch.randn(h * w, dim, generator=generator)
+
+    def _build_contexts_batched(self, requests, images, posteriors, generators, h, w):
+        """``_build_contexts`` for several requests at once: the k-th reference of every request in one
+        forward (VAE view, then ViT view), then every instruction in one forward (full and no-image
+        contexts). Random draws per request in the sequential order (posterior noises, then the initial
+        noise), so the result does not depend on the batching."""
+        model, sp, layers = self.model, self.special, self.config.llm.num_hidden_layers
+        latents, noises = [], []
+        for req, ims, posts, gen in zip(requests, images, posteriors, generators):
+            given = req.ref_posterior_noise
+            if given is not None and len(given) != len(ims):
+                raise ValueError(f"ref_posterior_noise has {len(given)} tensors for {len(ims)} images")
+            lat = []
+            for i, (mean, logvar) in enumerate(posts):
+                eps = given[i] if given is not None else None
+                lat.append(self.vae.sample_posterior(mean, logvar, noise=eps, generator=gen)[0])
+            latents.append(lat)
+            noises.append(self._init_noise(req, gen, h, w))
+        full = [Context.empty(layers, "full") for _ in requests]
+        no_image = [Context.empty(layers, "no_image") for _ in requests]
+        for i in range(max((len(ims) for ims in images), default=0)):
+            todo = [r for r, ims in enumerate(images) if len(ims) > i]
+            prefill_batch(model, sp, [Item(full[r], vae_latent=latents[r][i]) for r in todo])
+            prefill_batch(model, sp, [Item(full[r], vit=self.vit_transform(images[r][i])) for r in todo])
+        no_text = [c.snapshot("no_text") for c in full]
+        ids = [encode(self.tokenizer, self._check_prompt(req.prompt)) for req in requests]
+        prefill_batch(model, sp, [Item(c, ids=ids[r]) for r, c in enumerate(full)] + [
+            Item(c, ids=ids[r]) for r, c in enumerate(no_image)
+        ])  # fmt: skip
+        return [CFGContexts(*c) for c in zip(full, no_text, no_image)], noises
 
     def generate_batch(
         self,
@@ -260,19 +316,25 @@ class SconePipeline:
         self, requests, cfg, think, think_prompt, max_think_tokens, batch_cfg, progress, callback
     ):
         h, w = self._check_size(cfg.height, cfg.width)
-        dim = self.config.patch_latent_dim
-        contexts, noises, thoughts = [], [], []
-        for k, req in enumerate(requests):
-            generator = torch.Generator().manual_seed(int(req.seed)) if req.seed is not None else None
-            with trace.request(k):
-                ctxs, thought = self._build_contexts(req, generator, think, think_prompt, max_think_tokens)
-            if req.init_noise is not None:
-                noise = req.init_noise.float().reshape(h * w, dim)
-            else:
-                noise = torch.randn(h * w, dim, generator=generator)
-            contexts.append(ctxs)
-            noises.append(noise)
-            thoughts.append(thought)
+        images = [self._prepare_images(req.images) for req in requests]
+        posteriors = self._posteriors(images)
+        generators = [
+            torch.Generator().manual_seed(int(r.seed)) if r.seed is not None else None for r in requests
+        ]
+        if think or trace.active() is not None or len(requests) == 1:
+            # one request at a time: think mode decodes text per request; recordings want one-item steps
+            contexts, noises, thoughts = [], [], []
+            for k, req in enumerate(requests):
+                with trace.request(k):
+                    ctxs, thought = self._build_contexts(
+                        req, generators[k], think, think_prompt, max_think_tokens, images[k], posteriors[k]
+                    )
+                contexts.append(ctxs)
+                noises.append(self._init_noise(req, generators[k], h, w))
+                thoughts.append(thought)
+        else:
+            contexts, noises = self._build_contexts_batched(requests, images, posteriors, generators, h, w)
+            thoughts = [None] * len(requests)
         rec = trace.active()
         if rec is not None:
             rec.query = {
@@ -293,8 +355,11 @@ class SconePipeline:
             stats=stats,
         )
         outs = []
-        for req, lat, thought, n_eval in zip(requests, latents, thoughts, stats["evaluations"]):
-            decoded = self.decode_latent(lat, h, w)
+        decoded_all = self.decode_latents(latents, h, w)  # one VAE call for the whole batch
+        for req, lat, decoded, thought, n_eval in zip(
+            requests, latents, decoded_all, thoughts, stats["evaluations"]
+        ):
+            decoded = decoded[None]
             outs.append(GenerationOutput(self.to_pil(decoded), lat.cpu(), decoded, thought, req.seed, n_eval))
         return outs
 
@@ -314,10 +379,34 @@ class SconePipeline:
     __call__ = generate
 
     @torch.no_grad()
+    def _posteriors(self, images: list[list[Image.Image]], max_batch: int = 8) -> list[list[tuple]]:
+        """The VAE posteriors (mean, logvar), each [1, z, h, w], of every request's references, encoded in
+        batches of equal-sized images (one encoder call instead of one per image). Sampling them stays per
+        request, in upstream's order (``prefill_vae``)."""
+        by_size: dict[tuple, list[tuple[int, int]]] = {}
+        for r, ims in enumerate(images):
+            for i, im in enumerate(ims):
+                by_size.setdefault(im.size, []).append((r, i))
+        out: list[list] = [[None] * len(ims) for ims in images]
+        for where in by_size.values():
+            for start in range(0, len(where), max_batch):
+                chunk = where[start : start + max_batch]
+                x = torch.stack([to_tensor_normalized(images[r][i]) for r, i in chunk])
+                mean, logvar = self.vae.posterior(x)
+                for j, (r, i) in enumerate(chunk):
+                    out[r][i] = (mean[j : j + 1], logvar[j : j + 1])
+        return out
+
+    @torch.no_grad()
     def decode_latent(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Packed latent tokens [h*w, p*p*C] -> VAE output [1, 3, 16h, 16w] (fp32, CPU)."""
+        return self.decode_latents([tokens], h, w)
+
+    @torch.no_grad()
+    def decode_latents(self, tokens: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
+        """B latents of one size, each [h*w, p*p*C] -> VAE outputs [B, 3, 16h, 16w] (fp32, CPU), in one call."""
         p, c = self.config.latent_patch_size, self.config.latent_channel
-        z = unpatchify(tokens.float(), h, w, p, c)[None]
+        z = torch.stack([unpatchify(t.float(), h, w, p, c) for t in tokens])
         param = next(self.vae.parameters())
         return self.vae.decode(z.to(param.device, param.dtype)).float().cpu()
 

@@ -31,7 +31,7 @@ class SamplingConfig:
     cfg_renorm_min: float = 0.0
     # Step caching (inference/step_cache.py): "none" evaluates the network on every step (exact).
     cache: str = "none"
-    cache_interval: int = 3  # a full evaluation every N steps between warm-up and the final steps
+    cache_interval: int = 4  # a full evaluation every N steps between warm-up and the final steps
     cache_order: int = 1  # Taylor order of the extrapolation
     cache_warmup_steps: int = 3  # first steps always evaluated
     cache_final_steps: int = 1  # last steps always evaluated

@@ -72,7 +72,8 @@ def test_taylorseer_defaults_halve_the_evaluations(tiny):
     cached = tiny.generate(images=REFS, prompt=TEXT, seed=1, cache="taylorseer")
     uncond = tiny.generate(images=REFS, prompt=TEXT, seed=1, cache="taylorseer_uncond")
     steps = tiny.sampling.num_timesteps - 1
-    n_full = len(full_steps(steps, 3, 3, 1))
+    d = SamplingConfig()
+    n_full = len(full_steps(steps, d.cache_interval, d.cache_warmup_steps, d.cache_final_steps))
     assert none.evaluations == 2 * steps
     assert cached.evaluations == 2 * n_full and none.evaluations / cached.evaluations >= 2
     assert uncond.evaluations == steps + n_full  # the conditional branch runs on every step
