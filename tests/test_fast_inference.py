@@ -231,3 +231,31 @@ def test_bad_offload_settings():
         SconePipeline.from_pretrained(SHIPPED, offload="group", weights="int8")
     with pytest.raises(ValueError, match="group size must be >= 1"):
         SconePipeline.from_pretrained(SHIPPED, offload="group", offload_group_size=0)
+
+
+def test_benchmark_command_takes_cache_and_weights(tmp_path):
+    """The outside-check contract: python -m inference.benchmark ... --cache taylorseer --weights int8 on the
+    shipped model writes every image, and the log says how it was made."""
+    import json
+
+    from PIL import Image
+
+    bench = tmp_path / "bench"
+    (bench / "imgs").mkdir(parents=True)
+    for name in ("ref1.png", "ref2.png"):
+        Image.open(ROOT / "assets" / "examples" / name).save(bench / "imgs" / name)
+    recs = [{"key": f"k{i}", "task_type": "composition_multi", "instruction": TEXT,
+             "input_images": ["imgs/ref1.png", "imgs/ref2.png"]} for i in range(3)]  # fmt: skip
+    (bench / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "inference.benchmark", "--model_path", SHIPPED, "--benchmark_dir", str(bench),
+           "--output_dir", str(out), "--batch_size", "2", "--no_progress", "--cache", "taylorseer",
+           "--weights", "int8"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 3 and all(Image.open(p).size == (96, 96) for p in pngs)
+    logged = [
+        json.loads(x) for f in out.glob("generation_log.rank*.jsonl") for x in f.read_text().splitlines()
+    ]
+    assert logged and all(x["cache"] == "taylorseer" and x["cache_interval"] == 4 for x in logged)

@@ -1,0 +1,311 @@
+"""Our generation engine against the original BAGEL code, on the same random model, in ONE run.
+
+    git clone https://github.com/ByteDance-Seed/Bagel ../Bagel
+    python bench/upstream_compare.py --upstream_dir ../Bagel --upstream_python /path/to/venv/bin/python
+
+Writes a random model in the released layout (LLM hidden 512, 12 layers, 8/2 heads, MLP 2048; ViT 256 x 4;
+the FLUX VAE geometry), then starts two worker processes on it — this repository's pipeline and upstream's
+``InterleaveInferencer`` — and asks them in turn, alternating who goes first, for the same request: 2
+references, an instruction, ``--resolution``² output, ``--steps`` denoising steps with all three CFG
+branches, the model in bf16 (upstream's generation code casts to bf16 itself, so it runs in nothing else)
+and the VAE in fp32. Each reports its prefill seconds and its seconds per denoising step (the median of the steps);
+the table gives the medians over ``--reps`` and the ratio ours / upstream.
+
+Upstream's code runs unchanged from ``--upstream_dir``, with two stand-ins that this script writes at run
+time and that are not part of upstream: ``flash_attn.flash_attn_varlen_func`` served by PyTorch SDPA (one
+call per sequence, the usual CPU replacement), and its torchvision image transforms replaced by ours
+(they only resize and normalise the references, in the prefill). Upstream's vendored Qwen2/SigLIP code
+imports modules that transformers 5 removed, so its worker needs a Python with transformers 4.5x and
+einops (``--upstream_python``; this repository's own worker runs with the current interpreter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bagel-tiny", "checkpoint")
+LLM = dict(
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+)
+VIT = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=5, num_attention_heads=4)  # 4 built
+INSTRUCTION = "Put the object from image 1 next to the object from image 2 on a wooden table."
+
+
+# ---------------------------------------------------------------------------------------------- model
+def write_model(folder: str, seed: int = 0) -> None:
+    """A random model in the released layout (tokenizer from the test fixture, FLUX-geometry VAE)."""
+    sys.path.insert(0, ROOT)
+    import torch
+    from safetensors.torch import save_file
+
+    from modeling.autoencoder import AutoEncoder, AutoEncoderParams
+    from modeling.bagel import Bagel
+    from modeling.checkpoint import build_config
+
+    os.makedirs(folder, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(FIXTURE, name), folder)
+    with open(os.path.join(FIXTURE, "llm_config.json")) as f:
+        llm = json.load(f) | LLM | {"max_window_layers": LLM["num_hidden_layers"]}
+    with open(os.path.join(FIXTURE, "vit_config.json")) as f:
+        vit = json.load(f) | VIT
+    for name, cfg in (("llm_config.json", llm), ("vit_config.json", vit)):
+        with open(os.path.join(folder, name), "w") as f:
+            json.dump(cfg, f, indent=1)
+    torch.manual_seed(seed)
+    vae = AutoEncoder(AutoEncoderParams())
+    save_file(
+        {k: v.contiguous() for k, v in vae.state_dict().items()}, os.path.join(folder, "ae.safetensors")
+    )
+    config = build_config(folder)
+    config.vae = vae.params
+    model = Bagel(config)
+    model.init_weights(seed=seed)
+    model.llm2vae.weight.data.normal_(0, 0.02)  # non-zero velocities
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, "model.safetensors")
+    )
+
+
+def references(res: int):
+    from PIL import Image
+
+    return [Image.new("RGB", (res, res), (40 + 90 * i, 120, 200 - 60 * i)) for i in range(2)]
+
+
+SETTINGS = dict(cfg_text_scale=4.0, cfg_img_scale=2.0, cfg_interval=(0.0, 1.0), timestep_shift=3.0,
+                cfg_renorm_min=0.0, cfg_renorm_type="text_channel")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def worker_ours(folder: str, res: int, steps: int):
+    sys.path.insert(0, ROOT)
+    import torch
+
+    from inference.pipeline import SconePipeline
+
+    pipe = SconePipeline.from_pretrained(
+        folder, dtype=torch.bfloat16, vae_transform=(res, res, 16), vit_transform=(res, 224, 14)
+    )
+    refs = references(res)
+
+    def run() -> dict:
+        marks = []
+        start = time.perf_counter()
+        pipe.generate(
+            images=refs, prompt=INSTRUCTION, seed=0, height=res, width=res, num_timesteps=steps + 1,
+            callback=lambda i, n: marks.append(time.perf_counter()), **SETTINGS,
+        )  # fmt: skip
+        gaps = [b - a for a, b in zip(marks, marks[1:])]
+        return {"step_s": statistics.median(gaps), "prefill_s": marks[0] - start - statistics.median(gaps)}
+
+    torch.set_grad_enabled(False)
+    return run
+
+
+SDPA_SHIM = '''
+"""Stand-in for flash_attn on machines without it: varlen attention as one SDPA call per sequence."""
+import torch
+import torch.nn.functional as F
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+                           dropout_p=0.0, softmax_scale=None, causal=False, **kwargs):
+    out = torch.empty_like(q)
+    rep = q.shape[1] // k.shape[1]
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for i in range(len(cq) - 1):
+        qs, qe, ks, ke = cq[i], cq[i + 1], ck[i], ck[i + 1]
+        qi = q[qs:qe].transpose(0, 1)
+        ki = k[ks:ke].repeat_interleave(rep, dim=1).transpose(0, 1)
+        vi = v[ks:ke].repeat_interleave(rep, dim=1).transpose(0, 1)
+        mask = None
+        if causal and qe - qs != ke - ks:
+            mask = torch.ones(qe - qs, ke - ks, dtype=torch.bool, device=q.device).tril(ke - ks - (qe - qs))
+        o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=softmax_scale,
+                                           is_causal=causal and mask is None)
+        out[qs:qe] = o.transpose(0, 1)
+    return out
+'''
+
+
+def worker_upstream(folder: str, res: int, steps: int, upstream_dir: str):
+    shim = tempfile.mkdtemp(prefix="flash_attn_shim_")
+    os.makedirs(os.path.join(shim, "flash_attn"))
+    with open(os.path.join(shim, "flash_attn", "__init__.py"), "w") as f:
+        f.write(textwrap.dedent(SDPA_SHIM))
+    sys.path[:0] = [upstream_dir, shim]
+    import importlib.util
+
+    import torch
+    from safetensors.torch import load_file
+
+    # our image transform (upstream's needs torchvision), loaded by path: upstream owns the name "data"
+    spec = importlib.util.spec_from_file_location(
+        "scone_transforms", os.path.join(ROOT, "data", "transforms.py")
+    )
+    ours = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ours)
+
+    class Transform:
+        def __init__(self, *args):
+            self.t = ours.ImageTransform(*args)
+
+        def resize_transform(self, img):
+            return self.t.resize(img)
+
+        def __call__(self, img):
+            return self.t(img)
+
+    from data.data_utils import add_special_tokens
+    from inferencer import InterleaveInferencer
+    from modeling.qwen2 import Qwen2Tokenizer
+
+    from modeling.autoencoder import load_ae
+    from modeling.bagel import (
+        Bagel,
+        BagelConfig,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    llm_config = Qwen2Config.from_json_file(os.path.join(folder, "llm_config.json"))
+    llm_config.qk_norm, llm_config.tie_word_embeddings = True, False
+    llm_config.layer_module = "Qwen2MoTDecoderLayer"
+    vit_config = SiglipVisionConfig.from_json_file(os.path.join(folder, "vit_config.json"))
+    vit_config.rope = False
+    vit_config.num_hidden_layers -= 1
+    vae, vae_config = load_ae(local_path=os.path.join(folder, "ae.safetensors"))
+    config = BagelConfig(visual_gen=True, visual_und=True, llm_config=llm_config, vit_config=vit_config,
+                         vae_config=vae_config, vit_max_num_patch_per_side=70, connector_act="gelu_pytorch_tanh",
+                         latent_patch_size=2, max_latent_size=64)  # fmt: skip
+    model = Bagel(Qwen2ForCausalLM(llm_config), SiglipVisionModel(vit_config), config)
+    model.vit_model.vision_model.embeddings.convert_conv2d_to_linear(vit_config)
+    missing, unexpected = model.load_state_dict(
+        load_file(os.path.join(folder, "model.safetensors")), strict=False
+    )
+    if unexpected or [k for k in missing if "pos_embed" not in k]:
+        raise SystemExit(f"upstream model does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model = model.to(torch.bfloat16).eval()  # upstream's generation path casts to bf16 itself: bf16 only
+    tokenizer, new_token_ids, _ = add_special_tokens(Qwen2Tokenizer.from_pretrained(folder))
+    inf = InterleaveInferencer(
+        model, vae, tokenizer, Transform(res, res, 16), Transform(res, 224, 14), new_token_ids
+    )
+    refs = references(res)
+    marks = []
+    flow = model._forward_flow
+
+    def timed_flow(*a, **k):
+        out = flow(*a, **k)
+        marks.append(time.perf_counter())
+        return out
+
+    model._forward_flow = timed_flow
+
+    def run() -> dict:
+        marks.clear()
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # upstream relies on CUDA autocast for its casts
+            inf.interleave_inference([*refs, INSTRUCTION], image_shapes=(res, res), num_timesteps=steps + 1,
+                                     **{**SETTINGS, "cfg_interval": list(SETTINGS["cfg_interval"])})  # fmt: skip
+        gaps = [b - a for a, b in zip(marks, marks[1:])]
+        return {"step_s": statistics.median(gaps), "prefill_s": marks[0] - start - statistics.median(gaps)}
+
+    torch.set_grad_enabled(False)
+    return run
+
+
+def serve(run) -> None:
+    run()  # warm-up
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "run":
+            print(json.dumps(run()), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--upstream_dir", required=True, help="a clone of github.com/ByteDance-Seed/Bagel")
+    p.add_argument("--upstream_python", default=sys.executable, help="python for upstream's worker")
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--worker", choices=("ours", "upstream"), help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        if args.worker == "ours":
+            serve(worker_ours(args.folder, args.resolution, args.steps))
+        else:
+            serve(
+                worker_upstream(args.folder, args.resolution, args.steps, os.path.abspath(args.upstream_dir))
+            )
+        return 0
+
+    folder = tempfile.mkdtemp(prefix="upstream_compare_")
+    write_model(folder)
+    common = ["--folder", folder, "--resolution", str(args.resolution), "--steps", str(args.steps),
+              "--threads", str(args.threads), "--upstream_dir", args.upstream_dir]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
+    workers = {}
+    for name, python in (("ours", sys.executable), ("upstream", args.upstream_python)):
+        workers[name] = subprocess.Popen([python, os.path.abspath(__file__), "--worker", name, *common],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                         cwd=tempfile.gettempdir())  # fmt: skip
+    try:
+        for name, w in workers.items():
+            for line in w.stdout:
+                if line.startswith("READY"):
+                    break
+            else:
+                raise SystemExit(f"the {name} worker exited before it was ready (rc {w.wait()})")
+        results = {name: [] for name in workers}
+        order = list(workers)
+        for rep in range(args.reps):
+            for name in order if rep % 2 == 0 else order[::-1]:  # alternate who goes first
+                w = workers[name]
+                w.stdin.write("run\n")
+                w.stdin.flush()
+                results[name].append(json.loads(w.stdout.readline()))
+                print(f"rep {rep} {name}: {results[name][-1]}", flush=True)
+    finally:
+        for w in workers.values():
+            w.stdin.close()
+            w.wait(60)
+    med = {
+        n: {k: statistics.median(r[k] for r in rs) for k in ("prefill_s", "step_s")}
+        for n, rs in results.items()
+    }
+    print(f"\n{args.resolution}x{args.resolution}, 2 references, 3 CFG branches, {args.steps} steps, "
+          f"{args.threads} threads, median of {args.reps}\n")  # fmt: skip
+    print("| | prefill s | s / denoising step |\n|---|---|---|")
+    for n in ("ours", "upstream"):
+        print(f"| {n} | {med[n]['prefill_s']:.2f} | {med[n]['step_s']:.3f} |")
+    print(f"| ours / upstream | {med['ours']['prefill_s'] / med['upstream']['prefill_s']:.2f} | "
+          f"{med['ours']['step_s'] / med['upstream']['step_s']:.2f} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
