@@ -3,8 +3,8 @@
     git clone https://github.com/ByteDance-Seed/Bagel ../Bagel
     python bench/upstream_compare.py --upstream_dir ../Bagel --upstream_python /path/to/venv/bin/python
 
-Writes a random model in the released layout (LLM hidden 512, 12 layers, 8/2 heads, MLP 2048; ViT 256 x 4;
-the FLUX VAE geometry), then starts two worker processes on it — this repository's pipeline and upstream's
+Writes a random model in the released layout (``bench/inference_bench.py``'s ``cpu512`` geometry: LLM hidden
+512, 12 layers, 8/2 heads, MLP 2048; ViT 256 x 4; the FLUX VAE geometry), then starts two worker processes on it — this repository's pipeline and upstream's
 ``InterleaveInferencer`` — and asks them in turn, alternating who goes first, for the same request: 2
 references, an instruction, ``--resolution``² output, ``--steps`` denoising steps with all three CFG
 branches, the model in bf16 (upstream's generation code casts to bf16 itself, so it runs in nothing else)
@@ -34,14 +34,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bagel-tiny", "checkpoint")
-LLM = dict(
-    hidden_size=512,
-    intermediate_size=2048,
-    num_hidden_layers=12,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-)
-VIT = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=5, num_attention_heads=4)  # 4 built
 INSTRUCTION = "Put the object from image 1 next to the object from image 2 on a wooden table."
 
 
@@ -52,17 +44,23 @@ def write_model(folder: str, seed: int = 0) -> None:
     import torch
     from safetensors.torch import save_file
 
+    from bench.inference_bench import CONFIGS
     from modeling.autoencoder import AutoEncoder, AutoEncoderParams
     from modeling.bagel import Bagel
     from modeling.checkpoint import build_config
+
+    geometry = CONFIGS["cpu512"]
+    llm_geometry = {k: v for k, v in geometry["llm"].items() if k != "vocab_size"}  # the tokenizer's vocab
+    # vit_config.json counts one layer more than is built (the released files do; the loaders drop it)
+    vit_geometry = geometry["vit"] | {"num_hidden_layers": geometry["vit"]["num_hidden_layers"] + 1}
 
     os.makedirs(folder, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
         shutil.copy(os.path.join(FIXTURE, name), folder)
     with open(os.path.join(FIXTURE, "llm_config.json")) as f:
-        llm = json.load(f) | LLM | {"max_window_layers": LLM["num_hidden_layers"]}
+        llm = json.load(f) | llm_geometry | {"max_window_layers": llm_geometry["num_hidden_layers"]}
     with open(os.path.join(FIXTURE, "vit_config.json")) as f:
-        vit = json.load(f) | VIT
+        vit = json.load(f) | vit_geometry
     for name, cfg in (("llm_config.json", llm), ("vit_config.json", vit)):
         with open(os.path.join(folder, name), "w") as f:
             json.dump(cfg, f, indent=1)
