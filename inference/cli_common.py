@@ -67,7 +67,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_weights_args(p: argparse.ArgumentParser) -> None:
-    """--weights, --offload, --offload_group_size (``SconePipeline.from_pretrained``'s)."""
+    """--weights, --offload, --offload_group_size, --lora, --lora_scale (``SconePipeline.from_pretrained``'s)."""
     p.add_argument(
         "--weights",
         default=None,
@@ -91,6 +91,8 @@ def pipeline_load_kwargs(args: argparse.Namespace) -> dict:
         weights=getattr(args, "weights", None),
         offload=getattr(args, "offload", "none"),
         offload_group_size=getattr(args, "offload_group_size", 1),
+        lora=getattr(args, "lora", None),
+        lora_scale=getattr(args, "lora_scale", 1.0),
     )
 
 

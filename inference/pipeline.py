@@ -30,6 +30,7 @@ from inference.generation import CFGContexts, denoise, generate_text
 from inference.offload import OFFLOAD_MODES, ModelOffload, apply_group_offload
 from inference.sampling import SamplingConfig
 from modeling.checkpoint import LoadedModel, load_pretrained
+from modeling.lora import load_adapter, resolve_adapter
 from modeling.sequence import unpatchify
 from modeling.tokenizer import encode
 
@@ -143,13 +144,16 @@ class SconePipeline:
         weights: str | None = None,
         offload: str = "none",
         offload_group_size: int = 1,
+        lora: str | None = None,
+        lora_scale: float = 1.0,
         **kwargs,
     ) -> SconePipeline:
         """``weights_file=None`` loads ``model.safetensors`` (Scone; ``ema.safetensors`` if that is all there is).
         ``weights``: None keeps ``dtype``; "bf16" | "fp16" | "fp32" | "int8" | "fp8" (weight-only quantized
         decoder blocks, computing in ``dtype``; modeling/weight_formats.py). ``offload``: "none" | "model" |
         "group" (weights in CPU RAM, brought to ``device`` per call or per group of decoder blocks;
-        inference/offload.py)."""
+        inference/offload.py). ``lora``: a LoRA adapter folder or hub id (PEFT format, modeling/lora.py)
+        applied with ``lora_scale``."""
         if offload not in OFFLOAD_MODES:
             raise ValueError(f"unknown offload {offload!r}; choose one of {', '.join(OFFLOAD_MODES)}")
         device = torch.device(device)
@@ -165,6 +169,9 @@ class SconePipeline:
         loaded = load_pretrained(
             path_or_hub_id, device=load_device, dtype=dtype, weights_file=weights_file, weights=weights
         )
+        if lora is not None:
+            load_adapter(loaded.model, resolve_adapter(lora), lora_scale)
+            log.info("LoRA adapter %s attached (scale %g)", lora, lora_scale)
         pipe = cls(loaded, **kwargs)
         if offload == "group":
             pipe.offloader = apply_group_offload(loaded.model, device, offload_group_size)
