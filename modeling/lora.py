@@ -172,8 +172,16 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def save_adapter(model: nn.Module, config: LoraConfig, folder: str, base: str | None = None) -> int:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (fp32 tensors); returns bytes written."""
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in lora_state_dict(model).items()}
+    return write_adapter(state, config, folder, base)
+
+
+def write_adapter(
+    state: dict[str, torch.Tensor], config: LoraConfig, folder: str, base: str | None = None
+) -> int:
+    """``state``: the adapter tensors under the model's own names (``...q_proj.lora_A.weight``)."""
     os.makedirs(folder, exist_ok=True)
-    state = {k: v.float().cpu() for k, v in lora_state_dict(model).items()}
+    state = {f"{PEFT_PREFIX}{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
     path = os.path.join(folder, ADAPTER_WEIGHTS)
     save_file(state, path)
     with open(os.path.join(folder, ADAPTER_CONFIG), "w") as f:
@@ -203,11 +211,13 @@ def read_adapter(folder: str) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
     return config, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
 
 
-def load_adapter(model: nn.Module, folder: str, scale: float = 1.0) -> LoraConfig:
+def load_adapter(
+    model: nn.Module, folder: str, scale: float = 1.0, dtype: torch.dtype | None = None
+) -> LoraConfig:
     """Attach the adapter saved in ``folder`` to ``model`` (strict: every tensor must find its module and
-    every adapted module its two tensors)."""
+    every adapted module its two tensors). ``dtype``: of the adapters (default: the base weights')."""
     config, state = read_adapter(folder)
-    mods = add_lora(model, config, scale)
+    mods = add_lora(model, config, scale, dtype=dtype)
     expected = {f"{n}.lora_{ab}.weight" for n in mods for ab in "AB"}
     if set(state) != expected:
         extra, absent = sorted(set(state) - expected), sorted(expected - set(state))

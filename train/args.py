@@ -203,6 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, "freeze_mlp_und", type=bool, default=False)
     _add(g, "freeze_mlp_gen", type=bool, default=False)
 
+    g = p.add_argument_group("LoRA (modeling/lora.py)")
+    _add(
+        g,
+        "lora_rank",
+        type=int,
+        default=0,
+        help="> 0: train LoRA adapters of this rank; the base stays frozen",
+    )
+    _add(g, "lora_alpha", type=float, default=None, help="LoRA alpha (scale alpha/rank; default: the rank)")
+    _add(g, "lora_dropout", type=float, default=0.0)
+    _add(
+        g,
+        "lora_targets",
+        default="gen:attn,mlp;und:attn",
+        help="experts and module groups to adapt: 'gen:attn,mlp;und:attn' (default; why: modeling/lora.py)",
+    )
+
     g = p.add_argument_group("parallelism and precision")
     _add(g, "sharding_strategy", default="HYBRID_SHARD", choices=["FULL_SHARD", "HYBRID_SHARD", "NO_SHARD"])
     _add(g, "num_replicate", type=int, default=1)
@@ -304,6 +321,17 @@ def validate_args(args) -> None:
         raise SystemExit("--save_every, --log_every and --check_finite_every must be >= 1")
     if args.upstream_compat:
         args.reduce_dtype = "bf16"
+    if args.lora_rank < 0 or not 0 <= args.lora_dropout < 1:
+        raise SystemExit("--lora_rank must be >= 0 and --lora_dropout in [0, 1)")
+    if args.lora_rank:
+        from modeling.lora import parse_targets
+
+        try:
+            parse_targets(args.lora_targets)
+        except ValueError as e:
+            raise SystemExit(f"--lora_targets: {e}") from None
+        if args.finetune_from_ema:
+            raise SystemExit("--finetune_from_ema with --lora_rank: the base weights are --model_path's")
 
 
 def compute_dtype(args, device_type: str) -> torch.dtype:

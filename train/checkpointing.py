@@ -13,6 +13,10 @@ at ``step + 1``, like upstream):
 | ``data_status.pt`` | list indexed by rank of that rank's data-pipeline state |
 | ``llm_config.json``, ``vit_config.json``, ``scone_config.json`` (if any), ``ae.safetensors``, tokenizer files | copied from the model folder, so the step folder loads with ``load_pretrained`` / ``SconePipeline.from_pretrained`` |
 
+A LoRA run (``--lora_rank``) writes ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT format,
+``modeling/lora.py``) instead of the model, the configs and the VAE, and ``ema/`` holds the EMA adapter:
+a few MB per step, loadable with ``SconePipeline.from_pretrained(base, lora=step_folder)``.
+
 Everything is written into ``.tmp-{step:07d}-…`` and renamed at the end, so a crash never leaves a
 numeric folder behind; ``find_latest_checkpoint`` only considers complete numeric folders. Multi-node
 runs need ``checkpoint_dir`` on a filesystem shared by all nodes (every rank writes optimizer shards).
@@ -29,6 +33,7 @@ import time
 import torch
 import torch.nn as nn
 
+from modeling.lora import ADAPTER_WEIGHTS, read_adapter, write_adapter
 from train.parallel import all_gather_object, barrier, broadcast_object
 
 logger = logging.getLogger(__name__)
@@ -38,6 +43,7 @@ EMA_FILE = "ema.safetensors"
 OPTIM_DIR = "optimizer"
 SCHEDULER_FILE = "scheduler.pt"
 TRAIN_STATE_FILE = "train_state.json"
+LORA_EMA_DIR = "ema"  # a LoRA run's EMA adapter (PEFT format)
 DATA_STATUS_FILE = "data_status.pt"
 # Files that make a step folder a released-layout folder (ckpts/README.md).
 FOLDER_FILES = (
@@ -53,7 +59,6 @@ FOLDER_FILES = (
     "added_tokens.json",
 )
 REQUIRED_FOLDER_FILES = ("llm_config.json", "vit_config.json", "ae.safetensors")
-COMPLETE_MARKERS = (MODEL_FILE, TRAIN_STATE_FILE)
 
 
 def step_dir_name(step: int) -> str:
@@ -76,7 +81,11 @@ def find_latest_checkpoint(checkpoint_dir: str) -> str | None:
         path = os.path.join(checkpoint_dir, name)
         if not (name.isdigit() and os.path.isdir(path)):
             continue
-        if not all(os.path.isfile(os.path.join(path, f)) for f in COMPLETE_MARKERS):
+        weights = (MODEL_FILE, ADAPTER_WEIGHTS)  # a full step folder, or a LoRA run's adapter-only one
+        complete = os.path.isfile(os.path.join(path, TRAIN_STATE_FILE)) and any(
+            os.path.isfile(os.path.join(path, f)) for f in weights
+        )
+        if not complete:
             logger.warning("ignoring incomplete checkpoint folder %s", path)
             continue
         if best is None or int(name) > best[0]:
@@ -90,6 +99,19 @@ def gather_full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {clean_key(k): v for k, v in sd.items()}
+
+
+def gather_lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA tensors only (full, CPU, clean keys; on every rank). Collective under FSDP: every rank walks
+    the same parameters in the same order."""
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, p in model.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            t = p.detach()
+            out[clean_key(name)] = (t.full_tensor() if isinstance(t, DTensor) else t).float().cpu()
+    return out
 
 
 def _save_safetensors(state: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
@@ -128,6 +150,7 @@ def save_checkpoint(
     model_folder: str,
     rank: int,
     ema=None,
+    lora=None,
 ) -> str:
     """Write ``{checkpoint_dir}/{step:07d}`` atomically. Collective: every rank must call it.
 
@@ -148,7 +171,7 @@ def save_checkpoint(
         os.makedirs(tmp)
     barrier()
 
-    full = gather_full_model_state(model)
+    full = gather_full_model_state(model) if lora is None else gather_lora_state(model)
     ema_full = ema.full_state_dict(rank) if ema is not None else None
     osd = get_optimizer_state_dict(model, optimizer)
     no_dist = not (torch.distributed.is_available() and torch.distributed.is_initialized())
@@ -156,14 +179,24 @@ def save_checkpoint(
     statuses = all_gather_object(data_status)
 
     if rank == 0:
-        _save_safetensors(full, os.path.join(tmp, MODEL_FILE))
-        if ema_full is not None:
-            merged = dict(full)
-            merged.update({clean_key(k): v for k, v in ema_full.items()})
-            _save_safetensors(merged, os.path.join(tmp, EMA_FILE))
+        if lora is None:
+            _save_safetensors(full, os.path.join(tmp, MODEL_FILE))
+            if ema_full is not None:
+                merged = dict(full)
+                merged.update({clean_key(k): v for k, v in ema_full.items()})
+                _save_safetensors(merged, os.path.join(tmp, EMA_FILE))
+            copy_folder_files(model_folder, tmp)
+        else:
+            write_adapter(full, lora, tmp, base=model_folder)
+            if ema_full is not None:  # the EMA covers only the trainable (adapter) tensors
+                write_adapter(
+                    {clean_key(k): v for k, v in ema_full.items()},
+                    lora,
+                    os.path.join(tmp, "ema"),
+                    model_folder,
+                )
         torch.save(scheduler.state_dict(), os.path.join(tmp, SCHEDULER_FILE))
         torch.save(statuses, os.path.join(tmp, DATA_STATUS_FILE))
-        copy_folder_files(model_folder, tmp)
         # train_state.json last among the files: it is one of the completeness markers.
         with open(os.path.join(tmp, TRAIN_STATE_FILE), "w") as f:
             json.dump({**train_state, "step": step}, f, indent=2, sort_keys=True)
@@ -255,6 +288,9 @@ def load_data_status(step_dir: str, rank: int, world_size: int):
 def load_ema(step_dir: str, ema) -> None:
     from safetensors.torch import load_file
 
+    if os.path.isdir(os.path.join(step_dir, LORA_EMA_DIR)):
+        ema.load_full_state_dict(read_adapter(os.path.join(step_dir, LORA_EMA_DIR))[1])
+        return
     path = os.path.join(step_dir, EMA_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} missing although --ema is set for the resumed run")

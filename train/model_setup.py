@@ -35,6 +35,7 @@ class StartPoint:
     weights_path: str  # safetensors file with the Bagel state dict
     resume_dir: str | None  # step folder whose train state is restored (None: fresh start)
     reason: str
+    adapter_dir: str | None = None  # LoRA runs: the step folder whose adapter to start from
 
 
 def resolve_start(
@@ -44,7 +45,19 @@ def resolve_start(
     resume_from: str | None,
     resume_model_only: bool,
     finetune_from_ema: bool,
+    lora: bool = False,
 ) -> StartPoint:
+    if lora:  # LoRA step folders hold only the adapter: the frozen base always comes from --model_path
+        base = resolve_start(model_path, None, False, None, False, finetune_from_ema).weights_path
+        latest = find_latest_checkpoint(checkpoint_dir) if auto_resume and checkpoint_dir else None
+        if latest is not None:
+            return StartPoint(base, latest, f"auto-resume LoRA from {latest} (base {base})", latest)
+        if resume_from:
+            if not os.path.isdir(resume_from):
+                raise FileNotFoundError(f"--resume_from {resume_from} is not a folder")
+            resume = None if resume_model_only else resume_from
+            return StartPoint(base, resume, f"LoRA adapter from {resume_from} (base {base})", resume_from)
+        return StartPoint(base, None, f"fresh LoRA adapters on {base}")
     if auto_resume and checkpoint_dir:
         latest = find_latest_checkpoint(checkpoint_dir)
         if latest is not None:

@@ -24,6 +24,7 @@ import torch
 if __package__ in (None, ""):  # `torchrun train/pretrain.py`: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from modeling.lora import LoraConfig, add_lora, load_adapter, parse_targets
 from train import checkpointing as ckpt
 from train.args import check_model_matches_args, compute_dtype, parse_args
 from train.data_source import build_data_source
@@ -125,6 +126,7 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
         args.resume_from,
         args.resume_model_only,
         args.finetune_from_ema,
+        lora=bool(args.lora_rank),
     )
     logger.info("start: %s", start.reason)
     from_rank0 = info.world_size > 1 and args.load_weights_on_rank0  # a 1-rank group has no one to send to
@@ -133,7 +135,10 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
     model, vae = loaded.model, loaded.vae
     flags = FreezeFlags.from_args(args)
     summary = apply_freeze(model, flags, vae, args.freeze_vae)
-    logger.info("parameters (trainable / frozen):\n%s", summary.table())
+    if args.lora_rank:
+        attach_lora(args, model, start, dtype, info)
+    else:
+        logger.info("parameters (trainable / frozen):\n%s", summary.table())
     model.train()
     keep_frozen_in_eval(model, flags, vae, args.freeze_vae)
     vae.to(info.device)
@@ -158,6 +163,36 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
     return loaded, start, flags
 
 
+def lora_config(args) -> LoraConfig:
+    return LoraConfig(args.lora_rank, args.lora_alpha or float(args.lora_rank), args.lora_dropout,
+                      parse_targets(args.lora_targets))  # fmt: skip
+
+
+def attach_lora(args, model, start, dtype: torch.dtype, info: DistInfo) -> None:
+    """Freeze the whole model and attach fp32 LoRA adapters (fresh, or the resumed step's). On one device
+    the frozen base is cast to the compute dtype (bf16 on a GPU: half the memory); under FSDP it stays as
+    loaded and FSDP's mixed precision casts it per block."""
+    cfg = lora_config(args)
+    if not info.distributed and dtype != torch.float32:
+        for p in model.parameters():
+            p.data = p.data.to(dtype)
+    if start.adapter_dir is not None:
+        saved = load_adapter(model, start.adapter_dir, dtype=torch.float32)
+        mismatch = [k for k in ("r", "lora_alpha", "target_modules") if getattr(saved, k) != getattr(cfg, k)]
+        if mismatch:
+            raise SystemExit(
+                f"{start.adapter_dir}: its adapter has other {', '.join(mismatch)} than these flags"
+            )
+    else:
+        add_lora(model, cfg, seed=args.global_seed, dtype=torch.float32)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "LoRA rank %d (alpha %g) on %d modules per block: %d trainable parameters (%.2f%% of %d)",
+        cfg.r, cfg.lora_alpha, len(cfg.target_modules), trainable, 100 * trainable / total, total,
+    )  # fmt: skip
+
+
 def _resume(args, info: DistInfo, start, model, optimizer, scheduler, ema) -> tuple[dict, dict | None, int]:
     """(train state, this rank's data status, first step): fresh, or restored from ``start.resume_dir``."""
     state = {"tokens_seen": 0.0, "nonfinite_skipped": 0, "samples_seen": 0}
@@ -175,7 +210,8 @@ def _resume(args, info: DistInfo, start, model, optimizer, scheduler, ema) -> tu
             )
     state.update({k: saved[k] for k in state if k in saved})
     data_status = ckpt.load_data_status(start.resume_dir, info.rank, info.world_size)
-    if ema is not None and os.path.isfile(os.path.join(start.resume_dir, ckpt.EMA_FILE)):
+    saved_ema = [os.path.join(start.resume_dir, f) for f in (ckpt.EMA_FILE, ckpt.LORA_EMA_DIR)]
+    if ema is not None and any(os.path.exists(f) for f in saved_ema):
         ckpt.load_ema(start.resume_dir, ema)
     first_step = int(saved["step"]) + 1
     logger.info("resumed train state at step %d", first_step)
@@ -422,6 +458,7 @@ def _save(args, info, step, model, optimizer, scheduler, ema, state, data, folde
         model_folder=folder,
         rank=info.rank,
         ema=ema,
+        lora=lora_config(args) if args.lora_rank else None,
     )
 
 
