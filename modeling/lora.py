@@ -137,24 +137,38 @@ def add_lora(
     mods = targeted(model, config.target_modules)
     if not mods:
         raise ValueError(f"no module of the model matches the LoRA targets {config.target_modules}")
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    init = initial_lora_state(mods, config, seed)
     for p in model.parameters():
         p.requires_grad_(False)
-    for m in mods.values():
+    for name, m in mods.items():
         if hasattr(m, "lora_A"):
             raise ValueError("the model already has LoRA adapters")
         w = m.weight
         dt = dtype or w.dtype
         m.lora_A = nn.Linear(m.in_features, config.r, bias=False, device=w.device, dtype=dt)
         m.lora_B = nn.Linear(config.r, m.out_features, bias=False, device=w.device, dtype=dt)
-        a = torch.empty(config.r, m.in_features)
-        nn.init.kaiming_uniform_(a, a=5**0.5, generator=gen)
-        m.lora_A.weight.data.copy_(a)
-        nn.init.zeros_(m.lora_B.weight)
+        if w.device.type != "meta":  # a meta-built model gets its values later (e.g. broadcast by rank 0)
+            m.lora_A.weight.data.copy_(init[f"{name}.lora_A.weight"])
+            m.lora_B.weight.data.copy_(init[f"{name}.lora_B.weight"])
         m.lora_dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         m.lora_scale = config.scale * scale
         m._lora_handle = m.register_forward_hook(_hook)
     return mods
+
+
+def initial_lora_state(
+    mods: dict[str, nn.Linear], config: LoraConfig, seed: int | None
+) -> dict[str, torch.Tensor]:
+    """Fresh adapter values (fp32, CPU) for ``mods`` (name -> linear, also on the meta device): A
+    Kaiming-uniform as in PEFT, drawn in module order from ``seed``; B zero, so nothing changes at first."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    out = {}
+    for name, m in mods.items():
+        a = torch.empty(config.r, m.in_features)
+        nn.init.kaiming_uniform_(a, a=5**0.5, generator=gen)
+        out[f"{name}.lora_A.weight"] = a
+        out[f"{name}.lora_B.weight"] = torch.zeros(m.out_features, config.r)
+    return out
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -221,3 +221,26 @@ def test_two_rank_real_mix_survives_sigkill_and_resumes_exactly(tmp_path):
     logged = {k[len("data/") :]: v for k, v in a[8].items() if k.startswith("data/")}
     assert logged == dict(per_rank[0] + per_rank[1])
     assert not [p for p in (killed / "ckpt").iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_lora_matches_single_process(tmp_path):
+    """LoRA under FSDP2: the adapters are sharded with their blocks, gathered for the save (adapter files
+    only), and the 2-rank run equals the 1-process run over the same global batch."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    lora = ["--lora_rank", "2", "--lora_alpha", "4"]
+    run([sys.executable, "-m", "train.pretrain", *common(one), *lora, "--gradient_accumulation_steps", "2"])
+    run(torchrun(*common(two), *lora))
+    r1, r2 = records(one), records(two)
+    assert [r["step"] for r in r1] == [r["step"] for r in r2] == [0, 1, 2]
+    for a, b in zip(r1, r2):
+        for k in ("mse", "ce", "grad_norm"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["step"], k, a[k], b[k])
+    for rel in ("adapter_model.safetensors", "ema/adapter_model.safetensors"):
+        w1 = load_file(str(one / "ckpt" / "0000002" / rel))
+        w2 = load_file(str(two / "ckpt" / "0000002" / rel))
+        assert set(w1) == set(w2) and len(w1) == 2 * 11 * 18  # A and B of 11 modules x 18 blocks
+        for k in w1:
+            torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert not os.path.exists(two / "ckpt" / "0000002" / "model.safetensors")
+    assert os.path.isdir(two / "ckpt" / "0000002" / "optimizer")

@@ -24,7 +24,7 @@ import torch
 if __package__ in (None, ""):  # `torchrun train/pretrain.py`: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling.lora import LoraConfig, add_lora, load_adapter, parse_targets
+from modeling.lora import LoraConfig, add_lora, initial_lora_state, load_adapter, parse_targets, read_adapter
 from train import checkpointing as ckpt
 from train.args import check_model_matches_args, compute_dtype, parse_args
 from train.data_source import build_data_source
@@ -136,7 +136,9 @@ def build_model(args, info: DistInfo, dtype: torch.dtype):
     flags = FreezeFlags.from_args(args)
     summary = apply_freeze(model, flags, vae, args.freeze_vae)
     if args.lora_rank:
-        attach_lora(args, model, start, dtype, info)
+        lora_state = attach_lora(args, model, start, dtype, info)
+        if from_rank0 and full_state is not None:  # the adapters are broadcast with the base weights
+            full_state.update(lora_state)
     else:
         logger.info("parameters (trainable / frozen):\n%s", summary.table())
     model.train()
@@ -168,29 +170,36 @@ def lora_config(args) -> LoraConfig:
                       parse_targets(args.lora_targets))  # fmt: skip
 
 
-def attach_lora(args, model, start, dtype: torch.dtype, info: DistInfo) -> None:
+def attach_lora(args, model, start, dtype: torch.dtype, info: DistInfo) -> dict[str, torch.Tensor]:
     """Freeze the whole model and attach fp32 LoRA adapters (fresh, or the resumed step's). On one device
     the frozen base is cast to the compute dtype (bf16 on a GPU: half the memory); under FSDP it stays as
-    loaded and FSDP's mixed precision casts it per block."""
+    loaded and FSDP's mixed precision casts it per block. Returns the adapters' values (CPU, fp32): a
+    meta-built model (FSDP ranks loading from rank 0) gets them by broadcast with the base weights."""
     cfg = lora_config(args)
     if not info.distributed and dtype != torch.float32:
         for p in model.parameters():
             p.data = p.data.to(dtype)
     if start.adapter_dir is not None:
-        saved = load_adapter(model, start.adapter_dir, dtype=torch.float32)
+        saved, values = read_adapter(start.adapter_dir)
         mismatch = [k for k in ("r", "lora_alpha", "target_modules") if getattr(saved, k) != getattr(cfg, k)]
         if mismatch:
             raise SystemExit(
                 f"{start.adapter_dir}: its adapter has other {', '.join(mismatch)} than these flags"
             )
+        if next(model.parameters()).device.type == "meta":
+            add_lora(model, cfg, dtype=torch.float32)
+        else:
+            load_adapter(model, start.adapter_dir, dtype=torch.float32)
     else:
-        add_lora(model, cfg, seed=args.global_seed, dtype=torch.float32)
+        mods = add_lora(model, cfg, seed=args.global_seed, dtype=torch.float32)
+        values = initial_lora_state(mods, cfg, args.global_seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(
         "LoRA rank %d (alpha %g) on %d modules per block: %d trainable parameters (%.2f%% of %d)",
         cfg.r, cfg.lora_alpha, len(cfg.target_modules), trainable, 100 * trainable / total, total,
     )  # fmt: skip
+    return {k: v.float() for k, v in values.items()}
 
 
 def _resume(args, info: DistInfo, start, model, optimizer, scheduler, ema) -> tuple[dict, dict | None, int]:
