@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from modeling.errors import CheckpointError
+from modeling.lora import ADAPTER_WEIGHTS
 from train.checkpointing import EMA_FILE, MODEL_FILE, find_latest_checkpoint
 from train.parallel import DistInfo, broadcast_object
 
@@ -53,8 +54,11 @@ def resolve_start(
         if latest is not None:
             return StartPoint(base, latest, f"auto-resume LoRA from {latest} (base {base})", latest)
         if resume_from:
-            if not os.path.isdir(resume_from):
-                raise FileNotFoundError(f"--resume_from {resume_from} is not a folder")
+            if not os.path.isfile(os.path.join(resume_from, ADAPTER_WEIGHTS)):
+                raise FileNotFoundError(
+                    f"--resume_from {resume_from} holds no LoRA adapter ({ADAPTER_WEIGHTS}); a LoRA run takes its "
+                    "base from --model_path and resumes only from its own step folders"
+                )
             resume = None if resume_model_only else resume_from
             return StartPoint(base, resume, f"LoRA adapter from {resume_from} (base {base})", resume_from)
         return StartPoint(base, None, f"fresh LoRA adapters on {base}")
