@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from data.synthetic.render import (
     BACKGROUND_COLOURS,
+    NOVEL_SHAPES,
     SHAPES,
     SIZE_FRACTIONS,
     SUBJECT_COLOURS,
@@ -131,15 +132,15 @@ def _erode(mask: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=4096)
-def _templates(width: int, height: int) -> dict[str, list[np.ndarray]]:
-    """Per shape, ``(height, width)`` boolean templates, one per blur level in TEMPLATE_BLURS.
+def _templates(width: int, height: int, shapes: tuple[str, ...] = SHAPES) -> dict[str, list[np.ndarray]]:
+    """Per shape of ``shapes``, ``(height, width)`` boolean templates, one per blur level in TEMPLATE_BLURS.
 
     A blurred shape looks smaller than its true box (tips and corners fade), so for each blur level the
     true box is grown until the blurred template's own bounding box best matches ``width``×``height``;
     that template is then stretched to exactly ``(height, width)``.
     """
     out: dict[str, list[np.ndarray]] = {}
-    for shape in SHAPES:
+    for shape in shapes:
         out[shape] = []
         for blur in TEMPLATE_BLURS:
             best, best_err = None, None
@@ -160,12 +161,12 @@ def _fill_ratio(shape: str) -> float:
     return float(shape_mask(shape, 96, 96).mean())
 
 
-def _classify_shape(mask: np.ndarray, max_blur: float) -> tuple[str, float]:
-    """Shape whose template (blur levels up to ``max_blur``) has the best IoU with a cropped component
-    mask ``(h, w)``."""
+def _classify_shape(mask: np.ndarray, max_blur: float, shapes: tuple[str, ...] = SHAPES) -> tuple[str, float]:
+    """Shape of ``shapes`` whose template (blur levels up to ``max_blur``) has the best IoU with a cropped
+    component mask ``(h, w)``."""
     h, w = mask.shape
-    best, best_iou = SHAPES[0], -1.0
-    for shape, templates in _templates(w, h).items():
+    best, best_iou = shapes[0], -1.0
+    for shape, templates in _templates(w, h, shapes).items():
         for blur, tmpl in zip(TEMPLATE_BLURS, templates):
             if blur > max_blur:
                 continue
@@ -265,8 +266,11 @@ def estimate_blur(coverage: np.ndarray, fg: np.ndarray) -> float:
     return max(0.0, (energy / perimeter - 1.0) / 2.0)
 
 
-def analyse_image(image: Image.Image | np.ndarray, size: int) -> ImageAnalysis:
-    """Analyse a generated image; it is first resized (bilinear) to ``size``×``size`` if needed."""
+def analyse_image(
+    image: Image.Image | np.ndarray, size: int, shapes: tuple[str, ...] = SHAPES
+) -> ImageAnalysis:
+    """Analyse a generated image; it is first resized (bilinear) to ``size``×``size`` if needed.
+    ``shapes``: the world's shape vocabulary the components are classified into."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
     image = image.convert("RGB")
@@ -296,7 +300,7 @@ def analyse_image(image: Image.Image | np.ndarray, size: int) -> ImageAnalysis:
             continue
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         comp = labels[y0:y1, x0:x1] == lab
-        shape, iou = _classify_shape(comp, max_blur)
+        shape, iou = _classify_shape(comp, max_blur, shapes)
         interior = _erode(comp)
         if interior.sum() < 8:  # too thin to have an interior: use every pixel
             interior = comp
@@ -445,11 +449,20 @@ def dis_predictions(case: Case, analysis: ImageAnalysis) -> list[list[int]]:
     return preds
 
 
+def shape_vocabulary(case: Case) -> tuple[str, ...]:
+    """The shapes a detection may be: the standard world's, plus the novel shapes this case shows (so a
+    standard benchmark is judged exactly as before, and a heart can only be seen where one was asked for)."""
+    used = {p.subject.shape for r in case.references for p in r.placements} | {
+        t.subject.shape for t in case.targets
+    }
+    return SHAPES + tuple(s for s in NOVEL_SHAPES if s in used)
+
+
 def judge_record(record: dict, image: Image.Image) -> dict:
     """Aggregation record (eval/aggregation.py) for one benchmark record and its generated image."""
     case = case_from_record(record)
     out = {"key": record["key"], "task_type": record["task_type"]}
-    out.update(score_case(case, analyse_image(image, case.size)))
+    out.update(score_case(case, analyse_image(image, case.size, shape_vocabulary(case))))
     if "DIS_pred" in out:
         out["subject_label"] = record["subject_label"]
     return out
@@ -495,12 +508,15 @@ def judge_results(records: list[dict], image_dir: str, progress: bool = True) ->
     return out
 
 
-def attribute_accuracy(records: list[dict]) -> dict:
+def attribute_accuracy(records: list[dict], shape: str | None = None) -> dict:
     """Where the points go: the share of requested subjects (over all judged ``records``) found with the
     right value of each attribute (a missing subject counts as wrong), and of cases with the right
     background. Chance for a model that ignores the references: shape 1/6, colour 1/7, pattern 1/3,
-    size 1/2 (the instruction names only the shape, or for intra-category distinction one attribute)."""
+    size 1/2 (the instruction names only the shape, or for intra-category distinction one attribute).
+    ``shape``: count only the requested subjects of that shape (a novel concept's accuracy)."""
     subjects = [s for r in records if not r.get("failed") for s in r["judge"]["subjects"]]
+    if shape is not None:
+        subjects = [s for s in subjects if s["requested"]["shape"] == shape]
     cases = [r for r in records if not r.get("failed")]
     out = {"subjects": len(subjects), "cases": len(cases)}
     if not subjects:

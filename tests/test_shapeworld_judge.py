@@ -285,3 +285,42 @@ def test_cli_rejects_a_bad_benchmark(bench, tmp_path):
     (broken / "data.jsonl").write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
     with pytest.raises(ValueError, match=f"record '{rec['key']}'.*hexagon"):
         main(["--bench_dir", str(broken), "--result_dir", str(broken / "ground_truth"), "--no_progress"])
+
+
+# ----------------------------------------------------------------------------- novel shape (LoRA concept)
+def test_novel_shape_world_and_its_judge(tmp_path):
+    from data.synthetic.render import NOVEL_SHAPES
+    from eval.shapeworld import attribute_accuracy, judge_record, load_bench, shape_vocabulary
+
+    assert "heart" in NOVEL_SHAPES and "heart" not in SHAPES
+    standard = generate_cases(3, "eval", 24)[0]
+    assert all(shape_vocabulary(c) == SHAPES for c in standard)  # standard cases: judged as before
+    hearts = generate_cases(3, "eval", 24, novel_shape="heart")[0]
+    for case in hearts:  # one requested heart per case; hearts only where the concept is asked for
+        assert sum(t.subject.shape == "heart" for t in case.targets) == 1, case.instruction
+        assert "heart" in case.instruction and shape_vocabulary(case) == SHAPES + ("heart",)
+        for r in case.references:
+            shapes = [p.subject.shape for p in r.placements]
+            assert shapes.count("heart") in (0, 1, len(shapes))
+    assert {c.task_type for c in hearts} == {c.task_type for c in standard}
+    with pytest.raises(ValueError, match="novel shape"):
+        generate_cases(3, "eval", 1, novel_shape="hexagon")
+
+    m = make_shapeworld(str(tmp_path / "w"), num_train=12, num_eval=12, seed=0, novel_shape="heart")
+    assert sorted(m["dataset_info"]["s2i"]) == [
+        "shapeworld_heart_multi_candidate",
+        "shapeworld_heart_single_candidate",
+    ]
+    records = load_bench(str(tmp_path / "w" / "bench"))
+    judged, wrong = [], []
+    for rec in records:
+        target = Image.open(tmp_path / "w" / "bench" / rec["target_image"])
+        judged.append(judge_record(rec, blur(target)))
+        # The same image judged without the concept in the vocabulary: the heart becomes another shape.
+        case = case_from_record(rec)
+        dets = analyse_image(blur(target), case.size).detections
+        wrong += [d.shape for d in dets if d.shape not in SHAPES]
+    acc = attribute_accuracy(judged, shape="heart")
+    assert acc["subjects"] == 12 and acc["shape"] == 1.0 and acc["present"] == 1.0
+    assert not wrong
+    assert all(r["SC_score"] == 10 for r in judged)

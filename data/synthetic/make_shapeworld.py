@@ -13,6 +13,10 @@ Output (docs/data.md, docs/evaluation.md):
     DIR/vlm/images/c<case>_r<i>.png + DIR/vlm/shapeworld_vlm.jsonl     captions of training references (--num_vlm)
     DIR/manifest.json                                                 arguments, counts, dataset registry entries
 
+With ``--novel_shape heart`` every case requests one heart (a shape the standard world never draws) and
+the training sets are named ``shapeworld_heart_{single,multi}_candidate``: data to teach a trained model a
+new concept (docs/finetune.md).
+
 Parquet rows: ``image`` = list<binary> of PNG bytes (references first, target last), ``instruction`` =
 string. Eval cases are drawn first (seed stream "eval"); training cases (stream "train") that repeat an
 eval case are redrawn, and the disjointness is asserted before anything is written.
@@ -32,7 +36,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data.synthetic.captions import write_vlm_dataset
-from data.synthetic.render import png_bytes
+from data.synthetic.render import NOVEL_SHAPES, png_bytes
 from data.synthetic.shapeworld import Case, case_record, case_signature, generate_cases, render_case
 
 logger = logging.getLogger(__name__)
@@ -41,9 +45,17 @@ PARQUET_SCHEMA = pa.schema([("image", pa.list_(pa.binary())), ("instruction", pa
 DATASET_NAMES = {"single": "shapeworld_single_candidate", "multi": "shapeworld_multi_candidate"}
 
 
-def dataset_of(case: Case) -> str:
+def dataset_names(novel_shape: str | None = None) -> dict[str, str]:
+    """Training set names; a novel-shape world's sets are named apart (``shapeworld_heart_...``) so they
+    can sit next to the standard ones in one data mix."""
+    if novel_shape is None:
+        return dict(DATASET_NAMES)
+    return {k: v.replace("shapeworld_", f"shapeworld_{novel_shape}_", 1) for k, v in DATASET_NAMES.items()}
+
+
+def dataset_of(case: Case, novel_shape: str | None = None) -> str:
     """Composition cases (one subject per reference) → single-candidate set; distinction → multi."""
-    return DATASET_NAMES["single" if case.task_type.startswith("composition") else "multi"]
+    return dataset_names(novel_shape)["single" if case.task_type.startswith("composition") else "multi"]
 
 
 def case_row(case: Case) -> dict:
@@ -120,8 +132,13 @@ def make_shapeworld(
     row_group_size: int = 32,
     overwrite: bool = False,
     num_vlm: int = 0,
+    novel_shape: str | None = None,
 ) -> dict:
-    """Generate everything under ``out``; returns the manifest (also written to ``out/manifest.json``)."""
+    """Generate everything under ``out``; returns the manifest (also written to ``out/manifest.json``).
+
+    ``novel_shape`` (data.synthetic.render.NOVEL_SHAPES): a world where every case, training and
+    benchmark, requests one subject of that shape (a concept the standard world never shows).
+    """
     if num_train < 0 or num_eval < 0 or num_vlm < 0:
         raise ValueError("num_train, num_eval and num_vlm must be >= 0")
     if not 0.0 <= scene_prob <= 1.0:
@@ -142,9 +159,13 @@ def make_shapeworld(
     for t in existing:
         shutil.rmtree(t)
     t0 = time.time()
-    eval_cases, eval_redraws = generate_cases(seed, "eval", num_eval, size, scene_prob, unique=True)
+    eval_cases, eval_redraws = generate_cases(
+        seed, "eval", num_eval, size, scene_prob, unique=True, novel_shape=novel_shape
+    )
     eval_sigs = {case_signature(c) for c in eval_cases}
-    train_cases, train_redraws = generate_cases(seed, "train", num_train, size, scene_prob, exclude=eval_sigs)
+    train_cases, train_redraws = generate_cases(
+        seed, "train", num_train, size, scene_prob, exclude=eval_sigs, novel_shape=novel_shape
+    )
     overlap = eval_sigs & {case_signature(c) for c in train_cases}
     assert not overlap, f"{len(overlap)} eval case(s) also appear in the training set"
     logger.info(
@@ -156,8 +177,8 @@ def make_shapeworld(
     )
 
     datasets = {}
-    for name in DATASET_NAMES.values():
-        subset = [c for c in train_cases if dataset_of(c) == name]
+    for name in dataset_names(novel_shape).values():
+        subset = [c for c in train_cases if dataset_of(c, novel_shape) == name]
         if not subset:
             continue
         data_dir = os.path.join(out, "parquet_data", name)
@@ -196,6 +217,7 @@ def make_shapeworld(
             "rows_per_file": rows_per_file,
             "row_group_size": row_group_size,
             "num_vlm": num_vlm,
+            "novel_shape": novel_shape,
         },
         # entries for the training registry (DATASET_INFO["s2i"] / ["vlm_sft"])
         "dataset_info": {"s2i": datasets, **({"vlm_sft": vlm} if vlm else {})},
@@ -226,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="caption this many training reference images (vlm_sft JSONL under OUT/vlm)",
     )
+    ap.add_argument(
+        "--novel_shape",
+        choices=NOVEL_SHAPES,
+        default=None,
+        help="a world where every case requests one subject of this shape, never drawn by the standard world",
+    )
     ap.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -240,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         args.row_group_size,
         args.overwrite,
         args.num_vlm,
+        args.novel_shape,
     )
     return 0
 

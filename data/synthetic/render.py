@@ -21,6 +21,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross")
+# Shapes the standard world never draws: a new concept to teach a trained model (make_shapeworld
+# --novel_shape, the LoRA experiment in docs/finetune.md). The judge knows one only on cases that use it.
+NOVEL_SHAPES: tuple[str, ...] = ("heart",)
 PATTERNS: tuple[str, ...] = ("solid", "striped", "dotted")
 # Side of a subject's bounding box as a fraction of the image side.
 SIZE_FRACTIONS: dict[str, float] = {"small": 0.2, "large": 0.28}
@@ -73,7 +76,7 @@ class Subject:
 
     def __post_init__(self) -> None:
         for value, allowed, name in (
-            (self.shape, SHAPES, "shape"),
+            (self.shape, SHAPES + NOVEL_SHAPES, "shape"),
             (self.colour, tuple(SUBJECT_COLOURS), "colour"),
             (self.pattern, PATTERNS, "pattern"),
             (self.size, SIZES, "size"),
@@ -115,6 +118,13 @@ class Placement:
     y: float
 
 
+def _fit_unit_box(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Scale and shift polygon vertices so that their bounding box is exactly [0, 1]²."""
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x0, y0, w, h = min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
+    return [((px - x0) / w, (py - y0) / h) for px, py in pts]
+
+
 def unit_polygon(shape: str) -> list[tuple[float, float]]:
     """Outline of ``shape`` as polygon vertices in the unit box [0, 1]² (y down), filling the box.
 
@@ -150,10 +160,20 @@ def unit_polygon(shape: str) -> list[tuple[float, float]]:
             r = 1.0 if k % 2 == 0 else _STAR_INNER
             ang = math.radians(-90 + 36 * k)
             pts.append((r * math.cos(ang), r * math.sin(ang)))
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        x0, y0, w, h = min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
-        return [((px - x0) / w, (py - y0) / h) for px, py in pts]
-    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+        return _fit_unit_box(pts)
+    if shape == "heart":
+        # The classic parametric heart (two lobes on top, a point at the bottom), 48 vertices.
+        pts = []
+        for k in range(48):
+            a = 2 * math.pi * k / 48
+            pts.append(
+                (
+                    16 * math.sin(a) ** 3,
+                    -(13 * math.cos(a) - 5 * math.cos(2 * a) - 2 * math.cos(3 * a) - math.cos(4 * a)),
+                )
+            )
+        return _fit_unit_box(pts)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + NOVEL_SHAPES}")
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], fill) -> None:

@@ -29,6 +29,7 @@ from PIL import Image
 from data.synthetic.render import (
     BACKGROUND_COLOURS,
     DEFAULT_BACKGROUND,
+    NOVEL_SHAPES,
     PATTERNS,
     SHAPES,
     SIZE_FRACTIONS,
@@ -133,15 +134,20 @@ def _free_position(rng: random.Random, subject: Subject) -> tuple[float, float]:
     return rng.uniform(half, 1 - half), rng.uniform(half, 1 - half)
 
 
-def _candidates(rng: random.Random, kind: str) -> tuple[list[Subject], int, str]:
-    """2–3 candidates for a distinction reference: (subjects, target index, descriptor of the target)."""
+def _candidates(
+    rng: random.Random, kind: str, target_shape: str | None = None
+) -> tuple[list[Subject], int, str]:
+    """2–3 candidates for a distinction reference: (subjects, target index, descriptor of the target).
+    ``target_shape`` forces the target's shape (a novel shape; the other candidates keep SHAPES)."""
     k = rng.choice((2, 3))
     target = rng.randrange(k)
     if kind == "cross":
         shapes = rng.sample(SHAPES, k)
+        if target_shape is not None:
+            shapes[target] = target_shape
         subjects = [_random_subject(rng, shape=s) for s in shapes]
         return subjects, target, ""
-    shape = rng.choice(SHAPES)
+    shape = rng.choice(SHAPES) if target_shape is None else target_shape
     attr = rng.choice(("colour", "pattern"))
     pool = tuple(SUBJECT_COLOURS) if attr == "colour" else PATTERNS
     values = rng.sample(pool, k)
@@ -171,25 +177,39 @@ def _layout_sentence(phrases: list[str], positions: list[str], background_phrase
     return f"Place {body}, {background_phrase}."
 
 
-def sample_case(rng: random.Random, task_type: str, size: int = 96, scene_prob: float = 0.3) -> Case:
-    """Draw one case of ``task_type`` from ``rng`` (all randomness comes from ``rng``)."""
+def sample_case(
+    rng: random.Random,
+    task_type: str,
+    size: int = 96,
+    scene_prob: float = 0.3,
+    novel_shape: str | None = None,
+) -> Case:
+    """Draw one case of ``task_type`` from ``rng`` (all randomness comes from ``rng``).
+
+    ``novel_shape`` (one of NOVEL_SHAPES): one requested subject of the case has that shape (for an intra
+    distinction, all candidates of its reference share it); without it the draws are the standard world's.
+    """
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
+    if novel_shape is not None and novel_shape not in NOVEL_SHAPES:
+        raise ValueError(f"unknown novel shape {novel_shape!r}; expected one of {NOVEL_SHAPES}")
     if size <= 0 or size % 16:
         raise ValueError(f"image size must be a positive multiple of 16, got {size}")
     multi = task_type.endswith("multi") or "_multi_" in task_type
     n = rng.choice((2, 3)) if multi else 1
+    novel_at = rng.randrange(n) if novel_shape is not None else -1  # which reference holds it
     while True:  # resample until every subject of the case has a distinct identity
         refs: list[Reference] = []
         picked: list[tuple[Subject, int, int, str]] = []  # subject, ref, candidate, naming phrase
         for i in range(n):
+            forced = {"shape": novel_shape} if i == novel_at else {}
             if task_type.startswith("composition"):
-                s = _random_subject(rng)
+                s = _random_subject(rng, **forced)
                 x, y = _free_position(rng, s)
                 refs.append(Reference("subjects", _ref_background(rng), (Placement(s, x, y),), (1,)))
                 picked.append((s, i, 0, f"the {s.shape} from image {i + 1}"))
             else:
-                subjects, t, desc = _candidates(rng, task_type.rsplit("_", 1)[1])
+                subjects, t, desc = _candidates(rng, task_type.rsplit("_", 1)[1], forced.get("shape"))
                 refs.append(_candidate_reference(rng, subjects, t))
                 picked.append((subjects[t], i, t, f"the {desc}{subjects[t].shape} from image {i + 1}"))
         identities = [_identity(p.subject) for r in refs for p in r.placements]
@@ -258,16 +278,24 @@ def generate_cases(
     scene_prob: float = 0.3,
     exclude: set[str] | None = None,
     unique: bool = False,
+    novel_shape: str | None = None,
 ) -> tuple[list[Case], int]:
     """``num`` cases, task types round-robin; a case whose signature is in ``exclude`` (or repeats an
-    earlier one when ``unique``) is redrawn with the next attempt seed. Returns (cases, redraws)."""
+    earlier one when ``unique``) is redrawn with the next attempt seed. Returns (cases, redraws).
+    With ``novel_shape`` every case requests one subject of that shape, drawn from a stream of its own
+    (``split/novel_shape``), so the standard world's cases stay as they are."""
     exclude = set(exclude or ())
+    stream = split if novel_shape is None else f"{split}/{novel_shape}"
     cases, redraws = [], 0
     for i in range(num):
         attempt = 0
         while True:
             case = sample_case(
-                case_rng(seed, split, i, attempt), TASK_TYPES[i % len(TASK_TYPES)], size, scene_prob
+                case_rng(seed, stream, i, attempt),
+                TASK_TYPES[i % len(TASK_TYPES)],
+                size,
+                scene_prob,
+                novel_shape,
             )
             sig = case_signature(case)
             if sig not in exclude:
