@@ -13,6 +13,7 @@ import sys
 
 from PIL import Image
 
+from eval.authors_protocol import OMNICONTEXT_UPSTREAMS
 from eval.cases import BenchmarkCase
 from eval.judge.client import JudgeResult
 from eval.judge.parsing import parse_score_json, parse_score_reason
@@ -45,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(p, "OmniContext-jsonl")
     p.add_argument(
         "--language", default=None, help="keep only cases with this instruction_language (e.g. en)"
+    )
+    p.add_argument(
+        "--authors_upstream",
+        choices=OMNICONTEXT_UPSTREAMS,
+        default="scone",
+        help="--protocol authors: whose OmniContext judge to follow: scone (Scone's copy, as in the Scone "
+        "paper; default) or omnigen2 (the benchmark's original evaluator, as in the OmniGen2 paper)",
     )
     args = p.parse_args(argv)
     args.benchmark = "omnicontext"

@@ -29,10 +29,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.aggregation import aggregate, get_benchmark, write_outputs
+from eval.authors_protocol import RAW_BASE_URL, AuthorsProtocol, AuthorsProtocolError, load_judge_protocol
 from eval.cases import BenchmarkCase, CaseProblem, input_image_paths, read_cases
 from eval.judge.cache import LiveLedgerFile, atomic_write_text
 from eval.judge.client import JudgeClient, JudgeFatalError, JudgeResult
-from eval.judge.images import load_rgb, resize_reference
+from eval.judge.images import load_reference, load_rgb
 from eval.judge.prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def _score_one(
     out_path = image_dir / case.task_type / f"{case.key}.png"
     base["output_image_path"] = str(out_path)
     try:
-        refs = [resize_reference(load_rgb(p)) for p in input_image_paths(case, benchmark_dir)]
+        refs = [load_reference(p) for p in input_image_paths(case, benchmark_dir)]
     except (OSError, ValueError) as e:
         return {**base, "failed": f"reference image: {e}"}
     if not out_path.is_file():
@@ -155,7 +156,7 @@ def plan_requests(
         for case in cases:
             out_path = image_dir / case.task_type / f"{case.key}.png"
             try:
-                refs = [resize_reference(load_rgb(p)) for p in input_image_paths(case, benchmark_dir)]
+                refs = [load_reference(p) for p in input_image_paths(case, benchmark_dir)]
                 output = load_rgb(out_path)
             except (OSError, ValueError):
                 plan.skipped_cases += scorings
@@ -232,15 +233,38 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--method", default="Scone", help="row name in the leaderboard table")
     p.add_argument("--rounds", type=int, default=None, help="sampling rounds to read (default: autodetect)")
     p.add_argument("--scorings", type=int, default=1, help="independent judging passes per round (paper: 3)")
-    p.add_argument("--judge_model", default="gpt-4.1", help="e.g. gpt-4.1-2025-04-14 (pin a snapshot)")
+    p.add_argument(
+        "--protocol",
+        choices=("ours", "authors"),
+        default="ours",
+        help="ours: our rubric wording and request settings; authors: the benchmark authors' prompts and "
+        "request settings, read from their pinned evaluation files (docs/evaluation.md)",
+    )
+    p.add_argument(
+        "--authors_repo", default=None, help="--protocol authors: a local clone of the authors' repository"
+    )
+    p.add_argument(
+        "--authors_cache",
+        default=None,
+        help="--protocol authors without --authors_repo: where downloaded files are kept "
+        "(default: ~/.cache/scone/authors)",
+    )
+    p.add_argument("--authors_url", default=RAW_BASE_URL, help=argparse.SUPPRESS)  # tests: a local server
+    p.add_argument(
+        "--judge_model",
+        default=None,
+        help="e.g. gpt-4.1-2025-04-14 (pin a snapshot); default gpt-4.1, or the authors' with --protocol authors",
+    )
     p.add_argument("--base_url", default=None, help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
     p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the key")
     p.add_argument("--max_concurrency", type=int, default=8)
     p.add_argument("--max_retries", type=int, default=5)
     p.add_argument("--timeout", type=float, default=180.0)
-    p.add_argument("--temperature", type=float, default=0.0, help="negative: do not send a temperature")
-    p.add_argument("--seed", type=int, default=0, help="negative: do not send a seed")
-    p.add_argument("--max_tokens", type=int, default=1400)
+    p.add_argument(
+        "--temperature", type=float, default=None, help="default 0; negative: do not send a temperature"
+    )
+    p.add_argument("--seed", type=int, default=None, help="default 0; negative: do not send a seed")
+    p.add_argument("--max_tokens", type=int, default=None, help="default 1400")
     p.add_argument("--backoff_base", type=float, default=1.0)
     p.add_argument("--backoff_max", type=float, default=60.0)
     p.add_argument(
@@ -250,7 +274,10 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
         help="longest wait a server's Retry-After may ask for (it overrides --backoff_max up to this)",
     )
     p.add_argument(
-        "--image_format", choices=("png", "jpeg"), default="png", help="jpeg = upstream's encoding"
+        "--image_format",
+        choices=("png", "jpeg"),
+        default=None,
+        help="default png; jpeg = upstream's encoding",
     )
     p.add_argument("--cache_dir", default=None, help="default: {output_dir}/judge_cache")
     p.add_argument("--prompt_dir", default=None, help="folder with template files overriding eval/prompts/")
@@ -267,6 +294,42 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument(
         "--completion_tokens", type=int, default=200, help="assumed reply length for --dry_run's estimate"
     )
+
+
+_OURS = {"judge_model": "gpt-4.1", "temperature": 0.0, "seed": 0, "max_tokens": 1400, "image_format": "png"}
+
+
+def _prompts_and_protocol(args: argparse.Namespace, bench: str) -> tuple[PromptSet, AuthorsProtocol | None]:
+    """The prompt set and, with ``--protocol authors``, the authors' protocol; fills in the request
+    settings left unset on the command line (``args`` is updated, so that scores.json records them)."""
+    if args.protocol == "ours":
+        for k, v in _OURS.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+        return PromptSet(bench, args.prompt_dir), None
+    clash = [f"--{k}" for k in ("temperature", "seed", "max_tokens", "image_format", "prompt_dir")
+             if getattr(args, k) is not None]  # fmt: skip
+    if clash:
+        raise ValueError(f"{', '.join(clash)}: set by the authors' files with --protocol authors")
+    protocol = load_judge_protocol(
+        bench,
+        getattr(args, "authors_upstream", None),
+        args.authors_repo,
+        args.authors_cache,
+        args.authors_url,
+    )
+    req = protocol.request
+    if args.judge_model is None:
+        args.judge_model = req.model
+    elif args.judge_model != req.model:
+        log.warning("--judge_model %s replaces the authors' %s in the requests", args.judge_model, req.model)
+    # the authors' client sends neither temperature nor seed when its files name none (-1 = "not sent")
+    args.temperature = -1.0 if req.temperature is None else float(req.temperature)
+    args.seed = -1
+    args.max_tokens, args.image_format = req.max_tokens, req.image_format
+    for role, src in protocol.sources.items():
+        log.info("authors' %s: %s (sha256 %s)", role, src["file"], src["sha256"][:12])
+    return PromptSet.from_texts(bench, protocol.templates, protocol.sources), protocol
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -303,8 +366,8 @@ def run_cli(
     for p in problems:
         log.error("invalid case %s", p)
     try:
-        prompts = PromptSet(bench.name, args.prompt_dir)
-    except (FileNotFoundError, ValueError) as e:
+        prompts, protocol = _prompts_and_protocol(args, bench.name)
+    except (FileNotFoundError, ValueError, AuthorsProtocolError) as e:
         log.error("%s", e)
         return EXIT_FATAL
     client = JudgeClient(
@@ -322,6 +385,8 @@ def run_cli(
         backoff_max=args.backoff_max,
         retry_after_max=args.retry_after_max,
         image_format=args.image_format,
+        jpeg_quality=protocol.request.jpeg_quality if protocol else 75,
+        body_style="requests" if protocol else "sdk",  # the authors' client posts with `requests`
     )
     if args.dry_run:
         plan = plan_requests(
@@ -394,6 +459,8 @@ def run_cli(
             "image_format": args.image_format,
             "max_tokens": args.max_tokens,
         },
+        "protocol": args.protocol,
+        **({"authors_upstream": protocol.upstream} if protocol else {}),
         "prompts": prompts.sources,
         "invalid_cases": [str(p) for p in problems],
     }

@@ -11,6 +11,8 @@ environment, never logged (error texts are redacted) and never written anywhere.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import random
@@ -26,7 +28,7 @@ import openai
 from tqdm import tqdm
 
 from eval.judge.cache import JudgeCache, UsageLedger, cache_key
-from eval.judge.images import ImageLike, encode_image, image_hash, load_rgb
+from eval.judge.images import ImageLike, encode_image, file_bytes, image_hash, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,17 @@ class _ItemFailure(Exception):
     """Internal: this item cannot succeed (e.g. content policy); no retry, the run goes on."""
 
 
+def _post_raw(client: openai.OpenAI, body: bytes):
+    """POST these exact bytes to /chat/completions, with the SDK's error handling."""
+    from openai.types.chat import ChatCompletion
+
+    options = {"headers": {"Content-Type": "application/json"}}
+    try:
+        return client.post("/chat/completions", cast_to=ChatCompletion, content=body, options=options)
+    except TypeError:  # an SDK without `content=`: it sends bytes given as the body unchanged
+        return client.post("/chat/completions", cast_to=ChatCompletion, body=body, options=options)
+
+
 class JudgeClient:
     """Thread-safe judge. `usage` counts requests, tokens, retries, failures and cache hits."""
 
@@ -94,6 +107,10 @@ class JudgeClient:
         retry_after_max: float = 300.0,
         extra_body: dict | None = None,
         image_format: str = "png",
+        jpeg_quality: int = 75,
+        image_first: bool = False,
+        retry_unparseable: bool = True,
+        body_style: str = "sdk",
     ):
         if max_concurrency < 1 or max_retries < 0:
             raise ValueError("max_concurrency must be >= 1 and max_retries >= 0")
@@ -102,7 +119,18 @@ class JudgeClient:
         self.max_concurrency, self.max_retries, self.timeout = max_concurrency, max_retries, timeout
         self.temperature, self.seed, self.max_tokens = temperature, seed, max_tokens
         self.backoff_base, self.backoff_max, self.retry_after_max = backoff_base, backoff_max, retry_after_max
+        if image_format not in ("png", "jpeg", "file"):
+            raise ValueError(f"image_format must be png, jpeg or file, got {image_format!r}")
         self.extra_body, self.image_format = dict(extra_body or {}), image_format
+        # "file": each image's own file bytes, labelled image/png (PSRBench's authors' client does that)
+        self.jpeg_quality, self.image_first = jpeg_quality, image_first
+        # False: a reply the parser rejects fails at once (authors' protocols that never re-ask)
+        self.retry_unparseable = retry_unparseable
+        # "sdk": the openai SDK's request body; "requests": {"model", "messages", ...} in that order, serialised
+        # as `requests.post(json=...)` does (the SconeEval/OmniContext authors' client), byte for byte
+        if body_style not in ("sdk", "requests"):
+            raise ValueError(f"body_style must be sdk or requests, got {body_style!r}")
+        self.body_style = body_style
         self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
         self.usage = UsageLedger()
         self._sem = threading.BoundedSemaphore(max_concurrency)
@@ -153,7 +181,10 @@ class JudgeClient:
             if digest in self._urls:
                 self._urls.move_to_end(digest)
                 return self._urls[digest]
-        url = encode_image(img, self.image_format)
+        if isinstance(img, bytes):  # image_format "file": sent as stored
+            url = f"data:image/png;base64,{base64.b64encode(img).decode('ascii')}"
+        else:
+            url = encode_image(img, self.image_format, self.jpeg_quality)
         with self._lock:
             self._urls[digest] = url
             while len(self._urls) > 32:
@@ -172,8 +203,9 @@ class JudgeClient:
     # ---------------------------------------------------------------- one HTTP attempt
     def _request(self, prompt: str, urls: list[str], scoring_round: int) -> str:
         """One chat-completions call -> reply text. Raises _Retryable, _ItemFailure or JudgeFatalError."""
-        content = [{"type": "text", "text": prompt}]
-        content += [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+        text = [{"type": "text", "text": prompt}]
+        pictures = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+        content = pictures + text if self.image_first else text + pictures
         kwargs: dict[str, Any] = {}
         if self.max_tokens is not None:  # None: let the server decide (PSRBench's VLM client sends none)
             kwargs["max_tokens"] = self.max_tokens
@@ -186,10 +218,14 @@ class JudgeClient:
             kwargs["extra_body"] = self.extra_body
         client = self._client()
         self.usage.add(requests=1)
+        messages = [{"role": "user", "content": content}]
         try:
-            resp = client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": content}], **kwargs
-            )
+            if self.body_style == "requests":
+                payload = {"model": self.model, "messages": messages}
+                payload.update({k: v for k, v in kwargs.items() if k != "extra_body"}, **self.extra_body)
+                resp = _post_raw(client, json.dumps(payload, allow_nan=False).encode("utf-8"))
+            else:
+                resp = client.chat.completions.create(model=self.model, messages=messages, **kwargs)
         except openai.APITimeoutError as e:  # subclass of APIConnectionError: test it first
             raise _Retryable("timeout", f"timeout: {e}") from None
         except openai.APIConnectionError as e:
@@ -308,7 +344,12 @@ class JudgeClient:
                 return JudgeResult(True, value, entry["raw"], None, 0, True)
             except (ValueError, KeyError, TypeError):
                 log.warning("[%s] cached reply no longer parses; asking again", tag)
-        urls = [self._data_url(im, h) for im, h in zip(rgb, hashes)]
+        try:
+            payloads = [file_bytes(im) for im in images] if self.image_format == "file" else rgb
+        except (OSError, TypeError) as e:
+            self.usage.add(failures=1)
+            return JudgeResult(False, None, None, f"image error: {e}", 0, False)
+        urls = [self._data_url(im, h) for im, h in zip(payloads, hashes)]
 
         attempts, raw, error = 0, None, None
         max_attempts = self.max_retries + 1
@@ -333,6 +374,8 @@ class JudgeClient:
             except ValueError as e:
                 error = f"unparseable reply: {e}"
                 self.usage.error("unparseable")
+                if not self.retry_unparseable:
+                    break
             else:
                 if self.cache is not None:
                     self.cache.put(

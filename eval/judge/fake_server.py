@@ -90,6 +90,7 @@ class FakeJudgeServer:
     def __init__(self, responder: Callable[[dict], Reply]):
         self.responder = responder
         self.requests: list[dict] = []
+        self.bodies: list[bytes] = []  # each request body as received, byte for byte
         self.headers: list[dict] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -104,8 +105,10 @@ class FakeJudgeServer:
 
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
                 length = int(self.headers.get("content-length", 0))
-                payload = json.loads(self.rfile.read(length) or b"{}")
+                body = self.rfile.read(length)
+                payload = json.loads(body or b"{}")
                 with server._lock:
+                    server.bodies.append(body)
                     server.requests.append(payload)
                     server.headers.append(dict(self.headers))
                 if not self.path.rstrip("/").endswith("/chat/completions"):

@@ -18,8 +18,9 @@ ImageLike = Union[Image.Image, str, os.PathLike, bytes]
 _FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg")}
 
 
-def load_rgb(image: ImageLike) -> Image.Image:
-    """Open `image` (PIL image, file path or encoded bytes), apply EXIF orientation, convert to RGB."""
+def load_rgb(image: ImageLike, orient: bool = True) -> Image.Image:
+    """Open `image` (PIL image, file path or encoded bytes), apply EXIF orientation, convert to RGB.
+    ``orient=False`` keeps the stored orientation (and the EXIF data, so that it can be applied later)."""
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, bytes):
@@ -29,21 +30,34 @@ def load_rgb(image: ImageLike) -> Image.Image:
         if not path.is_file():
             raise FileNotFoundError(f"judge image not found: {path}")
         with Image.open(path) as f:
-            return ImageOps.exif_transpose(f).convert("RGB")
+            return (ImageOps.exif_transpose(f) if orient else f).convert("RGB")
     else:
         raise TypeError(f"unsupported judge image type {type(image).__name__}")
-    img = ImageOps.exif_transpose(img)
+    if orient:
+        img = ImageOps.exif_transpose(img)
     return img.convert("RGB")
 
 
-def encode_image(img: Image.Image, fmt: str = "png") -> str:
-    """RGB image -> `data:image/...;base64,...` URL. PNG is lossless; "jpeg" (PIL default quality 75)
+def file_bytes(image: ImageLike) -> bytes:
+    """The encoded bytes of an image given as a file path or bytes (for clients that send files as they are)."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"judge image not found: {path}")
+        return path.read_bytes()
+    raise TypeError(f"sending an image's file bytes needs a path or bytes, not {type(image).__name__}")
+
+
+def encode_image(img: Image.Image, fmt: str = "png", jpeg_quality: int = 75) -> str:
+    """RGB image -> `data:image/...;base64,...` URL. PNG is lossless; "jpeg" (PIL's default quality 75)
     reproduces the benchmark authors' client."""
     if fmt not in _FORMATS:
         raise ValueError(f"image format must be one of {sorted(_FORMATS)}, got {fmt!r}")
     pil_fmt, mime = _FORMATS[fmt]
     buf = io.BytesIO()
-    img.save(buf, format=pil_fmt)
+    img.save(buf, format=pil_fmt, **({"quality": jpeg_quality} if pil_fmt == "JPEG" else {}))
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
@@ -69,3 +83,11 @@ def resize_reference(img: Image.Image, max_pixels: int = 1024 * 1024, multiple: 
     if w <= 0 or h <= 0:
         raise ValueError(f"reference image {img.size} is smaller than {multiple}px on one side")
     return img.resize((w, h)) if (w, h) != img.size else img
+
+
+def load_reference(image: ImageLike) -> Image.Image:
+    """A reference image as the benchmark authors' scorers prepare it: read and converted to RGB, downscaled
+    (``resize_reference``) in its stored orientation, and only then turned by its EXIF orientation (their
+    client applies it when encoding). Rotating first would resample other pixels."""
+    img = resize_reference(load_rgb(image, orient=False))
+    return ImageOps.exif_transpose(img).convert("RGB")

@@ -50,6 +50,19 @@ class PromptSet:
             self.templates[name] = Template(text)
             self.sources[name] = {"path": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
+    @classmethod
+    def from_texts(cls, benchmark: str, texts: dict[str, str], sources: dict[str, dict]) -> PromptSet:
+        """A prompt set built from template texts read elsewhere (the authors' files,
+        eval/authors_protocol.py); every template of the benchmark must be given."""
+        names = TEMPLATE_NAMES[benchmark]
+        missing = [n for n in names if n not in texts]
+        if missing:
+            raise ValueError(f"prompt set for {benchmark} lacks {', '.join(missing)}")
+        self = cls.__new__(cls)
+        self.templates = {n: Template(texts[n]) for n in names}
+        self.sources = {n: dict(sources) for n in names}
+        return self
+
     def render(self, name: str, **fields: object) -> str:
         try:
             return self.templates[name].substitute(**{k: str(v) for k, v in fields.items()})
