@@ -170,13 +170,15 @@ def test_semantic_alignment_scores_retries_and_failures(bench):
     assert any("ATTRIBUTES" in t for t in texts) and any("three subjects" in t for t in texts)
 
 
-def test_upstream_compat_defaults_to_5_and_is_labelled(bench):
+def test_authors_reading_defaults_to_5_keeps_out_of_range_and_never_reasks(bench):
     items = [(c, c.result_path) for c in bench if c.subset == "Three"]
+    templates = {"Three": "Rate this: {}"}
     with ScriptedServer(SCRIPTS) as url:
         res = semantic_alignment(
-            items, client_for(url), load_prompt_templates(), upstream_compat=True, progress=False
+            items, client_for(url, retry_unparseable=False), templates, protocol="authors", progress=False
         )
-    assert [(r.status, r.score) for r in res] == [("defaulted", 5.0), ("scored", 4.0)]
+    # no score -> 5 at once; "[Score]: 42" is taken as it is (upstream had no range check)
+    assert [(r.status, r.score, r.attempts) for r in res] == [("defaulted", 5.0, 1), ("scored", 42.0, 1)]
 
 
 class PlantedDetector:

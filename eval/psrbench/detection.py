@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -78,6 +79,23 @@ def crop_to_box(image: Image.Image, box: Box) -> Image.Image | None:
     if x2 <= x1 or y2 <= y1:
         return None
     return image.crop((x1, y1, x2, y2))
+
+
+def crop_like_upstream(image: Image.Image, box: Box) -> Image.Image | None:
+    """PSR's own crop: numpy slicing ``array[y1:y2, x1:x2]`` of the image with int-truncated coordinates,
+    unclamped, so a coordinate below -1 counts from the far edge (usually an empty crop, sometimes a strip
+    of the opposite border). None when the slice is empty."""
+    b = box.truncated()
+    arr = np.asarray(image)[int(b.y1) : int(b.y2), int(b.x1) : int(b.x2)]
+    if arr.size == 0:
+        return None
+    return Image.fromarray(arr)
+
+
+def upstream_detector_accepts(image: Image.Image) -> bool:
+    """PSR's detector transform needs a 3-channel image: RGBA, palette, greyscale and other modes raised
+    there, and its scripts then used the whole image (SC) or scored 0 (position)."""
+    return image.mode == "RGB"
 
 
 class GroundingDinoDetector:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from eval.authors_protocol import RAW_BASE_URL, AuthorsProtocolError, load_psr_protocol
 from eval.psrbench.aesthetics import hpsv3_scores
 from eval.psrbench.data import (
     SUBSETS,
@@ -43,6 +44,7 @@ from eval.psrbench.semantic import (
 from eval.psrbench.subject_consistency import FeatureExtractor, open_image, subject_consistency
 
 log = logging.getLogger("eval.psrbench")
+DEFAULT_JUDGE_MODEL = "Qwen/Qwen2.5-VL-32B-Instruct"
 
 METRICS = ("sc", "position", "semantic", "aesthetics")
 
@@ -125,7 +127,7 @@ def run_evaluation(
     features: FeatureExtractor | None = None,
     judge_client: Any = None,
     templates: dict[str, str] | None = None,
-    upstream_compat: bool = False,
+    protocol: str = "ours",
     aesthetics_device: str = "cuda",
     aesthetics_batch_size: int = 8,
     aesthetics_inferencer: Any = None,
@@ -134,11 +136,15 @@ def run_evaluation(
     """Score `cases` -> (per-case records, {metric: reason} for metrics skipped entirely).
 
     detector/features are needed for sc/position, judge_client for semantic (objects are injected so
-    tests and other drivers can pass their own)."""
+    tests and other drivers can pass their own). ``protocol="authors"``: the PSR scripts' box rule, image
+    handling, relation matching and reading of judge replies (docs/psrbench.md); ``templates`` are then
+    the authors' (eval.authors_protocol.load_psr_protocol)."""
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; known: {METRICS}")
-    rule = "upstream" if upstream_compat else "general"
+    if protocol not in ("ours", "authors"):
+        raise ValueError(f"protocol must be 'ours' or 'authors', got {protocol!r}")
+    rule = "upstream" if protocol == "authors" else "general"
     records, images = [], []
     for c in cases:
         rec, img = _new_record(c, Path(result_root))
@@ -177,7 +183,7 @@ def run_evaluation(
                 [(cases[i], images[i]) for i in sel],
                 judge_client,
                 templates,
-                upstream_compat=upstream_compat,
+                protocol=protocol,
                 progress=progress,
             )
             for i, r in zip(sel, results):
@@ -223,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box_threshold", type=float, default=BOX_THRESHOLD)
     p.add_argument("--text_threshold", type=float, default=TEXT_THRESHOLD)
     p.add_argument(
-        "--judge_model", default="Qwen/Qwen2.5-VL-32B-Instruct", help="model name the server serves"
+        "--judge_model",
+        default=None,
+        help=f"model name the server serves (default {DEFAULT_JUDGE_MODEL}; with --protocol authors, the "
+        "name in the authors' scripts)",
     )
     p.add_argument("--judge_base_url", default="http://127.0.0.1:17140/v1", help="OpenAI-compatible server")
     p.add_argument(
@@ -240,11 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hpsv3_batch_size", type=int, default=8)
     p.add_argument(
-        "--upstream_compat",
-        action="store_true",
-        help="reproduce upstream quirks for comparison: unparseable judge reply -> 5, box 0 for repeated "
-        "categories except the 2-subject rule (labelled in the report)",
+        "--protocol",
+        choices=("ours", "authors"),
+        default="ours",
+        help="authors: the PSR scripts' scoring (prompts and request read from their pinned files, their "
+        "box rule, image handling, relation matching, reply reading); the report is labelled",
     )
+    p.add_argument(
+        "--authors_repo", default=None, help="--protocol authors: a local clone of wang-shulei/PSR"
+    )
+    p.add_argument("--authors_cache", default=None, help="where downloaded authors' files are kept")
+    p.add_argument("--authors_url", default=RAW_BASE_URL, help=argparse.SUPPRESS)
+    p.add_argument("--upstream_compat", action="store_true", help=argparse.SUPPRESS)  # old name of authors
     p.add_argument("--no_progress", action="store_true")
     return p
 
@@ -284,11 +300,28 @@ def main(argv: list[str] | None = None) -> int:
         from eval.psrbench.features import DinoFeatureExtractor
 
         features = DinoFeatureExtractor(args.feature_model, device=args.device)
-    templates = None
+    if args.upstream_compat:
+        log.warning("--upstream_compat is now --protocol authors")
+        args.protocol = "authors"
+    templates, authors_request, authors_sources = None, None, None
     if "semantic" in metrics:
-        templates = load_prompt_templates(args.prompt_dir)
+        if args.protocol == "authors":
+            if args.prompt_dir:
+                log.error("--prompt_dir: the prompts come from the authors' files with --protocol authors")
+                return 2
+            try:
+                templates, authors_request, authors_sources = load_psr_protocol(
+                    args.authors_repo, args.authors_cache, args.authors_url
+                )
+            except AuthorsProtocolError as e:
+                log.error("%s", e)
+                return 2
+            if args.judge_model is None:
+                args.judge_model = authors_request.model
+        else:
+            templates = load_prompt_templates(args.prompt_dir)
         client = make_judge_client(
-            args.judge_model,
+            args.judge_model or DEFAULT_JUDGE_MODEL,
             args.judge_base_url,
             api_key_env=args.judge_api_key_env,
             cache_dir=args.judge_cache_dir or save_dir / "judge_cache",
@@ -297,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.judge_timeout,
             temperature=args.judge_temperature,
             max_tokens=args.judge_max_tokens,
+            authors_request=authors_request,
         )
 
     records, skipped = run_evaluation(
@@ -307,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         features=features,
         judge_client=client,
         templates=templates,
-        upstream_compat=args.upstream_compat,
+        protocol=args.protocol,
         aesthetics_device=args.device,
         aesthetics_batch_size=args.hpsv3_batch_size,
         progress=progress,
@@ -325,11 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         "feature_model": args.feature_model if "sc" in metrics else None,
         "judge_model": args.judge_model if client else None,
         "judge_base_url": args.judge_base_url if client else None,
-        "judge_temperature": args.judge_temperature if client else None,
+        "judge_temperature": (authors_request.temperature if authors_request else args.judge_temperature)
+        if client
+        else None,
         "prompt_dir": args.prompt_dir or "bundled (eval/psrbench/prompts)",
         "judge_usage": client.usage.as_dict() if client else None,
-        "upstream_compat": args.upstream_compat,
-        "box_rule": "upstream" if args.upstream_compat else "general",
+        "protocol": args.protocol,
+        "authors_files": authors_sources,
+        "box_rule": "upstream" if args.protocol == "authors" else "general",
         "coverage": coverage,
     }
     summary = summarize(records, meta, skipped)

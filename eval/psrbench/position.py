@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from eval.psrbench.detection import Box, CachedDetector, Detector
+from eval.psrbench.detection import Box, CachedDetector, Detector, upstream_detector_accepts
 from eval.psrbench.subject_consistency import box_indices
 
 IOU_THRESHOLD = 0.1
@@ -78,13 +78,14 @@ OTHER_SPATIAL_WORDS: tuple[str, ...] = (
 STATUSES = ("scored", "missing_subject", "zero_union", "no_relation")
 
 
-def find_relation(instruction: str) -> tuple[str | None, list[str]]:
-    """-> (first known phrase contained in the instruction or None, other spatial words found)."""
-    text = instruction.lower()
+def find_relation(instruction: str, case_sensitive: bool = False) -> tuple[str | None, list[str]]:
+    """-> (first known phrase contained in the instruction or None, other spatial words found).
+    ``case_sensitive``: plain substring tests as upstream ("To the left of" then matches nothing)."""
+    text = instruction if case_sensitive else instruction.lower()
     for phrase in RELATION_PHRASES:
         if phrase in text:
             return phrase, []
-    others = [w for w in OTHER_SPATIAL_WORDS if re.search(rf"\b{re.escape(w)}\b", text)]
+    others = [w for w in OTHER_SPATIAL_WORDS if re.search(rf"\b{re.escape(w)}\b", text.lower())]
     return None, others
 
 
@@ -153,18 +154,20 @@ def position_alignment(
     rule: str = "general",
 ) -> PositionResult:
     """Position score of one 2-subject case. `rule="general"` assigns boxes to a repeated category as
-    SC does (box 0, box 1); "upstream" takes box 0 for both (a same-category case then scores 0)."""
+    SC does (box 0, box 1); "upstream" is the PSR script: box 0 for both (a same-category case then
+    scores 0), relation phrases matched case-sensitively, and a non-RGB image finds no box (scores 0)."""
     if len(categories) != 2:
         raise ValueError(f"position alignment needs 2 subjects, got {len(categories)}")
-    relation, others = find_relation(instruction)
+    relation, others = find_relation(instruction, case_sensitive=rule == "upstream")
     if relation is None:
         return PositionResult(status="no_relation", score=None, relation=None, unknown_words=others)
     det = CachedDetector(detector)
     boxes: list[Box | None] = []
     # upstream's position script took box 0 for both subjects, even for a repeated category
     indices = [0, 0] if rule == "upstream" else box_indices(categories, rule)
+    detectable = rule != "upstream" or upstream_detector_accepts(generated)
     for cat, j in zip(categories, indices):
-        found = det.detect(generated, cat)
+        found = det.detect(generated, cat) if detectable else []
         boxes.append(found[j].truncated() if j < len(found) else None)
     listed = [None if b is None else b.as_list() for b in boxes]
     if boxes[0] is None or boxes[1] is None:

@@ -111,9 +111,11 @@ def to_markdown(summary: dict) -> str:
             lines += ["**Results files do not match the benchmark:** " + ", ".join(f"{n} {k}" for k, n in bad.items())
                       + " (listed in summary.json, meta.coverage)."]  # fmt: skip
         lines += [""]
-    if meta.get("upstream_compat"):
+    if meta.get("protocol") == "authors":
         lines += [
-            "**UPSTREAM-COMPAT MODE**: unparseable judge replies scored 5 (column 'sem. default 5').",
+            "**AUTHORS' PROTOCOL** (the PSR scripts' scoring): judge replies without a score count 5 "
+            "(column 'sem. default 5'); non-RGB images are not detected; unclamped crops; box 0 for "
+            "repeated categories but the 2-subject rule; case-sensitive relation phrases.",
             "",
         ]
     head = (

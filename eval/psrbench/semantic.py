@@ -4,8 +4,10 @@ per-subset rubric (our own wording, `prompts/{name}.txt`, `{instruction}` placeh
 loads other wording, e.g. the PSR authors' text for upstream comparability).
 
 The score is the first `[Score]: x` of the reply. A reply that never parses (after the client's retries)
-is a *failure* in the report. Upstream silently scored it 5; `upstream_compat=True` reproduces that for
-comparison and labels such cases `defaulted`.
+is a *failure* in the report. With ``protocol="authors"`` (eval/authors_protocol.py) the prompts and the
+request come from the PSR authors' scripts and their reading of the reply is kept: no re-asking, the first
+`[Score]: x` taken as it is (even outside 0-10), 5 when there is none (labelled `defaulted`), a number
+that does not convert dropping the case (a failure here).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 from eval.psrbench.data import Case
 
 if TYPE_CHECKING:  # the judge client needs `openai`; SC/position-only runs must not
+    from eval.authors_protocol import RequestSettings
     from eval.judge.client import JudgeClient, JudgeResult
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,15 @@ def parse_bracket_score(text: str) -> float:
     return score
 
 
+def parse_authors_score(text: str) -> tuple[float, bool]:
+    """The PSR scripts' reading: (first `[Score]: x` as a float, False), or (5.0, True) when there is none.
+    A match that is not a number (``8.5.1``) raises ValueError (upstream then dropped the sample)."""
+    m = SCORE_RE.search(text or "")
+    if m is None:
+        return UPSTREAM_DEFAULT_SCORE, True
+    return float(m.group(1)), False
+
+
 def load_prompt_templates(prompt_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """subset -> template text, from `prompt_dir` (default: the bundled prompts). Each file must exist
     and contain the `{instruction}` placeholder."""
@@ -81,7 +93,7 @@ def build_prompt(template: str, instruction: str) -> str:
 
 @dataclass
 class SemanticResult:
-    status: str  # "scored", "failed" or "defaulted" (upstream_compat only)
+    status: str  # "scored", "failed" or "defaulted" (authors' protocol only)
     score: float | None
     raw: str | None
     error: str | None
@@ -99,12 +111,13 @@ class SemanticResult:
         }
 
 
-def _to_result(r: JudgeResult, upstream_compat: bool) -> SemanticResult:
+def _to_result(r: JudgeResult, authors: bool) -> SemanticResult:
+    if r.ok and authors:
+        score, defaulted = r.value
+        status, error = ("defaulted", "no '[Score]: x' in the reply") if defaulted else ("scored", None)
+        return SemanticResult(status, float(score), r.raw, error, r.attempts, r.cached)
     if r.ok:
         return SemanticResult("scored", float(r.value), r.raw, None, r.attempts, r.cached)
-    never_parsed = r.raw is not None and (r.error or "").startswith("unparseable")
-    if upstream_compat and never_parsed:
-        return SemanticResult("defaulted", UPSTREAM_DEFAULT_SCORE, r.raw, r.error, r.attempts, False)
     return SemanticResult("failed", None, r.raw, r.error, r.attempts, False)
 
 
@@ -113,11 +126,12 @@ def semantic_alignment(
     client: JudgeClient,
     templates: dict[str, str],
     *,
-    upstream_compat: bool = False,
+    protocol: str = "ours",
     scoring_round: int = 0,
     progress: bool = True,
 ) -> list[SemanticResult]:
-    """Judge each (case, generated image path) -> results in the same order.
+    """Judge each (case, generated image path) -> results in the same order. ``protocol="authors"``:
+    ``templates`` are the authors' ``str.format`` strings (``load_psr_protocol``), read as they read them.
 
     Only cases of SEMANTIC_PROMPTS subsets are allowed. Raises JudgeFatalError when the server cannot be
     used at all (auth, unknown model, quota): nothing is scored rather than everything failing.
@@ -128,10 +142,13 @@ def semantic_alignment(
     for case, image in items:
         if case.subset not in templates:
             raise ValueError(f"{case.uid}: no semantic-alignment prompt for subset {case.subset}")
-        prompt = build_prompt(templates[case.subset], case.instruction)
-        jobs.append(JudgeJob(prompt, [image], parse_bracket_score, scoring_round=scoring_round, tag=case.uid))
+        if protocol == "authors":  # their `self.task.format(instruction)`: no stripping, no other braces
+            prompt, parse = templates[case.subset].format(case.instruction), parse_authors_score
+        else:
+            prompt, parse = build_prompt(templates[case.subset], case.instruction), parse_bracket_score
+        jobs.append(JudgeJob(prompt, [image], parse, scoring_round=scoring_round, tag=case.uid))
     results = client.judge_many(jobs, progress=progress)
-    return [_to_result(r, upstream_compat) for r in results]
+    return [_to_result(r, protocol == "authors") for r in results]
 
 
 def make_judge_client(
@@ -145,10 +162,13 @@ def make_judge_client(
     timeout: float = 180.0,
     temperature: float | None = DEFAULT_TEMPERATURE,
     seed: int | None = 0,
-    max_tokens: int = 1400,
+    max_tokens: int | None = 1400,
+    authors_request: RequestSettings | None = None,
 ) -> JudgeClient:
     """The shared judge client configured for a local Qwen2.5-VL server. A server started without
-    `--api-key` accepts any key: when `api_key_env` is unset, the placeholder "EMPTY" is sent."""
+    `--api-key` accepts any key: when `api_key_env` is unset, the placeholder "EMPTY" is sent.
+    ``authors_request``: the PSR scripts' request (their temperature and max_tokens, no seed, the image
+    file's own bytes before the text) and their reading of replies (no re-asking)."""
     from eval.judge.client import JudgeClient
 
     api_key = None if os.environ.get(api_key_env) else "EMPTY"
@@ -157,6 +177,11 @@ def make_judge_client(
             "%s is not set: sending the placeholder key 'EMPTY' (fine for a server without --api-key)",
             api_key_env,
         )
+    extra = {}
+    if authors_request is not None:
+        temperature, seed, max_tokens = authors_request.temperature, None, authors_request.max_tokens
+        extra = {"image_format": authors_request.image_format, "image_first": authors_request.image_first,
+                 "retry_unparseable": False}  # fmt: skip
     return JudgeClient(
         model=model,
         base_url=base_url,
@@ -169,4 +194,5 @@ def make_judge_client(
         temperature=temperature,
         seed=seed,
         max_tokens=max_tokens,
+        **extra,
     )

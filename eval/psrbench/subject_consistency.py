@@ -2,13 +2,17 @@
 DINO embeddings, cosine similarity, mean over subjects (docs/psrbench.md).
 
 One code path for any number of subjects. Box assignment ("general" rule): the k-th subject whose
-detector query repeats an earlier subject's query takes box k of that query in the generated image
-(upstream applied this only in its 2-subject script: category1 == category2 -> boxes 0 and 1; its
-3/4-subject scripts always took box 0 — `rule="upstream"` reproduces that). Reference crops always
-use box 0 of the subject's own reference.
+detector query repeats an earlier subject's query takes box k of that query in the generated image, and
+two categories repeat when their detector queries are equal ("Dog" and "dog. " are one query). Reference
+crops always use box 0 of the subject's own reference.
 
 When a crop cannot be made (no box / fewer boxes than needed / empty crop) the protocol's fallback is
 applied — the whole image is embedded — and counted in `SCResult.fallbacks`.
+
+``rule="upstream"`` is the PSR scripts' behaviour (``--protocol authors``): only a 2-subject case whose two
+category strings are identical (case-sensitive) gets boxes 0 and 1, every other subject box 0; an image
+that is not RGB is never detected (their detector transform failed on it: whole image, fallback
+``not_rgb``); crops are numpy slices without clamping (``crop_like_upstream``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from typing import Protocol
 import torch
 from PIL import Image
 
-from eval.psrbench.detection import Box, CachedDetector, Detector, caption_for, crop_to_box
+from eval.psrbench.detection import (
+    Box,
+    CachedDetector,
+    Detector,
+    caption_for,
+    crop_like_upstream,
+    crop_to_box,
+    upstream_detector_accepts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +55,7 @@ class Crop:
     box_index: int
     n_boxes: int  # boxes the detector returned for this (image, query)
     box: Box | None  # truncated box actually cropped; None on fallback
-    fallback: str | None = None  # None, "no_box", "too_few_boxes" or "empty_crop"
+    fallback: str | None = None  # None, "no_box", "too_few_boxes", "empty_crop" or "not_rgb" (upstream rule)
 
     def to_dict(self) -> dict:
         return {
@@ -94,9 +106,19 @@ def box_indices(categories: list[str] | tuple[str, ...], rule: str = "general") 
 
 
 def crop_subject(
-    image: Image.Image, query: str, box_index: int, detector: Detector, role: str, subject: int
+    image: Image.Image,
+    query: str,
+    box_index: int,
+    detector: Detector,
+    role: str,
+    subject: int,
+    rule: str = "general",
 ) -> tuple[Image.Image, Crop]:
     """Crop box `box_index` of `query` in `image`; the whole image (counted fallback) if impossible."""
+    if rule == "upstream" and not upstream_detector_accepts(image):
+        info = Crop(role=role, subject=subject, query=query, box_index=box_index, n_boxes=0, box=None)
+        info.fallback = "not_rgb"
+        return image, info
     boxes = detector.detect(image, query)
     info = Crop(role=role, subject=subject, query=query, box_index=box_index, n_boxes=len(boxes), box=None)
     if not boxes:
@@ -105,7 +127,7 @@ def crop_subject(
     if box_index >= len(boxes):
         info.fallback = "too_few_boxes"
         return image, info
-    crop = crop_to_box(image, boxes[box_index])
+    crop = (crop_like_upstream if rule == "upstream" else crop_to_box)(image, boxes[box_index])
     if crop is None:
         info.fallback = "empty_crop"
         return image, info
@@ -128,8 +150,8 @@ def subject_consistency(
     det = CachedDetector(detector)
     gen_crops, ref_crops, infos = [], [], []
     for k, (ref, cat, j) in enumerate(zip(references, categories, box_indices(categories, rule))):
-        g, gi = crop_subject(generated, cat, j, det, "generated", k)
-        r, ri = crop_subject(ref, cat, 0, det, "reference", k)
+        g, gi = crop_subject(generated, cat, j, det, "generated", k, rule)
+        r, ri = crop_subject(ref, cat, 0, det, "reference", k, rule)
         gen_crops.append(g)
         ref_crops.append(r)
         infos += [gi, ri]
