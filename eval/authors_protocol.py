@@ -1,4 +1,4 @@
-"""The benchmark authors' judging protocol, read from their released evaluation files (docs/evaluation.md §6).
+"""The benchmark authors' judging protocol, read from their released evaluation files (docs/evaluation.md §5).
 
 ``--protocol authors`` makes a score comparable with a published table: the judge prompts and request
 settings (model name, max_tokens, temperature, image encoding, image order) are taken from the authors'

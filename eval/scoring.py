@@ -31,6 +31,7 @@ from tqdm import tqdm
 from eval.aggregation import aggregate, get_benchmark, write_outputs
 from eval.authors_protocol import RAW_BASE_URL, AuthorsProtocol, AuthorsProtocolError, load_judge_protocol
 from eval.cases import BenchmarkCase, CaseProblem, input_image_paths, read_cases
+from eval.judge.batch import BatchRunner, Request
 from eval.judge.cache import LiveLedgerFile, atomic_write_text
 from eval.judge.client import JudgeClient, JudgeFatalError, JudgeResult
 from eval.judge.images import load_reference, load_rgb
@@ -38,7 +39,11 @@ from eval.judge.prompts import PromptSet
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED_CASES, EXIT_FATAL = 0, 1, 2
+EXIT_OK, EXIT_FAILED_CASES, EXIT_FATAL, EXIT_PENDING = 0, 1, 2, 3
+
+
+class _BatchPending(Exception):
+    """--batch_api: a submitted batch has not finished yet."""
 
 
 @dataclass
@@ -104,7 +109,7 @@ def _score_one(
     except (OSError, ValueError) as e:
         return {**base, "failed": f"unreadable output image: {e}"}
     results: dict[str, JudgeResult] = {}
-    tag = f"round{rnd}/scoring{scoring}/{case.uid}"
+    tag = f"round{rnd}/scoring{scoring}/{case.uid}"  # the tags of iter_calls
     for call in build_calls(case, refs, output, prompts):
         res = client.judge(
             call.prompt, call.images, call.parse, scoring_round=scoring, tag=f"{tag}/{call.name}"
@@ -138,6 +143,31 @@ class RequestPlan:
         return (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6
 
 
+def iter_calls(
+    cases: list[BenchmarkCase],
+    benchmark_dir: Path,
+    result_dir: Path,
+    prompts: PromptSet,
+    build_calls: CallBuilder,
+    rounds: int | None = None,
+    scorings: int = 1,
+):
+    """Every judge call ``score_benchmark`` makes, as (tag, scoring pass, call), in its order; a case whose
+    images cannot be read yields ``(None, scorings, None)`` (it makes no call)."""
+    for rnd, image_dir in round_dirs(result_dir, rounds):
+        for case in cases:
+            out_path = image_dir / case.task_type / f"{case.key}.png"
+            try:
+                refs = [load_reference(p) for p in input_image_paths(case, benchmark_dir)]
+                output = load_rgb(out_path)
+            except (OSError, ValueError):
+                yield None, scorings, None
+                continue
+            for s in range(scorings):
+                for call in build_calls(case, refs, output, prompts):
+                    yield f"round{rnd}/scoring{s}/{case.uid}/{call.name}", s, call
+
+
 def plan_requests(
     cases: list[BenchmarkCase],
     benchmark_dir: Path,
@@ -152,26 +182,26 @@ def plan_requests(
     """What ``score_benchmark`` would send, without sending anything: the same calls, minus cache hits.
     Text tokens are estimated at 4 characters per token, replies at ``completion_tokens`` each."""
     plan = RequestPlan()
-    for _round, image_dir in round_dirs(result_dir, rounds):
-        for case in cases:
-            out_path = image_dir / case.task_type / f"{case.key}.png"
-            try:
-                refs = [load_reference(p) for p in input_image_paths(case, benchmark_dir)]
-                output = load_rgb(out_path)
-            except (OSError, ValueError):
-                plan.skipped_cases += scorings
-                continue
-            for s in range(scorings):
-                for call in build_calls(case, refs, output, prompts):
-                    if client.is_cached(call.prompt, call.images, s):
-                        plan.cached += 1
-                        continue
-                    plan.requests += 1
-                    plan.prompt_tokens += len(call.prompt) // 4 + sum(
-                        image_tokens(*im.size) for im in call.images
-                    )
-                    plan.completion_tokens += completion_tokens
+    for _tag, s, call in iter_calls(cases, benchmark_dir, result_dir, prompts, build_calls, rounds, scorings):
+        if call is None:
+            plan.skipped_cases += s
+        elif client.is_cached(call.prompt, call.images, s):
+            plan.cached += 1
+        else:
+            plan.requests += 1
+            plan.prompt_tokens += len(call.prompt) // 4 + sum(image_tokens(*im.size) for im in call.images)
+            plan.completion_tokens += completion_tokens
     return plan
+
+
+def batch_requests(cases, benchmark_dir, result_dir, client, prompts, build_calls, rounds=None, scorings=1):
+    """The Batch API requests of a scoring run (eval/judge/batch.py), one per distinct judgement."""
+    out = {}
+    for tag, s, call in iter_calls(cases, benchmark_dir, result_dir, prompts, build_calls, rounds, scorings):
+        if call is not None:
+            key, body = client.prepare(call.prompt, call.images, s)
+            out.setdefault(key, Request(key, body, call.parse, s, tag))
+    return list(out.values())
 
 
 def score_benchmark(
@@ -293,6 +323,18 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--price_output", type=float, default=8.0, help="USD per 1M output tokens (--dry_run)")
     p.add_argument(
         "--completion_tokens", type=int, default=200, help="assumed reply length for --dry_run's estimate"
+    )
+    p.add_argument(
+        "--batch_api",
+        action="store_true",
+        help="judge through the OpenAI Batch API (half price, within 24 h): each run collects finished "
+        "batches and submits what is missing; exit code 3 while a batch runs, then the tables",
+    )
+    p.add_argument(
+        "--batch_max_submissions",
+        type=int,
+        default=3,
+        help="--batch_api: batches a judgement is sent in before it counts as failed",
     )
 
 
@@ -422,6 +464,19 @@ def run_cli(
         else None
     )
     try:
+        if args.batch_api:
+            requests = batch_requests(kept, benchmark_dir, Path(args.result_dir), client, prompts, build_calls,
+                                      args.rounds, args.scorings)  # fmt: skip
+            report = BatchRunner(client, output_dir, args.batch_max_submissions).run(requests)
+            log.info(
+                "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted%s, %d batch(es) "
+                "running, %d given up", report.collected, report.rejected, report.submitted_requests,
+                f" as {report.submitted}" if report.submitted else "", len(report.pending_batches),
+                report.given_up,
+            )  # fmt: skip
+            if not report.done:
+                raise _BatchPending
+            client.offline = f"no valid Batch API reply after {args.batch_max_submissions} submission(s)"
         result = score_benchmark(
             bench.name,
             kept,
@@ -439,6 +494,9 @@ def run_cli(
     except JudgeFatalError as e:
         log.error("scoring stopped: %s. Finished judgements are cached; rerun the same command to resume.", e)
         result, code = None, EXIT_FATAL
+    except _BatchPending:
+        log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
+        result, code = None, EXIT_PENDING
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

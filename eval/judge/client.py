@@ -111,6 +111,7 @@ class JudgeClient:
         image_first: bool = False,
         retry_unparseable: bool = True,
         body_style: str = "sdk",
+        offline: str | None = None,
     ):
         if max_concurrency < 1 or max_retries < 0:
             raise ValueError("max_concurrency must be >= 1 and max_retries >= 0")
@@ -131,6 +132,8 @@ class JudgeClient:
         if body_style not in ("sdk", "requests"):
             raise ValueError(f"body_style must be sdk or requests, got {body_style!r}")
         self.body_style = body_style
+        # a reason: answer only from the cache, an uncached judgement fails with it (no request is sent)
+        self.offline = offline
         self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
         self.usage = UsageLedger()
         self._sem = threading.BoundedSemaphore(max_concurrency)
@@ -201,11 +204,13 @@ class JudgeClient:
         return delay
 
     # ---------------------------------------------------------------- one HTTP attempt
-    def _request(self, prompt: str, urls: list[str], scoring_round: int) -> str:
-        """One chat-completions call -> reply text. Raises _Retryable, _ItemFailure or JudgeFatalError."""
+    def _content(self, prompt: str, urls: list[str]) -> list[dict]:
         text = [{"type": "text", "text": prompt}]
         pictures = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
-        content = pictures + text if self.image_first else text + pictures
+        return pictures + text if self.image_first else text + pictures
+
+    def _options(self, scoring_round: int) -> dict[str, Any]:
+        """The request's optional fields (max_tokens, temperature, seed, extra_body)."""
         kwargs: dict[str, Any] = {}
         if self.max_tokens is not None:  # None: let the server decide (PSRBench's VLM client sends none)
             kwargs["max_tokens"] = self.max_tokens
@@ -216,6 +221,11 @@ class JudgeClient:
             kwargs["seed"] = int(self.seed) + int(scoring_round)
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
+        return kwargs
+
+    def _request(self, prompt: str, urls: list[str], scoring_round: int) -> str:
+        """One chat-completions call -> reply text. Raises _Retryable, _ItemFailure or JudgeFatalError."""
+        content, kwargs = self._content(prompt, urls), self._options(scoring_round)
         client = self._client()
         self.usage.add(requests=1)
         messages = [{"role": "user", "content": content}]
@@ -310,6 +320,44 @@ class JudgeClient:
         raise _ItemFailure(msg)
 
     # ---------------------------------------------------------------- public API
+    def prepare(self, prompt: str, images: list[ImageLike], scoring_round: int = 0) -> tuple[str, dict]:
+        """(cache key, request body) of one judgement, exactly as ``judge`` would send it: for requests
+        answered elsewhere (the Batch API, eval/judge/batch.py)."""
+        rgb = [load_rgb(im) for im in images]
+        hashes = [f"{self.image_format}:{image_hash(im)}" for im in rgb]
+        payloads = [file_bytes(im) for im in images] if self.image_format == "file" else rgb
+        urls = [self._data_url(im, h) for im, h in zip(payloads, hashes)]
+        options = self._options(scoring_round)
+        extra = options.pop("extra_body", {})
+        body = {"model": self.model, "messages": [{"role": "user", "content": self._content(prompt, urls)}]}
+        body.update(options, **extra)
+        return cache_key(self.model, prompt, hashes, scoring_round), body
+
+    def accept(
+        self, key: str, raw: str, parse: Callable[[str], Any], scoring_round: int = 0, tag: str = ""
+    ) -> bool:
+        """Cache a reply obtained elsewhere when ``parse`` accepts it; returns whether it did."""
+        try:
+            parse(raw)
+        except ValueError as e:
+            self.usage.error("unparseable")
+            log.warning("[%s] batch reply does not parse: %s", tag, e)
+            return False
+        if self.cache is not None:
+            self.cache.put(key, {"raw": raw, "model": self.model, "scoring_round": scoring_round, "tag": tag})
+        self.usage.add(successes=1)
+        return True
+
+    def reply_text(self, completion: dict) -> str:
+        """The text of a chat completion given as JSON (a Batch API output line's body); ValueError when it
+        is not a usable completion."""
+        from openai.types.chat import ChatCompletion
+
+        try:
+            return self._reply_text(ChatCompletion.model_validate(completion))
+        except (_Retryable, _ItemFailure, openai.APIError, ValueError, TypeError) as e:
+            raise ValueError(f"not a usable chat completion: {e}") from None
+
     def is_cached(self, prompt: str, images: list[ImageLike], scoring_round: int = 0) -> bool:
         """Whether ``judge`` would answer this from the disk cache (no request)."""
         if self.cache is None:
@@ -349,6 +397,9 @@ class JudgeClient:
         except (OSError, TypeError) as e:
             self.usage.add(failures=1)
             return JudgeResult(False, None, None, f"image error: {e}", 0, False)
+        if self.offline is not None:
+            self.usage.add(failures=1)
+            return JudgeResult(False, None, None, self.offline, 0, False)
         urls = [self._data_url(im, h) for im, h in zip(payloads, hashes)]
 
         attempts, raw, error = 0, None, None

@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -87,8 +89,13 @@ class ScriptedResponder:
 
 
 class FakeJudgeServer:
+    """Chat completions, plus the Batch API's files and batches endpoints: an uploaded batch stays
+    ``in_progress`` until ``finish_batches()`` answers its lines with the responder."""
+
     def __init__(self, responder: Callable[[dict], Reply]):
         self.responder = responder
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
         self.requests: list[dict] = []
         self.bodies: list[bytes] = []  # each request body as received, byte for byte
         self.headers: list[dict] = []
@@ -103,9 +110,36 @@ class FakeJudgeServer:
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass
 
+            def _json(self, obj: dict, status: int = 200) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                parts = self.path.rstrip("/").split("/")
+                with server._lock:
+                    if len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in server.batches:
+                        return self._json(server.batches[parts[-1]])
+                    if parts[-1] == "content" and parts[-2] in server.files:
+                        data = server.files[parts[-2]]
+                        self.send_response(200)
+                        self.send_header("content-type", "application/octet-stream")
+                        self.send_header("content-length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                        return None
+                return self._json({"error": {"message": f"no route {self.path}", "code": "not_found"}}, 404)
+
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
+                if self.path.rstrip("/").endswith("/files"):
+                    return self._json(server._upload(self.headers.get("content-type", ""), body))
+                if self.path.rstrip("/").endswith("/batches"):
+                    return self._json(server._create_batch(json.loads(body)))
                 payload = json.loads(body or b"{}")
                 with server._lock:
                     server.bodies.append(body)
@@ -134,6 +168,51 @@ class FakeJudgeServer:
                     pass  # the client gave up (timeout test)
 
         return Handler
+
+    # ---------------------------------------------------------------- Batch API
+    def _upload(self, content_type: str, body: bytes) -> dict:
+        msg = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+        )
+        data = next(p.get_payload(decode=True) for p in msg.iter_parts() if p.get_filename())
+        with self._lock:
+            file_id = f"file-{len(self.files)}"
+            self.files[file_id] = data
+        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": "upload.jsonl", "purpose": "batch", "status": "processed"}  # fmt: skip
+
+    def _create_batch(self, req: dict) -> dict:
+        with self._lock:
+            batch_id = f"batch-{len(self.batches)}"
+            self.batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": req["endpoint"], "input_file_id": req["input_file_id"],
+                "completion_window": req["completion_window"], "status": "in_progress", "created_at": int(time.time()),
+                "output_file_id": None, "error_file_id": None,
+            }  # fmt: skip
+            return self.batches[batch_id]
+
+    def finish_batches(self) -> int:
+        """Answer every running batch's requests with the responder; returns the requests answered."""
+        n = 0
+        for batch in [b for b in self.batches.values() if b["status"] == "in_progress"]:
+            ok, failed = [], []
+            for line in self.files[batch["input_file_id"]].decode().splitlines():
+                item = json.loads(line)
+                with self._lock:
+                    self.requests.append(item["body"])
+                reply = self.responder(item["body"])
+                out = {"id": f"req-{n}", "custom_id": item["custom_id"], "error": None,
+                       "response": {"status_code": reply.status, "body": reply.body(item["body"].get("model", ""))}}  # fmt: skip
+                (ok if reply.status == 200 else failed).append(json.dumps(out) + "\n")
+                n += 1
+            with self._lock:
+                for kind, lines in (("output_file_id", ok), ("error_file_id", failed)):
+                    if lines:
+                        file_id = f"file-{len(self.files)}"
+                        self.files[file_id] = "".join(lines).encode()
+                        batch[kind] = file_id
+                batch["status"] = "completed"
+        return n
 
     def start(self) -> str:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
