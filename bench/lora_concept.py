@@ -83,7 +83,7 @@ def train_adapter(work: Path, mix: Path, args) -> tuple[Path, float]:
         "--model_path", args.model_path, "--dataset_config_file", str(mix), "--data_root", str(work),
         "--results_dir", str(work / "results"), "--checkpoint_dir", str(ckpt), "--auto_resume", "True",
         "--lora_rank", str(args.rank), "--lora_alpha", str(args.alpha or args.rank),
-        "--lora_targets", args.targets,
+        "--lora_targets", args.targets, "--lora_base_weights", "int8" if args.int8_base else "dtype",
         "--device", "cpu", "--dtype", "fp32", "--activation_checkpointing", "False",
         "--max_latent_size", "16", "--lr", str(args.lr), "--min_lr", str(args.lr / 10),
         "--lr_scheduler", "cosine", "--warmup_steps", str(min(50, args.steps // 10)),
@@ -167,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_heldout", type=int, default=150, help="first N held-out cases of world seed 0")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument(
+        "--int8_base",
+        action="store_true",
+        help="QLoRA-style: train on (and judge with) the base's decoder linears in weight-only int8",
+    )
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -177,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     from eval.generate import generate_benchmark, load_cases
     from inference.pipeline import SconePipeline
 
-    models = {"base": {}, "base + LoRA": {"lora": str(adapter)}}
+    weights = {"weights": "int8"} if args.int8_base else {}
+    models = {"base": dict(weights), "base + LoRA": {"lora": str(adapter), **weights}}
     results: dict[str, dict] = {}
     for label, extra in models.items():
         pipe = SconePipeline.from_pretrained(args.model_path, device="cpu", dtype=torch.float32, **extra)
-        tag = "lora" if extra else "base"
+        tag = "lora" if "lora" in extra else "base"
         for name, bench in (("concept", concept_bench), ("heldout", heldout_bench)):
             cases, problems, _ = load_cases("jsonl", bench)
             gen = work / "gen" / f"{tag}_{name}"
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
 
     print(f"\nLoRA concept test: teach {os.path.basename(os.path.normpath(args.model_path))} a {CONCEPT}, "
-          f"rank {args.rank}, {args.steps} steps ({train_s / 60:.1f} min of training in this call), "
+          f"{'int8 base, ' if args.int8_base else ''}rank {args.rank}, {args.steps} steps ({train_s / 60:.1f} min of training in this call), "
           f"{args.rounds} round(s)\n")  # fmt: skip
     print(f"| model | {CONCEPT}s drawn as {CONCEPT}s | {CONCEPT}s present | Overall, {CONCEPT} cases "
           f"| Overall ± std, {args.num_heldout} held-out cases |")  # fmt: skip

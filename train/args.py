@@ -219,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="gen:attn,mlp;und:attn",
         help="experts and module groups to adapt: 'gen:attn,mlp;und:attn' (default; why: modeling/lora.py)",
     )
+    _add(
+        g,
+        "lora_base_weights",
+        default="dtype",
+        choices=["dtype", "int8"],
+        help="the frozen base under LoRA: dtype = in the compute dtype (bf16 on a GPU); int8 = the decoder "
+        "blocks' linears in weight-only int8 (QLoRA-style, half the memory of bf16; one device)",
+    )
 
     g = p.add_argument_group("parallelism and precision")
     _add(g, "sharding_strategy", default="HYBRID_SHARD", choices=["FULL_SHARD", "HYBRID_SHARD", "NO_SHARD"])
@@ -332,6 +340,8 @@ def validate_args(args) -> None:
             raise SystemExit(f"--lora_targets: {e}") from None
         if args.finetune_from_ema:
             raise SystemExit("--finetune_from_ema with --lora_rank: the base weights are --model_path's")
+    elif args.lora_base_weights != "dtype":
+        raise SystemExit("--lora_base_weights needs --lora_rank (a trained base cannot be int8)")
 
 
 def compute_dtype(args, device_type: str) -> torch.dtype:

@@ -179,6 +179,17 @@ def attach_lora(args, model, start, dtype: torch.dtype, info: DistInfo) -> dict[
     if not info.distributed and dtype != torch.float32:
         for p in model.parameters():
             p.data = p.data.to(dtype)
+    if args.lora_base_weights == "int8":
+        if info.distributed:
+            raise SystemExit(
+                "--lora_base_weights int8 trains on one device (FSDP does not shard int8 weights)"
+            )
+        from modeling.weight_formats import quantize_model
+
+        # before the adapters exist, so that only the base linears are quantized; backward goes through
+        # torchao's int8 matmul to the activations, the adapters stay fp32
+        n = quantize_model(model, "int8")
+        logger.info("base: %d decoder linears in weight-only int8", n)
     if start.adapter_dir is not None:
         saved, values = read_adapter(start.adapter_dir)
         mismatch = [k for k in ("r", "lora_alpha", "target_modules") if getattr(saved, k) != getattr(cfg, k)]
