@@ -14,6 +14,7 @@ context block goes before which rubric, which placeholder is replaced) is writte
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import logging
@@ -22,6 +23,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from eval.psrbench.semantic import SEMANTIC_PROMPTS
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +50,9 @@ class Upstream:
         return f"{self.repo}@{self.commit[:7]}:{self.files[role][0]}"
 
 
-_PSR_SCRIPTS = {
-    "Attribute": "attribute",
-    "Action": "action",
-    "Background": "background",
-    "Complex": "complex",
-    "Three": "three",
-    "Four": "four",
-}
+# PSR's semantic-alignment script of subset S is eval/semantic-alignment/{name}-alignment.py, where name is
+# also our own prompt file's (SEMANTIC_PROMPTS).
+_PSR_SCRIPTS = SEMANTIC_PROMPTS
 UPSTREAMS: dict[str, Upstream] = {
     # SconeEval's scorer; its prompt file also holds Scone's copy of the OmniContext rubrics.
     "scone": Upstream(
@@ -110,6 +108,25 @@ UPSTREAMS: dict[str, Upstream] = {
     ),
 }
 OMNICONTEXT_UPSTREAMS = ("scone", "omnigen2")
+
+
+def add_protocol_args(p: argparse.ArgumentParser, clone_of: str) -> None:
+    """``--protocol``, ``--authors_repo``, ``--authors_cache`` (and the hidden ``--authors_url``) of a CLI."""
+    p.add_argument(
+        "--protocol",
+        choices=("ours", "authors"),
+        default="ours",
+        help="ours: our rubric wording and request settings; authors: the benchmark authors' scoring, with "
+        "prompts and request settings read from their pinned evaluation files (docs/evaluation.md)",
+    )
+    p.add_argument("--authors_repo", default=None, help=f"--protocol authors: a local clone of {clone_of}")
+    p.add_argument(
+        "--authors_cache",
+        default=None,
+        help="--protocol authors without --authors_repo: where downloaded files are kept "
+        "(default: ~/.cache/scone/authors)",
+    )
+    p.add_argument("--authors_url", default=RAW_BASE_URL, help=argparse.SUPPRESS)  # tests: a local server
 
 
 # ----------------------------------------------------------------------------- getting the files

@@ -29,7 +29,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.aggregation import aggregate, get_benchmark, write_outputs
-from eval.authors_protocol import RAW_BASE_URL, AuthorsProtocol, AuthorsProtocolError, load_judge_protocol
+from eval.authors_protocol import (
+    AuthorsProtocol,
+    AuthorsProtocolError,
+    add_protocol_args,
+    load_judge_protocol,
+)
 from eval.cases import BenchmarkCase, CaseProblem, input_image_paths, read_cases
 from eval.judge.batch import BatchRunner, Request
 from eval.judge.cache import LiveLedgerFile, atomic_write_text
@@ -263,23 +268,7 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--method", default="Scone", help="row name in the leaderboard table")
     p.add_argument("--rounds", type=int, default=None, help="sampling rounds to read (default: autodetect)")
     p.add_argument("--scorings", type=int, default=1, help="independent judging passes per round (paper: 3)")
-    p.add_argument(
-        "--protocol",
-        choices=("ours", "authors"),
-        default="ours",
-        help="ours: our rubric wording and request settings; authors: the benchmark authors' prompts and "
-        "request settings, read from their pinned evaluation files (docs/evaluation.md)",
-    )
-    p.add_argument(
-        "--authors_repo", default=None, help="--protocol authors: a local clone of the authors' repository"
-    )
-    p.add_argument(
-        "--authors_cache",
-        default=None,
-        help="--protocol authors without --authors_repo: where downloaded files are kept "
-        "(default: ~/.cache/scone/authors)",
-    )
-    p.add_argument("--authors_url", default=RAW_BASE_URL, help=argparse.SUPPRESS)  # tests: a local server
+    add_protocol_args(p, "the authors' repository (Ryann-Ran/Scone or VectorSpaceLab/OmniGen2)")
     p.add_argument(
         "--judge_model",
         default=None,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from eval.authors_protocol import RAW_BASE_URL, AuthorsProtocolError, load_psr_protocol
+from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
 from eval.psrbench.aesthetics import hpsv3_scores
 from eval.psrbench.data import (
     SUBSETS,
@@ -248,18 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt_dir", default=None, help="folder with {attribute,action,...}.txt rubric templates"
     )
     p.add_argument("--hpsv3_batch_size", type=int, default=8)
-    p.add_argument(
-        "--protocol",
-        choices=("ours", "authors"),
-        default="ours",
-        help="authors: the PSR scripts' scoring (prompts and request read from their pinned files, their "
-        "box rule, image handling, relation matching, reply reading); the report is labelled",
-    )
-    p.add_argument(
-        "--authors_repo", default=None, help="--protocol authors: a local clone of wang-shulei/PSR"
-    )
-    p.add_argument("--authors_cache", default=None, help="where downloaded authors' files are kept")
-    p.add_argument("--authors_url", default=RAW_BASE_URL, help=argparse.SUPPRESS)
+    add_protocol_args(p, "wang-shulei/PSR")
     p.add_argument("--upstream_compat", action="store_true", help=argparse.SUPPRESS)  # old name of authors
     p.add_argument("--no_progress", action="store_true")
     return p
