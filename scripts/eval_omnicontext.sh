@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Score OmniContext images with an OpenAI-compatible judge (key in $OPENAI_API_KEY, never logged).
 # Rerun the same command after an interruption: finished judgements come from the cache (no new calls).
-# Usage: bash scripts/eval_omnicontext.sh [extra eval.omnicontext args, e.g. --scorings 3 --base_url URL]
+# Usage: bash scripts/eval_omnicontext.sh [extra eval.omnicontext args, e.g. --scorings 3 --base_url URL,
+#        --protocol authors [--authors_upstream omnigen2], --batch_api]
 set -euo pipefail
 BENCH_DIR=${BENCH_DIR:-datasets/OmniContext-jsonl}
 RESULT_DIR=${RESULT_DIR:-results/omnicontext/Scone}

@@ -8,7 +8,7 @@
 #   python -m sglang.launch_server --model-path Qwen/Qwen2.5-VL-32B-Instruct --port 17140 --api-key psr \
 #       --chat-template qwen2-vl --mem-fraction-static 0.85
 #   export PSR_JUDGE_API_KEY=psr
-# Without a judge server pass: --metrics sc position aesthetics
+# Without a judge server pass: --metrics sc position aesthetics. The PSR scripts' scoring: --protocol authors
 set -euo pipefail
 DATA_ROOT=${DATA_ROOT:-./datasets/PSRBench}
 RESULTS_DIR=${RESULTS_DIR:-./results/psrbench/Scone}
