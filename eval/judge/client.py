@@ -12,6 +12,7 @@ environment, never logged (error texts are redacted) and never written anywhere.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -177,6 +178,14 @@ class JudgeClient:
         if self._openai is not None:
             self._openai.close()
 
+    def _image_urls(self, images: list[ImageLike], rgb: list, hashes: list[str]) -> list[str]:
+        """Data URLs of the images: re-encoded from their pixels, or (``"file"``) their files as stored,
+        memoised by the file's own hash (two files with the same pixels may differ in bytes)."""
+        if self.image_format == "file":
+            raws = [file_bytes(im) for im in images]
+            return [self._data_url(b, "file:" + hashlib.sha256(b).hexdigest()) for b in raws]
+        return [self._data_url(im, h) for im, h in zip(rgb, hashes)]
+
     def _data_url(self, img, digest: str) -> str:
         """Encoded data URL, memoised for the last few images: the PF, SC and DIS calls of one case send
         the same pictures, and PNG-encoding a 1024x1024 image costs far more than a dict lookup."""
@@ -325,8 +334,7 @@ class JudgeClient:
         answered elsewhere (the Batch API, eval/judge/batch.py)."""
         rgb = [load_rgb(im) for im in images]
         hashes = [f"{self.image_format}:{image_hash(im)}" for im in rgb]
-        payloads = [file_bytes(im) for im in images] if self.image_format == "file" else rgb
-        urls = [self._data_url(im, h) for im, h in zip(payloads, hashes)]
+        urls = self._image_urls(images, rgb, hashes)
         options = self._options(scoring_round)
         extra = options.pop("extra_body", {})
         body = {"model": self.model, "messages": [{"role": "user", "content": self._content(prompt, urls)}]}
@@ -392,15 +400,14 @@ class JudgeClient:
                 return JudgeResult(True, value, entry["raw"], None, 0, True)
             except (ValueError, KeyError, TypeError):
                 log.warning("[%s] cached reply no longer parses; asking again", tag)
-        try:
-            payloads = [file_bytes(im) for im in images] if self.image_format == "file" else rgb
-        except (OSError, TypeError) as e:
-            self.usage.add(failures=1)
-            return JudgeResult(False, None, None, f"image error: {e}", 0, False)
         if self.offline is not None:
             self.usage.add(failures=1)
             return JudgeResult(False, None, None, self.offline, 0, False)
-        urls = [self._data_url(im, h) for im, h in zip(payloads, hashes)]
+        try:
+            urls = self._image_urls(images, rgb, hashes)
+        except (OSError, TypeError) as e:
+            self.usage.add(failures=1)
+            return JudgeResult(False, None, None, f"image error: {e}", 0, False)
 
         attempts, raw, error = 0, None, None
         max_attempts = self.max_retries + 1
