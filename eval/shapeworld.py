@@ -452,9 +452,7 @@ def dis_predictions(case: Case, analysis: ImageAnalysis) -> list[list[int]]:
 def shape_vocabulary(case: Case) -> tuple[str, ...]:
     """The shapes a detection may be: the standard world's, plus the novel shapes this case shows (so a
     standard benchmark is judged exactly as before, and a heart can only be seen where one was asked for)."""
-    used = {p.subject.shape for r in case.references for p in r.placements} | {
-        t.subject.shape for t in case.targets
-    }
+    used = {p.subject.shape for r in case.references for p in r.placements}  # targets come from these
     return SHAPES + tuple(s for s in NOVEL_SHAPES if s in used)
 
 
@@ -569,16 +567,10 @@ def score_benchmark(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Score generated ShapeWorld images with the geometric judge.")
-    ap.add_argument(
-        "--bench_dir", required=True, help="benchmark folder with data.jsonl (make_shapeworld output)"
-    )
-    ap.add_argument(
-        "--result_dir", required=True, help="generated images: round{i}/{task_type}/{key}.png or flat"
-    )
+    ap.add_argument("--bench_dir", required=True, help="benchmark folder (make_shapeworld output)")
+    ap.add_argument("--result_dir", required=True, help="images: round{i}/{task_type}/{key}.png or flat")
     ap.add_argument("--rounds", type=int, default=None, help="sampling rounds to read (default: autodetect)")
-    ap.add_argument(
-        "--output_dir", default=None, help="scores folder (default: <result_dir>/shapeworld_scores)"
-    )
+    ap.add_argument("--output_dir", default=None, help="default: <result_dir>/shapeworld_scores")
     ap.add_argument("--method", default=None, help="row label in the table (default: result_dir's name)")
     ap.add_argument("--no_progress", action="store_true")
     args = ap.parse_args(argv)
