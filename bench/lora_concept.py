@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         help="QLoRA-style: train on (and judge with) the base's decoder linears in weight-only int8",
     )
     args = p.parse_args(argv)
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # parquet_info keys are absolute paths
     work.mkdir(parents=True, exist_ok=True)
     mix, concept_bench, heldout_bench = make_data(work, args)
     adapter, train_s = train_adapter(work, mix, args)
