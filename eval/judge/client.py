@@ -178,6 +178,11 @@ class JudgeClient:
         if self._openai is not None:
             self._openai.close()
 
+    def _pixels(self, images: list[ImageLike]) -> tuple[list, list[str]]:
+        """(RGB images, their content hashes as cache-key parts: format + pixels)."""
+        rgb = [load_rgb(im) for im in images]
+        return rgb, [f"{self.image_format}:{image_hash(im)}" for im in rgb]
+
     def _image_urls(self, images: list[ImageLike], rgb: list, hashes: list[str]) -> list[str]:
         """Data URLs of the images: re-encoded from their pixels, or (``"file"``) their files as stored,
         memoised by the file's own hash (two files with the same pixels may differ in bytes)."""
@@ -232,19 +237,27 @@ class JudgeClient:
             kwargs["extra_body"] = self.extra_body
         return kwargs
 
+    def _body(self, prompt: str, urls: list[str], scoring_round: int) -> dict:
+        """The request as one JSON object: model, messages, then the options (extra_body merged in)."""
+        options = self._options(scoring_round)
+        extra = options.pop("extra_body", {})
+        body = {"model": self.model, "messages": [{"role": "user", "content": self._content(prompt, urls)}]}
+        body.update(options, **extra)
+        return body
+
     def _request(self, prompt: str, urls: list[str], scoring_round: int) -> str:
         """One chat-completions call -> reply text. Raises _Retryable, _ItemFailure or JudgeFatalError."""
-        content, kwargs = self._content(prompt, urls), self._options(scoring_round)
         client = self._client()
         self.usage.add(requests=1)
-        messages = [{"role": "user", "content": content}]
         try:
             if self.body_style == "requests":
-                payload = {"model": self.model, "messages": messages}
-                payload.update({k: v for k, v in kwargs.items() if k != "extra_body"}, **self.extra_body)
-                resp = _post_raw(client, json.dumps(payload, allow_nan=False).encode("utf-8"))
+                body = self._body(prompt, urls, scoring_round)
+                resp = _post_raw(client, json.dumps(body, allow_nan=False).encode("utf-8"))
             else:
-                resp = client.chat.completions.create(model=self.model, messages=messages, **kwargs)
+                messages = [{"role": "user", "content": self._content(prompt, urls)}]
+                resp = client.chat.completions.create(
+                    model=self.model, messages=messages, **self._options(scoring_round)
+                )
         except openai.APITimeoutError as e:  # subclass of APIConnectionError: test it first
             raise _Retryable("timeout", f"timeout: {e}") from None
         except openai.APIConnectionError as e:
@@ -332,13 +345,8 @@ class JudgeClient:
     def prepare(self, prompt: str, images: list[ImageLike], scoring_round: int = 0) -> tuple[str, dict]:
         """(cache key, request body) of one judgement, exactly as ``judge`` would send it: for requests
         answered elsewhere (the Batch API, eval/judge/batch.py)."""
-        rgb = [load_rgb(im) for im in images]
-        hashes = [f"{self.image_format}:{image_hash(im)}" for im in rgb]
-        urls = self._image_urls(images, rgb, hashes)
-        options = self._options(scoring_round)
-        extra = options.pop("extra_body", {})
-        body = {"model": self.model, "messages": [{"role": "user", "content": self._content(prompt, urls)}]}
-        body.update(options, **extra)
+        rgb, hashes = self._pixels(images)
+        body = self._body(prompt, self._image_urls(images, rgb, hashes), scoring_round)
         return cache_key(self.model, prompt, hashes, scoring_round), body
 
     def accept(
@@ -370,7 +378,7 @@ class JudgeClient:
         """Whether ``judge`` would answer this from the disk cache (no request)."""
         if self.cache is None:
             return False
-        hashes = [f"{self.image_format}:{image_hash(load_rgb(im))}" for im in images]
+        _, hashes = self._pixels(images)
         return self.cache.get(cache_key(self.model, prompt, hashes, scoring_round)) is not None
 
     def judge(
@@ -387,11 +395,10 @@ class JudgeClient:
         if self._fatal is not None:
             raise JudgeFatalError(self._fatal)
         try:
-            rgb = [load_rgb(im) for im in images]
+            rgb, hashes = self._pixels(images)
         except (OSError, TypeError, ValueError) as e:
             self.usage.add(failures=1)
             return JudgeResult(False, None, None, f"image error: {e}", 0, False)
-        hashes = [f"{self.image_format}:{image_hash(im)}" for im in rgb]
         key = cache_key(self.model, prompt, hashes, scoring_round)
         if self.cache is not None and (entry := self.cache.get(key)) is not None:
             try:
