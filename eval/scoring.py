@@ -86,6 +86,33 @@ def round_dirs(result_dir: Path, rounds: int | None) -> list[tuple[int, Path]]:
     return [(0, result_dir)]
 
 
+def read_case_images(
+    case: BenchmarkCase, benchmark_dir: Path, image_dir: Path
+) -> tuple[list[Image.Image], Image.Image]:
+    """(references prepared as the protocol does, the generated image) of one case in one round's folder.
+    ValueError names what cannot be read (the case's "failed" reason)."""
+    try:
+        refs = [load_reference(p) for p in input_image_paths(case, benchmark_dir)]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"reference image: {e}") from None
+    out_path = output_image_path(case, image_dir)
+    if not out_path.is_file():
+        raise ValueError("missing output image")
+    try:
+        return refs, load_rgb(out_path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"unreadable output image: {e}") from None
+
+
+def output_image_path(case: BenchmarkCase, image_dir: Path) -> Path:
+    return image_dir / case.task_type / f"{case.key}.png"
+
+
+def call_tag(rnd: int, scoring: int, case: BenchmarkCase, call: Call) -> str:
+    """The judge's log/cache tag of one call: round, judging pass, case and call name."""
+    return f"round{rnd}/scoring{scoring}/{case.uid}/{call.name}"
+
+
 def _score_one(
     client: JudgeClient,
     case: BenchmarkCase,
@@ -101,24 +128,15 @@ def _score_one(
     base = {"key": case.key, "task_type": case.task_type, "instruction": case.instruction}
     if case.subject_label is not None:
         base["subject_label"] = case.subject_label
-    out_path = image_dir / case.task_type / f"{case.key}.png"
-    base["output_image_path"] = str(out_path)
+    base["output_image_path"] = str(output_image_path(case, image_dir))
     try:
-        refs = [load_reference(p) for p in input_image_paths(case, benchmark_dir)]
-    except (OSError, ValueError) as e:
-        return {**base, "failed": f"reference image: {e}"}
-    if not out_path.is_file():
-        return {**base, "failed": "missing output image"}
-    try:
-        output = load_rgb(out_path)
-    except (OSError, ValueError) as e:
-        return {**base, "failed": f"unreadable output image: {e}"}
+        refs, output = read_case_images(case, benchmark_dir, image_dir)
+    except ValueError as e:
+        return {**base, "failed": str(e)}
     results: dict[str, JudgeResult] = {}
-    tag = f"round{rnd}/scoring{scoring}/{case.uid}"  # the tags of iter_calls
     for call in build_calls(case, refs, output, prompts):
-        res = client.judge(
-            call.prompt, call.images, call.parse, scoring_round=scoring, tag=f"{tag}/{call.name}"
-        )
+        tag = call_tag(rnd, scoring, case, call)
+        res = client.judge(call.prompt, call.images, call.parse, scoring_round=scoring, tag=tag)
         if not res.ok:
             return {**base, "failed": f"{call.name}: {res.error} (after {res.attempts} attempt(s))"}
         results[call.name] = res
@@ -161,16 +179,14 @@ def iter_calls(
     images cannot be read yields ``(None, scorings, None)`` (it makes no call)."""
     for rnd, image_dir in round_dirs(result_dir, rounds):
         for case in cases:
-            out_path = image_dir / case.task_type / f"{case.key}.png"
             try:
-                refs = [load_reference(p) for p in input_image_paths(case, benchmark_dir)]
-                output = load_rgb(out_path)
-            except (OSError, ValueError):
+                refs, output = read_case_images(case, benchmark_dir, image_dir)
+            except ValueError:
                 yield None, scorings, None
                 continue
             for s in range(scorings):
                 for call in build_calls(case, refs, output, prompts):
-                    yield f"round{rnd}/scoring{s}/{case.uid}/{call.name}", s, call
+                    yield call_tag(rnd, s, case, call), s, call
 
 
 def plan_requests(
