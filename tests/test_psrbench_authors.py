@@ -303,5 +303,6 @@ def test_semantic_request_is_the_authors_and_scores_are_read_as_theirs(tmp_path,
     assert got == sorted([("scored", 7.0), ("defaulted", 5.0), ("scored", 12.0), ("failed", None)])
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert summary["meta"]["protocol"] == "authors" and summary["meta"]["judge_temperature"] == 0.2
+    assert summary["meta"]["judge_model"] == "Qwen/Qwen2.5-VL-7B-Instruct"  # the name in their scripts
     assert "AUTHORS' PROTOCOL" in (out / "eval" / "summary.md").read_text()
     shutil.rmtree(out / "eval")

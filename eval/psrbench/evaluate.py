@@ -305,12 +305,14 @@ def main(argv: list[str] | None = None) -> int:
             except AuthorsProtocolError as e:
                 log.error("%s", e)
                 return 2
-            if args.judge_model is None:
-                args.judge_model = authors_request.model
         else:
             templates = load_prompt_templates(args.prompt_dir)
+        # the model the requests name, recorded in the report: the flag, else the protocol's default
+        args.judge_model = args.judge_model or (
+            authors_request.model if authors_request else DEFAULT_JUDGE_MODEL
+        )
         client = make_judge_client(
-            args.judge_model or DEFAULT_JUDGE_MODEL,
+            args.judge_model,
             args.judge_base_url,
             api_key_env=args.judge_api_key_env,
             cache_dir=args.judge_cache_dir or save_dir / "judge_cache",
