@@ -62,6 +62,10 @@ class BatchReport:
 
 class BatchRunner:
     def __init__(self, client: JudgeClient, output_dir: Path, max_submissions: int = 3):
+        if client.cache is None:
+            raise ValueError(
+                "the Batch API path keeps its replies in the judge cache: give the client a cache_dir"
+            )
         self.client, self.path, self.max_submissions = client, Path(output_dir) / STATE_FILE, max_submissions
         self.state = (
             json.loads(self.path.read_text()) if self.path.is_file() else {"batches": [], "tries": {}}
