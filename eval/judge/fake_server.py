@@ -110,13 +110,15 @@ class FakeJudgeServer:
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass
 
-            def _json(self, obj: dict, status: int = 200) -> None:
-                data = json.dumps(obj).encode()
+            def _send(self, data: bytes, content_type: str, status: int = 200) -> None:
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", content_type)
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _json(self, obj: dict, status: int = 200) -> None:
+                self._send(json.dumps(obj).encode(), "application/json", status)
 
             def do_GET(self) -> None:  # noqa: N802
                 parts = self.path.rstrip("/").split("/")
@@ -124,13 +126,7 @@ class FakeJudgeServer:
                     if len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in server.batches:
                         return self._json(server.batches[parts[-1]])
                     if parts[-1] == "content" and parts[-2] in server.files:
-                        data = server.files[parts[-2]]
-                        self.send_response(200)
-                        self.send_header("content-type", "application/octet-stream")
-                        self.send_header("content-length", str(len(data)))
-                        self.end_headers()
-                        self.wfile.write(data)
-                        return None
+                        return self._send(server.files[parts[-2]], "application/octet-stream")
                 return self._json({"error": {"message": f"no route {self.path}", "code": "not_found"}}, 404)
 
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
