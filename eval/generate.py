@@ -34,15 +34,16 @@ from tqdm import tqdm
 from eval.cases import BenchmarkCase, input_image_paths, read_cases
 from inference.cli_common import (
     USER_ERRORS,
-    add_weights_args,
+    add_model_args,
     default_model_path,
-    pipeline_load_kwargs,
+    load_pipeline,
     report_user_error,
-    resolve_device_dtype,
 )
 from inference.sampling import SamplingConfig, add_sampling_args, sampling_overrides
+from modeling.files import give_default_mode
 
 log = logging.getLogger("eval.generate")
+_STARTED = time.time()  # temp files older than this process are left over from an interrupted run
 
 
 @dataclass
@@ -110,10 +111,27 @@ def atomic_save_png(img: Image.Image, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             img.save(f, format="PNG")
+        give_default_mode(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_images(output_dir: Path, before: float) -> list[Path]:
+    """Delete the ``.*.png.tmp`` files an interrupted write left under ``output_dir`` (older than ``before``,
+    so that another rank's write in progress is never touched). Returns what was removed."""
+    removed = []
+    for tmp in output_dir.rglob(".*.png.tmp"):
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < before:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another rank removed it first
+            pass
+    if removed:
+        log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), output_dir)
+    return removed
 
 
 def run_jobs(
@@ -216,13 +234,7 @@ def run_jobs(
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--model_path",
-        default=None,
-        help="checkpoint folder or hub id (default: as inference.single_case: ckpts/Scone if downloaded, else the "
-        "shipped tiny ShapeWorld model)",
-    )
-    p.add_argument("--weights_file", default=None, help="default: model.safetensors")
+    add_model_args(p)  # --device auto: each rank's own GPU (LOCAL_RANK), else the CPU
     p.add_argument(
         "--benchmark",
         choices=("jsonl", "psrbench"),
@@ -251,10 +263,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=1, help="cases per forward pass")
     add_sampling_args(p)
     p.add_argument(
-        "--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="default bf16 on GPU, fp32 on CPU"
-    )
-    add_weights_args(p)
-    p.add_argument(
         "--vae_transform", type=int, nargs=3, default=None, help="max min stride (default: the model's)"
     )
     p.add_argument(
@@ -263,7 +271,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task_types", nargs="*", default=None, help="only these task types")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases (smoke runs)")
     p.add_argument("--no_progress", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.batch_size < 1:
         p.error("--rounds and --batch_size must be >= 1")
@@ -322,23 +329,9 @@ def generate_benchmark(
     log.info("%d case(s) x %d round(s); this rank: %d job(s)", len(cases), rounds, len(jobs))
     settings = sampling or getattr(pipe, "sampling", None) or SamplingConfig()
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_images(output_dir, before=_STARTED)
     log_file = output_dir / f"generation_log.rank{rank}.jsonl"
     return run_jobs(pipe, jobs, benchmark_dir, settings, batch_size, rank, log_file, log_extra, progress)
-
-
-def _load_pipeline(args, device: str):
-    from inference.pipeline import SconePipeline
-
-    _, dtype = resolve_device_dtype(device, args.dtype or "auto")  # auto: bf16 on CUDA, fp32 on the CPU
-    return SconePipeline.from_pretrained(
-        args.model_path,
-        device=device,
-        dtype=dtype,
-        weights_file=args.weights_file,
-        **pipeline_load_kwargs(args),
-        vae_transform=None if args.vae_transform is None else tuple(args.vae_transform),
-        vit_transform=None if args.vit_transform is None else tuple(args.vit_transform),
-    )
 
 
 def main(argv: list[str] | None = None, pipe=None) -> int:
@@ -358,7 +351,9 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
-    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    device = args.device
+    if device == "auto":
+        device = f"cuda:{local_rank}" if use_cuda else "cpu"
 
     benchmark_dir, output_dir = Path(args.benchmark_dir), Path(args.output_dir)
     cases, problems, psr_cases = load_cases(
@@ -369,7 +364,12 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
     if pipe is None:
         try:
             args.model_path = default_model_path(args.model_path)
-            pipe = _load_pipeline(args, device)
+            pipe = load_pipeline(
+                args,
+                device,
+                vae_transform=None if args.vae_transform is None else tuple(args.vae_transform),
+                vit_transform=None if args.vit_transform is None else tuple(args.vit_transform),
+            )
         except USER_ERRORS as e:
             return report_user_error(log, e, args.debug)
     sampling = getattr(pipe, "sampling", SamplingConfig()).replace(**sampling_overrides(args))
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
         "seed_mode": args.seed_mode,
         "base_seed": args.seed,
         "world_size": world,
-        "dtype": args.dtype or ("bf16" if use_cuda else "fp32"),
+        "dtype": args.dtype if args.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32"),
     }
     report = generate_benchmark(
         pipe,

@@ -10,7 +10,7 @@ import torch
 
 from inference.offload import OFFLOAD_MODES
 from modeling.errors import CheckpointError
-from modeling.weight_formats import WEIGHT_FORMATS
+from modeling.weight_formats import FLOAT_FORMATS, WEIGHT_FORMATS
 
 # A downloaded Scone wins; a fresh clone falls back to the shipped tiny ShapeWorld model.
 DEFAULT_MODEL_CANDIDATES = ("ckpts/Scone", "ckpts/scone-tiny")
@@ -33,9 +33,19 @@ def report_user_error(log: logging.Logger, error: BaseException, debug: bool) ->
     return 2
 
 
-def check_inputs(images: list[str], text: str, flag: str, height: int | None, width: int | None) -> None:
+def check_inputs(
+    images: list[str],
+    text: str,
+    flag: str,
+    height: int | None,
+    width: int | None,
+    model_path: str | None = None,
+    weights_file: str | None = None,
+) -> None:
     """Everything that can be checked before the model loads: the images open and decode, the text is not
-    empty, the size is a positive multiple of 16. Raises ValueError / FileNotFoundError naming the input."""
+    empty, the size is a positive multiple of 16 and (for a local ``model_path``) within the largest side
+    the model can draw, read from its configs and file headers. Raises ValueError / FileNotFoundError /
+    CheckpointError naming the input."""
     from inference.pipeline import load_image
 
     if not text or not text.strip():
@@ -45,69 +55,101 @@ def check_inputs(images: list[str], text: str, flag: str, height: int | None, wi
     for name, v in (("--height", height), ("--width", width)):
         if v is not None and (v <= 0 or v % 16):
             raise ValueError(f"{name} must be a positive multiple of 16, got {v}")
+    sides = [v for v in (height, width) if v is not None]
+    if sides and model_path and os.path.isdir(model_path):
+        from modeling.checkpoint import check_model_folder, max_output_side
+
+        limit = max_output_side(check_model_folder(model_path, weights_file), weights_file)
+        if max(sides) > limit:
+            raise ValueError(f"--height/--width {max(sides)} exceeds this model's largest side, {limit} px")
+
+
+# ----------------------------------------------------------------------------- the flag vocabulary
+# Every entry point that loads a model builds its loading flags here, so a flag added to this group
+# exists on single_case, understand, the web demo, benchmark generation and any new front end at once
+# (tests/test_cli_vocabulary.py checks that they all accept the same set).
+MODEL_FLAGS = (
+    "--model_path",
+    "--weights_file",
+    "--weights",
+    "--offload",
+    "--offload_group_size",
+    "--lora",
+    "--lora_scale",
+    "--device",
+    "--dtype",
+    "--debug",
+)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    """The model-loading group: what ``SconePipeline.from_pretrained`` takes, plus ``--debug``."""
+    g = p.add_argument_group("model loading")
+    g.add_argument(
         "--model_path",
         default=None,
         help="released-layout folder or hub id (default: $SCONE_MODEL_PATH, else ckpts/Scone if downloaded, "
         "else the shipped tiny ShapeWorld model ckpts/scone-tiny)",
     )
-    p.add_argument("--weights_file", default=None, help="model.safetensors (default) or ema.safetensors")
-    add_weights_args(p)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        help="auto: bf16 on CUDA, fp32 on CPU",
-    )
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-
-
-def add_weights_args(p: argparse.ArgumentParser) -> None:
-    """--weights, --offload, --offload_group_size, --lora, --lora_scale (``SconePipeline.from_pretrained``'s)."""
-    p.add_argument(
+    g.add_argument("--weights_file", default=None, help="model.safetensors (default) or ema.safetensors")
+    g.add_argument(
         "--weights",
         default=None,
         choices=WEIGHT_FORMATS,
         help="weight format: the --dtype (default), or int8 / fp8 weight-only quantized decoder blocks",
     )
-    p.add_argument(
+    g.add_argument(
         "--offload",
         default="none",
         choices=OFFLOAD_MODES,
         help="model: weights in CPU RAM between calls; group: decoder blocks streamed to the GPU (small GPUs)",
     )
-    p.add_argument(
+    g.add_argument(
         "--offload_group_size", type=int, default=1, help="decoder blocks per copy (--offload group)"
     )
+    g.add_argument(
+        "--lora",
+        default=None,
+        metavar="ADAPTER",
+        help="a LoRA adapter folder (adapter_config.json + adapter_model.safetensors, PEFT's format) or hub id, "
+        "applied on top of the model without merging",
+    )
+    g.add_argument("--lora_scale", type=float, default=1.0, help="strength of --lora (1.0: as trained)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *FLOAT_FORMATS],
+        help="auto: bf16 on CUDA, fp32 on CPU",
+    )
+    g.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
 def pipeline_load_kwargs(args: argparse.Namespace) -> dict:
-    """The ``add_weights_args`` flags as ``from_pretrained`` keywords."""
+    """The ``add_model_args`` weight, offload and LoRA flags as ``from_pretrained`` keywords."""
     return dict(
-        weights=getattr(args, "weights", None),
-        offload=getattr(args, "offload", "none"),
-        offload_group_size=getattr(args, "offload_group_size", 1),
-        lora=getattr(args, "lora", None),
-        lora_scale=getattr(args, "lora_scale", 1.0),
+        weights=args.weights,
+        offload=args.offload,
+        offload_group_size=args.offload_group_size,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
     )
 
 
-def load_pipeline(args: argparse.Namespace):
-    """The ``SconePipeline`` of the ``add_model_args`` flags. ``load_pretrained`` checks the folder (naming
-    every missing file) before it reads any of them."""
+def load_pipeline(args: argparse.Namespace, device: str | None = None, **extra):
+    """The ``SconePipeline`` of the ``add_model_args`` flags (``device`` overrides ``--device``, e.g. a
+    distributed rank's GPU). ``load_pretrained`` checks the folder (naming every missing file) before it
+    reads any of them."""
     from inference.pipeline import SconePipeline
 
-    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    device, dtype = resolve_device_dtype(device or args.device, args.dtype)
     return SconePipeline.from_pretrained(
         default_model_path(args.model_path),
         device=device,
         dtype=dtype,
         weights_file=args.weights_file,
         **pipeline_load_kwargs(args),
+        **extra,
     )
 
 
@@ -133,7 +175,5 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dtype == "auto":
-        dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    else:
-        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    return dev, dt
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return dev, FLOAT_FORMATS[dtype]

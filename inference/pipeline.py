@@ -84,7 +84,8 @@ def load_image(image) -> Image.Image:
             with Image.open(path) as im:
                 im.load()
                 image = im.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        # DecompressionBombError: a small file that declares more pixels than PIL allows to decode
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
             raise ValueError(f"cannot read input image {path}: {e}") from e
     if not isinstance(image, Image.Image):
         raise TypeError(f"images must be PIL images or paths, got {type(image).__name__}")

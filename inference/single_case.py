@@ -19,7 +19,14 @@ import time
 
 import torch
 
-from inference.cli_common import USER_ERRORS, add_model_args, check_inputs, load_pipeline, report_user_error
+from inference.cli_common import (
+    USER_ERRORS,
+    add_model_args,
+    check_inputs,
+    default_model_path,
+    load_pipeline,
+    report_user_error,
+)
 from inference.sampling import add_sampling_args, sampling_overrides
 
 log = logging.getLogger("scone.single_case")
@@ -48,7 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        check_inputs(args.input_image_paths, args.instruction, "--instruction", args.height, args.width)
+        args.model_path = default_model_path(args.model_path)
+        check_inputs(
+            args.input_image_paths,
+            args.instruction,
+            "--instruction",
+            args.height,
+            args.width,
+            args.model_path,
+            args.weights_file,
+        )
         pipe = load_pipeline(args)
         out = pipe.generate(
             images=args.input_image_paths,

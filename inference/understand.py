@@ -9,7 +9,14 @@ import argparse
 import logging
 import sys
 
-from inference.cli_common import USER_ERRORS, add_model_args, check_inputs, load_pipeline, report_user_error
+from inference.cli_common import (
+    USER_ERRORS,
+    add_model_args,
+    check_inputs,
+    default_model_path,
+    load_pipeline,
+    report_user_error,
+)
 
 log = logging.getLogger("scone.understand")
 
@@ -27,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--think", action="store_true")
     args = p.parse_args(argv)
     try:
+        args.model_path = default_model_path(args.model_path)
         check_inputs(args.images, args.question, "--question", None, None)
         pipe = load_pipeline(args)
         ans = pipe.understand(

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from modeling.errors import CheckpointError
+from modeling.errors import CheckpointError, check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +331,8 @@ def load_autoencoder(
         state = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read autoencoder checkpoint {path}: {e}") from e
+    for name, t in state.items():
+        check_finite(name, t, path)
     try:
         params = infer_ae_params(state)
     except KeyError as e:

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from modeling.autoencoder import AutoEncoder, load_autoencoder
 from modeling.bagel import Bagel
 from modeling.config import MOT_LAYER, SCONE_CONFIG_FILE, BagelConfig, LLMConfig
-from modeling.errors import CheckpointError
+from modeling.errors import CheckpointError, check_finite
 from modeling.siglip import SiglipVisionConfig
 from modeling.tokenizer import TOKENIZER_FILES, SpecialTokenIds, load_tokenizer
 from modeling.weight_formats import check_supported, quantize_weight, quantized_keys, split_weights
@@ -119,9 +119,9 @@ def build_config(folder: str, weights_path: str | None = None) -> BagelConfig:
     for name in CONFIG_FILES:
         if not os.path.isfile(os.path.join(folder, name)):
             raise CheckpointError(f"missing {name} in {folder}")
-    llm = LLMConfig.from_json(os.path.join(folder, "llm_config.json"))
+    llm = _read_config(LLMConfig, os.path.join(folder, "llm_config.json"))
     llm.qk_norm, llm.tie_word_embeddings, llm.layer_module = True, False, MOT_LAYER
-    vit = SiglipVisionConfig.from_json(os.path.join(folder, "vit_config.json"))
+    vit = _read_config(SiglipVisionConfig, os.path.join(folder, "vit_config.json"))
     # Upstream keeps the penultimate SigLIP layer: the file says 27 layers, 26 are built and stored.
     vit.num_hidden_layers -= 1
     max_latent = 64
@@ -151,6 +151,33 @@ def build_config(folder: str, weights_path: str | None = None) -> BagelConfig:
         except (ValueError, TypeError) as e:
             raise CheckpointError(str(e)) from e  # the message names the file
     return config
+
+
+def _read_config(cls, path: str):
+    """``cls.from_json(path)`` with every failure (bad JSON, wrong fields) as a CheckpointError naming the file."""
+    try:
+        return cls.from_json(path)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        raise CheckpointError(msg if path in msg else f"{path}: {msg}") from e
+
+
+def max_output_side(folder: str, weights_file: str | None = None) -> int:
+    """The largest image side the model in ``folder`` can generate, read from its configs and the two
+    safetensors headers (no tensor is read): latent position table side x VAE downsample x latent patch."""
+    weights_path = pick_weights_file(folder, weights_file)
+    config = build_config(folder, weights_path)
+    try:
+        with safe_open(os.path.join(folder, AE_FILE), framework="pt") as f:
+            levels = {k.split(".")[2] for k in f.keys() if k.startswith("encoder.down.")}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"cannot read autoencoder checkpoint {os.path.join(folder, AE_FILE)}: {e}"
+        ) from e
+    downsample = 2 ** (len(levels) - 1) if levels else config.vae.downsample
+    return config.max_latent_size * downsample * config.latent_patch_size
 
 
 def load_bagel_weights(
@@ -192,6 +219,7 @@ def load_bagel_weights(
             except Exception as e:  # truncated / corrupt data region
                 raise CheckpointError(f"cannot read tensor {k} from {path}: {e}") from e
             t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            check_finite(k, t, path)
             state[k] = quantize_weight(t, quantize) if k in to_quantize else t
             del t
     absent = [k for k in RECOMPUTABLE if k in expected and k not in state]

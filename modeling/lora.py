@@ -25,8 +25,11 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from modeling.errors import check_finite
+from modeling.files import save_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -197,7 +200,7 @@ def write_adapter(
     os.makedirs(folder, exist_ok=True)
     state = {f"{PEFT_PREFIX}{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
     path = os.path.join(folder, ADAPTER_WEIGHTS)
-    save_file(state, path)
+    save_safetensors(state, path)
     with open(os.path.join(folder, ADAPTER_CONFIG), "w") as f:
         json.dump(config.to_peft(base), f, indent=2)
     return os.path.getsize(path)
@@ -219,9 +222,19 @@ def read_adapter(folder: str) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
     missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise ValueError(f"{folder} is not a LoRA adapter folder: missing {', '.join(missing)}")
-    with open(os.path.join(folder, ADAPTER_CONFIG)) as f:
-        config = LoraConfig.from_peft(json.load(f))
-    state = load_file(os.path.join(folder, ADAPTER_WEIGHTS))
+    path = os.path.join(folder, ADAPTER_CONFIG)
+    with open(path) as f:
+        try:
+            config = LoraConfig.from_peft(json.load(f))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+    path = os.path.join(folder, ADAPTER_WEIGHTS)
+    try:
+        state = load_file(path)
+    except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
+        raise ValueError(f"cannot read adapter weights {path}: {e}") from e
+    for name, t in state.items():
+        check_finite(name, t, path)
     return config, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
 
 

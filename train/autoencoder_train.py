@@ -32,12 +32,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from data.synthetic.shapeworld import TASK_TYPES, render_case, sample_case
 from data.transforms import to_tensor_normalized
 from modeling.autoencoder import AutoEncoder, AutoEncoderParams
+from modeling.files import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def main(argv=None) -> None:
     logger.info("held-out: %s", json.dumps({k: round(v, 4) for k, v in stats.items()}))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}, tmp)
+    save_safetensors({k: v.detach().cpu() for k, v in ae.state_dict().items()}, tmp)
     os.replace(tmp, args.out)
     with open(os.path.splitext(args.out)[0] + "_stats.json", "w") as f:
         json.dump({"args": vars(args), "num_params": n_params, **stats}, f, indent=1)

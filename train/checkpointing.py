@@ -33,6 +33,7 @@ import time
 import torch
 import torch.nn as nn
 
+from modeling.files import give_default_mode, save_safetensors
 from modeling.lora import ADAPTER_WEIGHTS, read_adapter, write_adapter
 from train.parallel import all_gather_object, barrier, broadcast_object
 
@@ -114,14 +115,6 @@ def gather_lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _save_safetensors(state: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    save_file(
-        {k: v.detach().contiguous() for k, v in state.items()}, path, metadata=metadata or {"format": "pt"}
-    )
-
-
 def copy_folder_files(src_folder: str, dst: str) -> list[str]:
     """Copy configs, VAE and tokenizer files (real copies, not links: the source may be deleted)."""
     missing = [f for f in REQUIRED_FOLDER_FILES if not os.path.isfile(os.path.join(src_folder, f))]
@@ -134,6 +127,7 @@ def copy_folder_files(src_folder: str, dst: str) -> list[str]:
         src = os.path.join(src_folder, f)
         if os.path.isfile(src):
             shutil.copy2(os.path.realpath(src), os.path.join(dst, f))
+            give_default_mode(os.path.join(dst, f))
             copied.append(f)
     return copied
 
@@ -180,11 +174,11 @@ def save_checkpoint(
 
     if rank == 0:
         if lora is None:
-            _save_safetensors(full, os.path.join(tmp, MODEL_FILE))
+            save_safetensors(full, os.path.join(tmp, MODEL_FILE))
             if ema_full is not None:
                 merged = dict(full)
                 merged.update({clean_key(k): v for k, v in ema_full.items()})
-                _save_safetensors(merged, os.path.join(tmp, EMA_FILE))
+                save_safetensors(merged, os.path.join(tmp, EMA_FILE))
             copy_folder_files(model_folder, tmp)
         else:
             write_adapter(full, lora, tmp, base=model_folder)

@@ -18,20 +18,20 @@ import os
 import shutil
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from modeling.checkpoint import AE_FILE
+from modeling.files import save_safetensors
+from modeling.weight_formats import FLOAT_FORMATS
 from train.checkpointing import FOLDER_FILES, MODEL_FILE, REQUIRED_FOLDER_FILES
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _cast_file(src: str, dst: str, dtype: torch.dtype) -> int:
     state = load_file(src, device="cpu")
     out = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    save_file(out, dst, metadata={"format": "pt"})
+    save_safetensors(out, dst)
     return os.path.getsize(dst)
 
 
@@ -50,9 +50,9 @@ def export_folder(src: str, out: str, dtype: str = "fp16", weights_file: str = M
             continue
         shutil.copy(path, os.path.join(out, name))
         sizes[name] = os.path.getsize(path)
-    sizes[AE_FILE] = _cast_file(os.path.join(src, AE_FILE), os.path.join(out, AE_FILE), DTYPES[dtype])
+    sizes[AE_FILE] = _cast_file(os.path.join(src, AE_FILE), os.path.join(out, AE_FILE), FLOAT_FORMATS[dtype])
     sizes[MODEL_FILE] = _cast_file(
-        os.path.join(src, weights_file), os.path.join(out, MODEL_FILE), DTYPES[dtype]
+        os.path.join(src, weights_file), os.path.join(out, MODEL_FILE), FLOAT_FORMATS[dtype]
     )
     from modeling.checkpoint import load_pretrained
 
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--src", required=True, help="training step folder (or any released-layout folder)")
     p.add_argument("--out", required=True)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    p.add_argument("--dtype", choices=sorted(FLOAT_FORMATS), default="fp16")
     p.add_argument("--weights_file", default=MODEL_FILE, help="model.safetensors or ema.safetensors")
     args = p.parse_args(argv)
     export_folder(args.src, args.out, args.dtype, args.weights_file)

@@ -17,15 +17,15 @@ import shutil
 import sys
 
 import torch
-from safetensors.torch import save_file
 
 from modeling.checkpoint import check_model_folder, load_pretrained
 from modeling.errors import CheckpointError
+from modeling.files import give_default_mode, save_safetensors
 from modeling.lora import load_adapter, merge_lora, resolve_adapter
+from modeling.weight_formats import FLOAT_FORMATS
 from train.checkpointing import FOLDER_FILES, MODEL_FILE
 
 log = logging.getLogger("scone.merge_lora")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def merge_folder(base: str, lora: str, out: str, dtype: str = "fp32", lora_scale: float = 1.0) -> str:
@@ -39,8 +39,11 @@ def merge_folder(base: str, lora: str, out: str, dtype: str = "fp32", lora_scale
     for name in FOLDER_FILES:
         if os.path.isfile(os.path.join(folder, name)):
             shutil.copy(os.path.join(folder, name), os.path.join(out, name))
-    state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in loaded.model.state_dict().items()}
-    save_file(state, os.path.join(out, MODEL_FILE), metadata={"format": "pt"})
+            give_default_mode(os.path.join(out, name))
+    state = {
+        k: v.detach().to(FLOAT_FORMATS[dtype]).contiguous() for k, v in loaded.model.state_dict().items()
+    }
+    save_safetensors(state, os.path.join(out, MODEL_FILE))
     load_pretrained(out)  # the merged folder must load strictly
     log.info("merged %d adapted layers of %s into %s (%s)", n, lora, out, dtype)
     return out
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         help="adapter folder (adapter_config.json + adapter_model.safetensors) or hub id",
     )
     p.add_argument("--out", required=True)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=sorted(FLOAT_FORMATS), default="fp32")
     p.add_argument("--lora_scale", type=float, default=1.0)
     args = p.parse_args(argv)
     try:

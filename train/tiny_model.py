@@ -23,11 +23,11 @@ import shutil
 import tempfile
 
 import torch
-from safetensors.torch import save_file
 
 from data.synthetic.shapeworld import TASK_TYPES, sample_case
 from modeling.checkpoint import load_pretrained
 from modeling.config import SCONE_CONFIG_FILE
+from modeling.files import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def build_tiny_folder(
     model = Bagel(config)
     model.init_weights(seed)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(out, "model.safetensors"))
+    save_safetensors(state, os.path.join(out, "model.safetensors"))
     n = sum(v.numel() for v in state.values())
     loaded = load_pretrained(out)  # the folder must load exactly like a released one
     logger.info(

@@ -21,9 +21,10 @@ from collections import OrderedDict
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from modeling.autoencoder import AutoEncoder
+from modeling.files import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class PosteriorCache:
             tensors[f"g{i}.logvar"] = torch.stack([self._entries[k][1] for k in keys])
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp"
-        save_file(tensors, tmp, metadata={"vae": fingerprint, "groups": str(len(groups))})
+        save_safetensors(tensors, tmp, metadata={"vae": fingerprint, "groups": str(len(groups))})
         os.replace(tmp, path)
         logger.info(
             "VAE posterior cache: saved %d entries (%.2f GiB) to %s", len(self), self.bytes / 2**30, path

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from modeling.files import give_default_mode
+
 
 def cache_key(model: str, prompt: str, image_hashes: list[str], scoring_round: int) -> str:
     """sha256 over (model, prompt, image content hashes in order, scoring round)."""
@@ -34,6 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        give_default_mode(tmp)  # mkstemp creates 0600; score files are shared like any other output
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
