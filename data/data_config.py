@@ -168,3 +168,82 @@ def _require(meta: dict, key: str, group: str, name: str) -> str:
     if key not in meta:
         raise DataConfigError(f"dataset {group}/{name} has no {key!r} in its registry entry")
     return meta[key]
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a data mix must fit: the model's largest VAE image side (latent position table side x pixels
+    per latent token) and largest ViT image side (patch table side x patch size, unless positions are
+    interpolated)."""
+
+    max_latent_size: int
+    vae_image_downsample: int
+    max_num_patch_per_side: int
+    vit_patch_size: int
+    interpolate_pos: bool = False
+
+    @property
+    def max_vae_side(self) -> int:
+        return self.max_latent_size * self.vae_image_downsample
+
+    @property
+    def max_vit_side(self) -> int:
+        return self.max_num_patch_per_side * self.vit_patch_size
+
+
+def check_groups(groups: list[DataGroup], geometry: ModelGeometry | None, num_workers: int) -> None:
+    """The checks a mix passes before any worker starts, each a DataConfigError that says what to change:
+    its image sizes fit the model, every rank's DataLoader worker gets at least one unit of data, and the
+    selected parquet files have the columns their dataset reads."""
+    import pyarrow.parquet as pq
+
+    for g in groups:
+        ds = g.dataset
+        builder = getattr(ds, "builder", ds)  # the transforms live on the sample builder
+        if geometry is not None:
+            for key, transform, limit, what in (
+                ("image_transform_args", getattr(builder, "transform", None), geometry.max_vae_side, "VAE"),
+                (
+                    "vit_image_transform_args",
+                    getattr(builder, "vit_transform", None),
+                    geometry.max_vit_side,
+                    "ViT",
+                ),
+            ):
+                if transform is None or (what == "ViT" and geometry.interpolate_pos):
+                    continue
+                if transform.max_image_size > limit:
+                    raise DataConfigError(
+                        f"group {g.name!r}: {key}.max_image_size {transform.max_image_size} exceeds the "
+                        f"model's largest {what} image side, {limit} px; lower it in the data YAML "
+                        f"(scripts/make_s2i_parquet.py --model_path MODEL writes sizes that fit)"
+                    )
+                if transform.min_image_size > transform.max_image_size:
+                    raise DataConfigError(
+                        f"group {g.name!r}: {key}.min_image_size {transform.min_image_size} is larger than "
+                        f"its max_image_size {transform.max_image_size}"
+                    )
+        workers = max(num_workers, 1)
+        units, per_rank = len(ds.units), len(ds.rank_units)
+        if per_rank < workers:
+            most = per_rank if num_workers else 0
+            raise DataConfigError(
+                f"group {g.name!r}: {units} unit(s) of data (parquet row groups or files) for "
+                f"{ds.world_size} rank(s) x {workers} DataLoader worker(s); every worker needs at least one. "
+                f"Use --num_workers {max(most, 1) if most else 0}"
+                f"{' (NUM_WORKERS for scripts/train_lora.sh)' if most else ''}, fewer GPUs, or more row groups "
+                f"(scripts/make_s2i_parquet.py --rows_per_group N with N smaller)"
+            )
+        columns = getattr(ds, "columns", None)
+        if columns:
+            for path in sorted({u[0] if isinstance(u, tuple) else u for u in ds.units}):
+                try:
+                    names = set(pq.read_schema(path).names)
+                except Exception as e:  # not a parquet file, truncated footer
+                    raise DataConfigError(f"group {g.name!r}: cannot read parquet file {path}: {e}") from e
+                absent = [c for c in columns if c not in names]
+                if absent:
+                    raise DataConfigError(
+                        f"group {g.name!r}: {path} has no column {', '.join(map(repr, absent))} "
+                        f"(it has {sorted(names)}); this dataset reads {list(columns)}"
+                    )

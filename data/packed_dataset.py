@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import torch
 
-from data.data_config import DataGroup, build_groups
+from data.data_config import DataGroup, ModelGeometry, build_groups, check_groups
 from data.data_state import (
     FORMAT,
     check_rank_state,
@@ -306,6 +306,10 @@ def build_packed_dataset(
         data_seed=data_seed,
         data_root=data_root_from_env(data_root),
     )
+    geometry = ModelGeometry(
+        max_latent_size, vae_image_downsample, max_num_patch_per_side, vit_patch_size, interpolate_pos
+    )
+    check_groups(groups, geometry, num_workers)
     packing = PackingConfig.from_special_ids(
         special_ids,
         text_cond_dropout_prob=text_cond_dropout_prob,

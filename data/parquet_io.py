@@ -24,18 +24,21 @@ class DataConfigError(ValueError):
 
 
 def selected_parquet_files(
-    dataset_name: str, data_dir_list: list[str], num_used_data: list[int]
+    dataset_name: str, data_dir_list: list[str], num_used_data: list[int], parquet_info: dict | None = None
 ) -> list[list[str]]:
     """Per data dir of a dataset, its ``num_used_data`` parquet files (see ``list_parquet_files``)."""
     if len(data_dir_list) != len(num_used_data):
         raise DataConfigError(
             f"{dataset_name}: {len(data_dir_list)} data dirs but {len(num_used_data)} num_used_data entries"
         )
-    return [list_parquet_files(d, n) for d, n in zip(data_dir_list, num_used_data)]
+    return [list_parquet_files(d, n, parquet_info) for d, n in zip(data_dir_list, num_used_data)]
 
 
-def list_parquet_files(data_dir: str, num_used: int) -> list[str]:
-    """Sorted ``*.parquet`` paths of ``data_dir``, cycled/truncated to exactly ``num_used`` entries."""
+def list_parquet_files(data_dir: str, num_used: int, parquet_info: dict | None = None) -> list[str]:
+    """Sorted ``*.parquet`` paths of ``data_dir``, cycled/truncated to exactly ``num_used`` entries.
+
+    When fewer files exist than requested and ``parquet_info`` lists files of ``data_dir`` that are gone,
+    that is a deleted or moved file, not a small data set: a DataConfigError names them."""
     if not os.path.isdir(data_dir):
         raise DataConfigError(f"parquet data directory does not exist: {data_dir}")
     if not isinstance(num_used, int) or isinstance(num_used, bool) or num_used <= 0:
@@ -44,6 +47,17 @@ def list_parquet_files(data_dir: str, num_used: int) -> list[str]:
     if not names:
         raise DataConfigError(f"no .parquet files in {data_dir}")
     paths = [os.path.join(data_dir, n) for n in names]
+    if num_used > len(paths) and parquet_info:
+        here = os.path.realpath(data_dir)
+        gone = sorted(
+            k for k in parquet_info if os.path.dirname(os.path.realpath(k)) == here and not os.path.exists(k)
+        )
+        if gone:
+            raise DataConfigError(
+                f"{data_dir}: {num_used} files requested but only {len(paths)} exist; parquet_info lists "
+                f"{len(gone)} that are missing: {', '.join(gone[:3])}{' ...' if len(gone) > 3 else ''} "
+                "(restore them, or rewrite parquet_info and num_used_data)"
+            )
     if num_used > len(paths):
         logger.warning(
             "%s: %d files requested but only %d exist; the listing is repeated cyclically (upstream behaviour)",
@@ -87,8 +101,10 @@ def row_groups_of_files(
     """
     row_groups: list[tuple[str, int]] = []
     missing: list[str] = []
+    # Keys written relative to another folder, or through a link, still find their file.
+    by_real = {os.path.realpath(k): v for k, v in parquet_info.items()}
     for path in files:
-        info = parquet_info.get(path)
+        info = parquet_info.get(path) or by_real.get(os.path.realpath(path))
         if info is None:
             if path not in missing:
                 missing.append(path)

@@ -52,7 +52,7 @@ class ParquetRowGroupDataset(ShardedSource):
     ):
         units: list[tuple[str, int]] = []
         self.missing_in_parquet_info: list[str] = []
-        selected = selected_parquet_files(dataset_name, data_dir_list, num_used_data)
+        selected = selected_parquet_files(dataset_name, data_dir_list, num_used_data, parquet_info)
         for data_dir, files in zip(data_dir_list, selected):
             row_groups, missing = row_groups_of_files(files, parquet_info, where=f"{dataset_name} {data_dir}")
             units.extend(row_groups)

@@ -12,8 +12,12 @@ Writes, under ``--out``:
 * ``parquet_data/<name>/part-00000.parquet`` ... — the Scone-S2I schema (``image``: list of encoded images,
   references first and the target last; ``instruction``: string), ``--rows_per_file`` rows per file in row
   groups of ``--rows_per_group`` (the unit the loader shards over ranks and workers);
-* ``parquet_info/<name>.json`` — the row-group counts the loader needs;
+* ``parquet_info/<name>.json`` — the row-group counts the loader needs, keyed by absolute paths (so
+  training finds them from any folder);
 * ``<name>.yaml`` — a data mix for ``train.pretrain --dataset_config_file``, with ``--data_root <out>``.
+  Its image sizes are the target model's (``--model_path``: the ones in its ``scone_config.json``, so the
+  shipped tiny model gets 96 px views) or Scone's 7B sizes (1024/512 VAE, 980/224 ViT) without it;
+  ``--max_image_size/--min_image_size`` override the VAE view's.
 
 Every bad line is reported with its file and line number (malformed JSON, missing keys, a path outside
 ``--images``, a missing or unreadable image) and skipped; the exit code is 1 if any line was bad (the
@@ -97,6 +101,10 @@ def encoded(path: str) -> bytes:
         return buf.getvalue()
 
 
+# A small set is cut into at least this many row groups, so that 2 GPUs x 4 workers all get data.
+MIN_ROW_GROUPS = 8
+
+
 def write_dataset(
     rows: list[dict], out: str, name: str, rows_per_file: int, rows_per_group: int
 ) -> list[str]:
@@ -110,12 +118,25 @@ def write_dataset(
             {"image": [encoded(p) for p in r["paths"]], "instruction": r["instruction"]} for r in chunk
         ]
         write_s2i_parquet(path, records, rows_per_group)
-        paths.append(path)
+        paths.append(os.path.abspath(path))  # parquet_info keys: absolute, found from any folder
     write_parquet_info(os.path.join(out, "parquet_info", f"{name}.json"), paths)
     return paths
 
 
-def write_mix(out: str, name: str, num_files: int, max_size: int, min_size: int) -> str:
+def model_image_sizes(model_path: str | None) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+    """(VAE view, ViT view, largest VAE side) of the target model, each view (max, min, stride); Scone's
+    7B values when ``model_path`` is None. Reads only configs and file headers."""
+    from inference.pipeline import UPSTREAM_TRANSFORMS, model_defaults
+    from modeling.checkpoint import build_config, check_model_folder, max_output_side, pick_weights_file
+
+    if model_path is None:
+        return UPSTREAM_TRANSFORMS["vae_transform"], UPSTREAM_TRANSFORMS["vit_transform"], 1024
+    folder = check_model_folder(model_path)
+    _, transforms = model_defaults(build_config(folder, pick_weights_file(folder, None)))
+    return transforms["vae_transform"], transforms["vit_transform"], max_output_side(folder)
+
+
+def write_mix(out: str, name: str, num_files: int, vae: tuple, vit: tuple) -> str:
     import yaml
 
     mix = {
@@ -123,14 +144,14 @@ def write_mix(out: str, name: str, num_files: int, max_size: int, min_size: int)
             "dataset_names": [name],
             "num_used_data": [num_files],  # every file once per pass
             "image_transform_args": {
-                "image_stride": 16,
-                "max_image_size": max_size,
-                "min_image_size": min_size,
+                "image_stride": vae[2],
+                "max_image_size": vae[0],
+                "min_image_size": vae[1],
             },
             "vit_image_transform_args": {
-                "image_stride": 14,
-                "max_image_size": min(max_size, 980),
-                "min_image_size": min(min_size, 224),
+                "image_stride": vit[2],
+                "max_image_size": vit[0],
+                "min_image_size": vit[1],
             },
             "is_mandatory": True,
             "weight": 1,
@@ -141,12 +162,14 @@ def write_mix(out: str, name: str, num_files: int, max_size: int, min_size: int)
     }
     path = os.path.join(out, f"{name}.yaml")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(f"# written by scripts/make_s2i_parquet.py; use with --data_root {out}\n")
+        f.write(f"# written by scripts/make_s2i_parquet.py; use with --data_root {os.path.abspath(out)}\n")
         yaml.safe_dump(mix, f, sort_keys=False)
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from modeling.errors import CheckpointError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="folder the JSONL's paths are relative to")
@@ -154,30 +177,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="my_s2i", help="dataset name (files, parquet_info, YAML)")
     p.add_argument("--rows_per_file", type=int, default=500)
-    p.add_argument("--rows_per_group", type=int, default=10)
-    p.add_argument("--max_image_size", type=int, default=1024, help="the mix's VAE-view resize bounds")
-    p.add_argument("--min_image_size", type=int, default=512)
+    p.add_argument(
+        "--rows_per_group",
+        type=int,
+        default=None,
+        help="rows per parquet row group, the unit shared out to GPUs x DataLoader workers (default: 10, "
+        f"fewer for a small set so that it has at least {MIN_ROW_GROUPS} row groups)",
+    )
+    p.add_argument(
+        "--model_path",
+        default=None,
+        help="the model you will fine-tune (folder or hub id): the mix takes its image sizes (default: "
+        "Scone's 7B sizes)",
+    )
+    p.add_argument(
+        "--max_image_size", type=int, default=None, help="VAE view's largest side (default: model's)"
+    )
+    p.add_argument(
+        "--min_image_size", type=int, default=None, help="VAE view's smallest side (default: model's)"
+    )
     args = p.parse_args(argv)
-    if args.rows_per_file < 1 or args.rows_per_group < 1:
+    if args.rows_per_file < 1 or (args.rows_per_group is not None and args.rows_per_group < 1):
         p.error("--rows_per_file and --rows_per_group must be >= 1")
     for path, what in ((args.images, "folder"), (args.jsonl, "file")):
         if not (os.path.isdir(path) if what == "folder" else os.path.isfile(path)):
             log.error("%s %s not found", what, path)
             return 2
+    try:
+        vae, vit, largest = model_image_sizes(args.model_path)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 2
+    vae = (args.max_image_size or vae[0], args.min_image_size or vae[1], vae[2])
+    if vae[0] > largest or vae[1] > vae[0]:
+        log.error(
+            "--max_image_size %d / --min_image_size %d do not fit %s (largest side %d px, and min <= max)",
+            vae[0],
+            vae[1],
+            args.model_path or "Scone's 7B model",
+            largest,
+        )
+        return 2
     rows, problems = read_pairs(args.jsonl, args.images)
     for msg in problems:
         log.error("%s", msg)
     if not rows:
         log.error("no usable line in %s", args.jsonl)
         return 2
-    files = write_dataset(rows, args.out, args.name, args.rows_per_file, args.rows_per_group)
-    mix = write_mix(args.out, args.name, len(files), args.max_image_size, args.min_image_size)
+    per_group = args.rows_per_group or max(1, min(10, len(rows) // MIN_ROW_GROUPS))
+    files = write_dataset(rows, args.out, args.name, args.rows_per_file, per_group)
+    mix = write_mix(args.out, args.name, len(files), vae, vit)
+    groups = sum(
+        -(-min(args.rows_per_file, len(rows) - i) // per_group)
+        for i in range(0, len(rows), args.rows_per_file)
+    )
     log.info(
-        "%d pairs -> %d parquet file(s); %d bad line(s); data mix %s",
+        "%d pairs -> %d parquet file(s), %d row group(s) (GPUs x --num_workers must not exceed it); "
+        "%d bad line(s); data mix %s (VAE view %s, ViT view %s)",
         len(rows),
         len(files),
+        groups,
         len(problems),
         mix,
+        vae,
+        vit,
     )
     print(mix)
     return 1 if problems else 0
