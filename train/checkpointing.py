@@ -32,6 +32,7 @@ import time
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
 from modeling.files import give_default_mode, save_safetensors
 from modeling.lora import ADAPTER_WEIGHTS, read_adapter, write_adapter
@@ -60,6 +61,11 @@ FOLDER_FILES = (
     "added_tokens.json",
 )
 REQUIRED_FOLDER_FILES = ("llm_config.json", "vit_config.json", "ae.safetensors")
+
+
+class CheckpointSaveError(RuntimeError):
+    """A step folder could not be written (disk full, quota, permissions); the run stops with exit code 4
+    and the message names the folder, the step and the last good checkpoint."""
 
 
 def step_dir_name(step: int) -> str:
@@ -172,38 +178,61 @@ def save_checkpoint(
     dcp_save({"optimizer": osd}, checkpoint_id=os.path.join(tmp, OPTIM_DIR), no_dist=no_dist)
     statuses = all_gather_object(data_status)
 
+    error = None
     if rank == 0:
-        if lora is None:
-            save_safetensors(full, os.path.join(tmp, MODEL_FILE))
-            if ema_full is not None:
-                merged = dict(full)
-                merged.update({clean_key(k): v for k, v in ema_full.items()})
-                save_safetensors(merged, os.path.join(tmp, EMA_FILE))
-            copy_folder_files(model_folder, tmp)
-        else:
-            write_adapter(full, lora, tmp, base=model_folder)
-            if ema_full is not None:  # the EMA covers only the trainable (adapter) tensors
-                write_adapter(
-                    {clean_key(k): v for k, v in ema_full.items()},
-                    lora,
-                    os.path.join(tmp, "ema"),
-                    model_folder,
-                )
-        torch.save(scheduler.state_dict(), os.path.join(tmp, SCHEDULER_FILE))
-        torch.save(statuses, os.path.join(tmp, DATA_STATUS_FILE))
-        # train_state.json last among the files: it is one of the completeness markers.
-        with open(os.path.join(tmp, TRAIN_STATE_FILE), "w") as f:
-            json.dump({**train_state, "step": step}, f, indent=2, sort_keys=True)
-        if os.path.exists(final):  # re-saving a step (e.g. after a resume): swap, then drop the old one
-            old = os.path.join(checkpoint_dir, f".old-{step_dir_name(step)}-{os.getpid()}")
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        try:
+            files = (full, ema_full, lora, model_folder, scheduler, statuses, train_state)
+            _write_step_folder(tmp, final, checkpoint_dir, step, *files)
+        except (OSError, RuntimeError, SafetensorError) as e:  # a full disk, a quota, a vanished mount
+            shutil.rmtree(tmp, ignore_errors=True)
+            where = getattr(e, "filename", None)
+            error = f"{getattr(e, 'strerror', None) or e}{f' ({where})' if where else ''}"
+    error = broadcast_object(error)
+    if error:
+        last = find_latest_checkpoint(checkpoint_dir)
+        raise CheckpointSaveError(
+            f"step {step}: writing the checkpoint {final} failed: {error}; its partial folder was removed. "
+            f"Last good checkpoint: {last or 'none'}. Free space and rerun: --auto_resume True continues "
+            f"from {'it' if last else 'the start'}"
+        )
+    if rank == 0:
         logger.info("saved checkpoint %s in %.1fs", final, time.time() - t0)
     barrier()
     return final
+
+
+def _write_step_folder(
+    tmp, final, checkpoint_dir, step, full, ema_full, lora, model_folder, scheduler, statuses, train_state
+) -> None:
+    """Rank 0's files of a step folder, written into ``tmp`` and renamed to ``final`` at the end."""
+    if lora is None:
+        save_safetensors(full, os.path.join(tmp, MODEL_FILE))
+        if ema_full is not None:
+            merged = dict(full)
+            merged.update({clean_key(k): v for k, v in ema_full.items()})
+            save_safetensors(merged, os.path.join(tmp, EMA_FILE))
+        copy_folder_files(model_folder, tmp)
+    else:
+        write_adapter(full, lora, tmp, base=model_folder)
+        if ema_full is not None:  # the EMA covers only the trainable (adapter) tensors
+            write_adapter(
+                {clean_key(k): v for k, v in ema_full.items()},
+                lora,
+                os.path.join(tmp, "ema"),
+                model_folder,
+            )
+    torch.save(scheduler.state_dict(), os.path.join(tmp, SCHEDULER_FILE))
+    torch.save(statuses, os.path.join(tmp, DATA_STATUS_FILE))
+    # train_state.json last among the files: it is one of the completeness markers.
+    with open(os.path.join(tmp, TRAIN_STATE_FILE), "w") as f:
+        json.dump({**train_state, "step": step}, f, indent=2, sort_keys=True)
+    if os.path.exists(final):  # re-saving a step (e.g. after a resume): swap, then drop the old one
+        old = os.path.join(checkpoint_dir, f".old-{step_dir_name(step)}-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
 
 
 def remove_stale_temp_folders(checkpoint_dir: str) -> list[str]:

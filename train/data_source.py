@@ -14,6 +14,37 @@ from train.synthetic import SyntheticSource, SyntheticSpec
 logger = logging.getLogger(__name__)
 
 
+def check_data(args, rank: int, world_size: int) -> None:
+    """Check the YAML mix against the model before anything heavy loads: every file and parquet_info entry
+    exists, the image sizes fit the model, every DataLoader worker gets data, the parquet files have the
+    columns their dataset reads. Reads only configs, file headers and parquet footers. Raises
+    ``DataConfigError`` (a ValueError) or ``CheckpointError`` with a message saying what to change."""
+    if args.synthetic_data:
+        return
+    from data.data_config import ModelGeometry, build_groups, check_groups
+    from data.dataset_info import data_root_from_env
+    from modeling.checkpoint import build_config, check_model_folder, max_output_side, pick_weights_file
+
+    folder = check_model_folder(args.model_path)
+    cfg = build_config(folder, pick_weights_file(folder, None))
+    geometry = ModelGeometry(
+        cfg.max_latent_size,
+        max_output_side(folder) // cfg.max_latent_size,
+        cfg.vit_max_num_patch_per_side,
+        cfg.vit.patch_size,
+        cfg.interpolate_pos,
+    )
+    groups = build_groups(
+        args.dataset_config_file,
+        None,  # no tokenizer needed to list and check the data
+        rank=rank,
+        world_size=world_size,
+        data_seed=args.data_seed,
+        data_root=data_root_from_env(args.data_root),
+    )
+    check_groups(groups, geometry, args.num_workers)
+
+
 def build_data_source(args, loaded, info, data_status):
     """Build the source for this rank and restore ``data_status`` (from a resumed checkpoint) if given."""
     if args.synthetic_data:

@@ -24,10 +24,12 @@ import torch
 if __package__ in (None, ""):  # `torchrun train/pretrain.py`: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data.parquet_io import DataConfigError
+from modeling.errors import CheckpointError
 from modeling.lora import LoraConfig, add_lora, initial_lora_state, load_adapter, parse_targets, read_adapter
 from train import checkpointing as ckpt
 from train.args import check_model_matches_args, compute_dtype, parse_args
-from train.data_source import build_data_source
+from train.data_source import build_data_source, check_data
 from train.freeze import FreezeFlags, apply_freeze, keep_frozen_in_eval
 from train.losses import flow_matching_losses, loss_counts, pack_loss, participation_sample
 from train.metrics import (
@@ -330,6 +332,7 @@ def train(args) -> dict:
     setup_logging(info.rank, args.results_dir)
     dtype = compute_dtype(args, info.device.type)
     torch.manual_seed(args.global_seed * info.world_size + info.rank)
+    check_data(args, info.rank, info.world_size)  # a bad mix fails here, before the model loads
     loaded, start, flags = build_model(args, info, dtype)
     model, vae = loaded.model, loaded.vae
 
@@ -486,9 +489,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         train(args)
+    except (DataConfigError, CheckpointError) as e:  # bad data mix or model folder: nothing ran yet
+        logger.error("%s", e)
+        return 2
     except NonFiniteLossError as e:
         logger.error("%s", e)
         return 3
+    except ckpt.CheckpointSaveError as e:
+        logger.error("%s", e)
+        return 4
     finally:
         cleanup_distributed()
     return 0
