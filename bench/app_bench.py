@@ -39,14 +39,21 @@ def free_port() -> int:
 
 
 class AppProcess:
-    """``python -m inference.app`` on a free port, as a child process; a context manager."""
+    """A server (``python -m inference.app`` by default, or ``module="inference.serve"``) on a free port, as
+    a child process; a context manager. Ready once ``ready_path`` answers 200."""
 
     def __init__(
-        self, extra_args: list[str] = (), model_path: str | None = None, log_path: str | None = None
+        self,
+        extra_args: list[str] = (),
+        model_path: str | None = None,
+        log_path: str | None = None,
+        module: str = "inference.app",
+        ready_path: str = "",
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "inference.app", "--port", str(self.port), *extra_args]
+        self.ready_url = self.url + ready_path
+        self.args = [sys.executable, "-m", module, "--port", str(self.port), *extra_args]
         if model_path:
             self.args += ["--model_path", model_path]
         self.log_path = log_path or os.path.join(tempfile.mkdtemp(prefix="scone-app-"), "app.log")
@@ -68,7 +75,7 @@ class AppProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
+                with urllib.request.urlopen(self.ready_url, timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:

@@ -7,16 +7,28 @@ Writes a random model in the released layout (``bench/inference_bench.py``'s ``c
 512, 12 layers, 8/2 heads, MLP 2048; ViT 256 x 4; the FLUX VAE geometry), then starts two worker processes on it — this repository's pipeline and upstream's
 ``InterleaveInferencer`` — and asks them in turn, alternating who goes first, for the same request: 2
 references, an instruction, ``--resolution``² output, ``--steps`` denoising steps with all three CFG
-branches, the model in bf16 (upstream's generation code casts to bf16 itself, so it runs in nothing else)
-and the VAE in fp32. Each reports its prefill seconds and its seconds per denoising step (the median of the steps);
-the table gives the medians over ``--reps`` and the ratio ours / upstream.
+branches, the model in ``--dtype`` (fp32 by default) and the VAE in fp32. Each reports its prefill seconds and
+its seconds per denoising step (the median of the steps), its torch version and the CPU capability its
+kernels use; the table gives the medians over ``--reps`` and the ratio ours / upstream.
 
-Upstream's code runs unchanged from ``--upstream_dir``, with two stand-ins that this script writes at run
-time and that are not part of upstream: ``flash_attn.flash_attn_varlen_func`` served by PyTorch SDPA (one
-call per sequence, the usual CPU replacement), and its torchvision image transforms replaced by ours
-(they only resize and normalise the references, in the prefill). Upstream's vendored Qwen2/SigLIP code
-imports modules that transformers 5 removed, so its worker needs a Python with transformers 4.5x and
-einops (``--upstream_python``; this repository's own worker runs with the current interpreter).
+Upstream's code runs unchanged from ``--upstream_dir``, with stand-ins that this script writes at run time
+and that are not part of upstream:
+
+* ``flash_attn.flash_attn_varlen_func`` served by PyTorch SDPA exactly as this repository's own CPU path
+  serves it (modeling/attention.py): one call per sequence on 4-D ``[1, heads, seq, dim]`` tensors (3-D
+  tensors make PyTorch fall back to its slow unfused kernel), KV heads expanded to the query heads, the
+  bottom-right causal mask. Both sides therefore run the same attention kernel.
+* In fp32, upstream's hard-coded ``.to(torch.bfloat16)`` casts in ``modeling/bagel/{qwen2,siglip}_navit.py`` read
+  ``torch.float32`` instead (the module's ``torch`` name is replaced by a view of torch whose ``bfloat16``
+  is float32); its CUDA autocast blocks do nothing on a CPU. In bf16 the model is cast to bf16 and run
+  under CPU autocast in place of its CUDA one. On a CPU without native bf16 (no AVX512-BF16/AMX) a bf16
+  comparison measures the emulation, not the model: prefer fp32 there.
+* its torchvision image transforms replaced by ours (they only resize and normalise the references, in the
+  prefill).
+
+Upstream's vendored Qwen2/SigLIP code imports modules that transformers 5 removed, so its worker needs a
+Python with transformers 4.5x and einops (``--upstream_python``). Install the same torch version there as
+here, or the two sides do not run the same kernels; the table prints both versions.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bagel-tiny", "checkpoint")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # resolved by the workers, after they import torch
 INSTRUCTION = "Put the object from image 1 next to the object from image 2 on a wooden table."
 
 
@@ -90,14 +103,17 @@ SETTINGS = dict(cfg_text_scale=4.0, cfg_img_scale=2.0, cfg_interval=(0.0, 1.0), 
 
 
 # ---------------------------------------------------------------------------------------------- workers
-def worker_ours(folder: str, res: int, steps: int):
+def worker_ours(folder: str, res: int, steps: int, dtype: str):
     sys.path.insert(0, ROOT)
     import torch
 
     from inference.pipeline import SconePipeline
 
     pipe = SconePipeline.from_pretrained(
-        folder, dtype=torch.bfloat16, vae_transform=(res, res, 16), vit_transform=(res, 224, 14)
+        folder,
+        dtype=getattr(torch, DTYPES[dtype]),
+        vae_transform=(res, res, 16),
+        vit_transform=(res, 224, 14),
     )
     refs = references(res)
 
@@ -121,27 +137,43 @@ import torch
 import torch.nn.functional as F
 
 
+def _repeat_kv(x, n_rep):
+    if n_rep == 1:
+        return x
+    n, h, d = x.shape
+    return x[:, :, None, :].expand(n, h, n_rep, d).reshape(n, h * n_rep, d)
+
+
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
                            dropout_p=0.0, softmax_scale=None, causal=False, **kwargs):
+    # the same calls as this repository's CPU path (modeling/attention.py): 4-D SDPA per sequence
     out = torch.empty_like(q)
-    rep = q.shape[1] // k.shape[1]
+    n_rep = q.shape[1] // k.shape[1]
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for i in range(len(cq) - 1):
         qs, qe, ks, ke = cq[i], cq[i + 1], ck[i], ck[i + 1]
-        qi = q[qs:qe].transpose(0, 1)
-        ki = k[ks:ke].repeat_interleave(rep, dim=1).transpose(0, 1)
-        vi = v[ks:ke].repeat_interleave(rep, dim=1).transpose(0, 1)
-        mask = None
-        if causal and qe - qs != ke - ks:
-            mask = torch.ones(qe - qs, ke - ks, dtype=torch.bool, device=q.device).tril(ke - ks - (qe - qs))
-        o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=softmax_scale,
-                                           is_causal=causal and mask is None)
-        out[qs:qe] = o.transpose(0, 1)
+        if qe == qs:
+            continue
+        kb, vb = _repeat_kv(k[ks:ke], n_rep), _repeat_kv(v[ks:ke], n_rep)
+        mask, is_causal = None, False
+        if causal:
+            if qe - qs == ke - ks:
+                is_causal = True
+            else:
+                qi = torch.arange(qe - qs, device=q.device)[:, None]
+                kj = torch.arange(ke - ks, device=q.device)[None, :]
+                mask = kj <= qi + (ke - ks - (qe - qs))
+        o = F.scaled_dot_product_attention(
+            q[qs:qe].transpose(0, 1)[None], kb.to(q.dtype).transpose(0, 1)[None],
+            vb.to(q.dtype).transpose(0, 1)[None], attn_mask=None if mask is None else mask[None, None],
+            is_causal=is_causal, scale=softmax_scale,
+        )
+        out[qs:qe] = o[0].transpose(0, 1)
     return out
 '''
 
 
-def worker_upstream(folder: str, res: int, steps: int, upstream_dir: str):
+def worker_upstream(folder: str, res: int, steps: int, upstream_dir: str, dtype: str):
     shim = tempfile.mkdtemp(prefix="flash_attn_shim_")
     os.makedirs(os.path.join(shim, "flash_attn"))
     with open(os.path.join(shim, "flash_attn", "__init__.py"), "w") as f:
@@ -168,6 +200,20 @@ def worker_upstream(folder: str, res: int, steps: int, upstream_dir: str):
 
         def __call__(self, img):
             return self.t(img)
+
+    if dtype == "fp32":  # upstream's hard-coded bf16 casts read float32 (see the module docstring)
+        import types
+
+        import modeling.bagel.qwen2_navit as qwen2_navit
+        import modeling.bagel.siglip_navit as siglip_navit
+
+        class Float32Torch(types.ModuleType):
+            bfloat16 = torch.float32
+
+            def __getattr__(self, name):
+                return getattr(torch, name)
+
+        qwen2_navit.torch = siglip_navit.torch = Float32Torch("torch")
 
     from data.data_utils import add_special_tokens
     from inferencer import InterleaveInferencer
@@ -200,7 +246,7 @@ def worker_upstream(folder: str, res: int, steps: int, upstream_dir: str):
     )
     if unexpected or [k for k in missing if "pos_embed" not in k]:
         raise SystemExit(f"upstream model does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model = model.to(torch.bfloat16).eval()  # upstream's generation path casts to bf16 itself: bf16 only
+    model = model.to(getattr(torch, DTYPES[dtype])).eval()
     tokenizer, new_token_ids, _ = add_special_tokens(Qwen2Tokenizer.from_pretrained(folder))
     inf = InterleaveInferencer(
         model, vae, tokenizer, Transform(res, res, 16), Transform(res, 224, 14), new_token_ids
@@ -219,7 +265,8 @@ def worker_upstream(folder: str, res: int, steps: int, upstream_dir: str):
     def run() -> dict:
         marks.clear()
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # upstream relies on CUDA autocast for its casts
+        cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")  # in place of CUDA's
+        with cast:
             inf.interleave_inference([*refs, INSTRUCTION], image_shapes=(res, res), num_timesteps=steps + 1,
                                      **{**SETTINGS, "cfg_interval": list(SETTINGS["cfg_interval"])})  # fmt: skip
         gaps = [b - a for a, b in zip(marks, marks[1:])]
@@ -230,8 +277,11 @@ def worker_upstream(folder: str, res: int, steps: int, upstream_dir: str):
 
 
 def serve(run) -> None:
+    import torch
+
     run()  # warm-up
-    print("READY", flush=True)
+    facts = {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+    print("READY " + json.dumps(facts), flush=True)
     for line in sys.stdin:
         if line.strip() == "run":
             print(json.dumps(run()), flush=True)
@@ -246,6 +296,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default="fp32", help="the model's dtype on both sides (VAE fp32)"
+    )
     p.add_argument("--worker", choices=("ours", "upstream"), help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -254,27 +307,28 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
         if args.worker == "ours":
-            serve(worker_ours(args.folder, args.resolution, args.steps))
+            serve(worker_ours(args.folder, args.resolution, args.steps, args.dtype))
         else:
-            serve(
-                worker_upstream(args.folder, args.resolution, args.steps, os.path.abspath(args.upstream_dir))
-            )
+            upstream = os.path.abspath(args.upstream_dir)
+            serve(worker_upstream(args.folder, args.resolution, args.steps, upstream, args.dtype))
         return 0
 
     folder = tempfile.mkdtemp(prefix="upstream_compare_")
     write_model(folder)
     common = ["--folder", folder, "--resolution", str(args.resolution), "--steps", str(args.steps),
-              "--threads", str(args.threads), "--upstream_dir", args.upstream_dir]  # fmt: skip
+              "--threads", str(args.threads), "--upstream_dir", args.upstream_dir, "--dtype", args.dtype]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
     workers = {}
     for name, python in (("ours", sys.executable), ("upstream", args.upstream_python)):
         workers[name] = subprocess.Popen([python, os.path.abspath(__file__), "--worker", name, *common],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                          cwd=tempfile.gettempdir())  # fmt: skip
+    facts = {}
     try:
         for name, w in workers.items():
             for line in w.stdout:
                 if line.startswith("READY"):
+                    facts[name] = json.loads(line.split(" ", 1)[1])
                     break
             else:
                 raise SystemExit(f"the {name} worker exited before it was ready (rc {w.wait()})")
@@ -295,8 +349,11 @@ def main(argv=None) -> int:
         n: {k: statistics.median(r[k] for r in rs) for k in ("prefill_s", "step_s")}
         for n, rs in results.items()
     }
-    print(f"\n{args.resolution}x{args.resolution}, 2 references, 3 CFG branches, {args.steps} steps, "
-          f"{args.threads} threads, median of {args.reps}\n")  # fmt: skip
+    print(f"\n{args.resolution}x{args.resolution}, 2 references, 3 CFG branches, {args.steps} steps, {args.dtype}, "
+          f"{args.threads} threads, median of {args.reps}; attention: 4-D SDPA on both sides")  # fmt: skip
+    for n in ("ours", "upstream"):
+        print(f"{n}: torch {facts[n]['torch']}, CPU capability {facts[n]['cpu']}")
+    print()
     print("| | prefill s | s / denoising step |\n|---|---|---|")
     for n in ("ours", "upstream"):
         print(f"| {n} | {med[n]['prefill_s']:.2f} | {med[n]['step_s']:.3f} |")

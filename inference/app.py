@@ -21,16 +21,25 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
 from inference.cli_common import REPO_ROOT, USER_ERRORS, add_model_args, load_pipeline, report_user_error
 from inference.flow_sampler import RENORM_TYPES
-from inference.pipeline import GenerationRequest, SconePipeline, load_image
-from inference.request_batcher import QueueFull, RequestBatcher
+from inference.pipeline import GenerationRequest, SconePipeline
+from inference.request_batcher import QueueFull, RequestBatcher, describe_error
 from inference.sampling import SamplingConfig
+from inference.serving import (
+    Limits,
+    add_front_door_args,
+    apply_sampling_defaults,
+    check_images,
+    check_sampling,
+    check_text,
+    image_cost,
+    limits_from_args,
+    make_batcher,
+)
 from inference.step_cache import CACHE_MODES
 
 log = logging.getLogger("scone.app")
@@ -42,94 +51,6 @@ EXAMPLES = [
         "Place the green cross from image 1 on the right, on the gray background from image 2.",
     ),
 ]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for. Sizes are in pixels; ``max_side`` is the model's limit at most."""
-
-    max_images: int = 4
-    max_upload_mb: float = 10.0
-    max_pixels: int = 4096 * 4096  # per reference image, checked from the header before decoding
-    max_side: int = 1024
-    max_steps: int = 100
-    max_new_tokens: int = 1024
-
-
-# ---------------------------------------------------------------------- input checks (no Gradio)
-def _file_path(f) -> str:
-    """Gradio hands files over as paths (str) or as objects with ``.name`` / ``["path"]``."""
-    if isinstance(f, dict):
-        return f.get("path") or f.get("name") or ""
-    return os.fspath(getattr(f, "name", f))
-
-
-def check_images(files, limits: Limits, min_images: int) -> list[Image.Image]:
-    """Uploaded files -> RGB images, in order. ``ValueError`` with a message for the user when there are
-    too few or too many, a file is too large, is not an image, or has too many pixels."""
-    paths = [_file_path(f) for f in (files or [])]
-    if len(paths) < min_images:
-        raise ValueError(f"Upload at least {min_images} reference image{'s' if min_images > 1 else ''}.")
-    if len(paths) > limits.max_images:
-        raise ValueError(f"Upload at most {limits.max_images} images (got {len(paths)}).")
-    images = []
-    for k, path in enumerate(paths, 1):
-        name = os.path.basename(path)
-        if not os.path.isfile(path):
-            raise ValueError(f"Image {k} ({name}) did not arrive; upload it again.")
-        mb = os.path.getsize(path) / 2**20
-        if mb > limits.max_upload_mb:
-            raise ValueError(f"Image {k} ({name}) is {mb:.1f} MB; the limit is {limits.max_upload_mb:g} MB.")
-        try:
-            with Image.open(path) as im:  # reads the header only: the pixel count before any decoding
-                w, h = im.size
-        except Exception as e:  # not an image, or PIL's decompression-bomb guard
-            raise ValueError(f"Image {k} ({name}) is not an image this app can read.") from e
-        if w * h > limits.max_pixels:
-            raise ValueError(
-                f"Image {k} ({name}) has {w}x{h} pixels; the limit is {limits.max_pixels:,} pixels."
-            )
-        try:
-            images.append(load_image(path))
-        except (ValueError, OSError) as e:
-            raise ValueError(f"Image {k} ({name}) is not an image this app can read.") from e
-    return images
-
-
-def check_text(text, what: str) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"Write {what} first.")
-    return text
-
-
-def check_sampling(base: SamplingConfig, limits: Limits, **settings) -> SamplingConfig:
-    """``base`` with the UI's settings; sizes a positive multiple of 16 up to ``max_side``, 2..max_steps
-    timesteps, known renorm type."""
-    for name in ("height", "width"):
-        v = settings[name]
-        if v is None or int(v) != v or not 16 <= v <= limits.max_side or int(v) % 16:
-            raise ValueError(
-                f"{name.capitalize()} must be a multiple of 16 from 16 to {limits.max_side}, got {v}."
-            )
-        settings[name] = int(v)
-    steps = settings["num_timesteps"]
-    if steps is None or int(steps) != steps or not 2 <= steps <= limits.max_steps:
-        raise ValueError(f"Steps must be a whole number from 2 to {limits.max_steps}, got {steps}.")
-    settings["num_timesteps"] = int(steps)
-    if settings.get("cfg_renorm_type") not in (None, *RENORM_TYPES):
-        raise ValueError(f"CFG renorm must be one of {', '.join(RENORM_TYPES)}.")
-    lo, hi = settings.pop("cfg_interval_start"), settings.pop("cfg_interval_end")
-    if lo is not None and hi is not None:
-        if not 0 <= lo <= hi <= 1:
-            raise ValueError(f"The CFG interval must satisfy 0 <= start <= end <= 1, got {lo}, {hi}.")
-        settings["cfg_interval"] = (float(lo), float(hi))
-    for name in ("cfg_text_scale", "cfg_img_scale", "timestep_shift", "cfg_renorm_min"):
-        v = settings.get(name)
-        if v is not None and not (float(v) >= 0 and float(v) < 1e4):
-            raise ValueError(f"{name} must be a number from 0 to 10000, got {v}.")
-    if settings.get("timestep_shift") == 0:
-        raise ValueError("The timestep shift must be positive.")
-    return base.replace(**settings)
 
 
 def settings_text(cfg: SamplingConfig, seed: int, batch_size: int, seconds: float, waited: float) -> str:
@@ -144,22 +65,6 @@ def settings_text(cfg: SamplingConfig, seed: int, batch_size: int, seconds: floa
             f" (waited {waited:.2f} s in the queue)",
         ]
     )
-
-
-# ---------------------------------------------------------------------- the model worker
-def make_runner(pipe: SconePipeline):
-    """``run_batch`` for ``RequestBatcher``: keys are ("generate", SamplingConfig) or ("understand", n)."""
-
-    def run_batch(key, payloads, progress):
-        kind = key[0]
-        with torch.no_grad():  # grad mode is per thread: the worker's must be off too
-            if kind == "generate":
-                return pipe.generate_batch(payloads, sampling=key[1], callback=progress)
-            if kind == "understand":
-                return [pipe.understand(**p) for p in payloads]
-        raise ValueError(f"unknown request kind {kind!r}")
-
-    return run_batch
 
 
 class DemoServer:
@@ -179,27 +84,28 @@ class DemoServer:
             elif job.progress[1]:
                 progress(job.progress, desc=what)
         if job.error is not None:
-            log.warning("request failed: %s", job.error)
-            raise RuntimeError(f"The request failed: {job.error}")
+            raise RuntimeError(f"The request failed: {describe_error(job.error)}")
         return job.result
 
-    def _submit(self, key, payload):
+    def _submit(self, key, payload, cost: float = 0.0):
         try:
-            return self.batcher.submit(key, payload)
+            return self.batcher.submit(key, payload, cost)
         except QueueFull as e:
             raise BusyError(f"The server is busy ({e}); try again in a moment.") from e
 
     def generate(self, files, instruction, seed, height, width, steps, advanced: dict, progress=None):
         """-> (PIL image, settings text). ``ValueError`` for bad input, ``BusyError`` for a full queue."""
         images = check_images(files, self.limits, min_images=1)
-        prompt = check_text(instruction, "an instruction")
+        prompt = check_text(instruction, "an instruction", self.limits, self.pipe)
         cfg = check_sampling(
             self.pipe.sampling, self.limits, height=height, width=width, num_timesteps=steps, **advanced
         )
         if seed is None or seed == "" or int(seed) < 0:
             seed = random.randrange(2**31)
         seed = int(seed)
-        job = self._submit(("generate", cfg), GenerationRequest(images, prompt, seed))
+        job = self._submit(
+            ("generate", None, cfg, False), GenerationRequest(images, prompt, seed), image_cost(images)
+        )
         out = self._wait(job, progress, "denoising")
         waited = job.seconds and (time.monotonic() - job.submitted - job.seconds)
         return out.image, settings_text(cfg, seed, job.batch_size, job.seconds, max(0.0, waited))
@@ -207,15 +113,14 @@ class DemoServer:
     def understand(self, files, question, think, max_new_tokens, progress=None) -> tuple[str, str]:
         """-> (answer, note)."""
         images = check_images(files, self.limits, min_images=0)
-        prompt = check_text(question, "a question")
+        prompt = check_text(question, "a question", self.limits, self.pipe)
         n = int(max_new_tokens or 0)
-        if not 1 <= n <= self.limits.max_new_tokens:
-            raise ValueError(
-                f"Max new tokens must be from 1 to {self.limits.max_new_tokens}, got {max_new_tokens}."
-            )
+        most = min(self.limits.max_new_tokens, self.pipe.max_text_tokens)
+        if not 1 <= n <= most:
+            raise ValueError(f"Max new tokens must be from 1 to {most}, got {max_new_tokens}.")
         self._understand_count += 1  # understanding requests run one at a time: a unique key each
         payload = dict(images=images, prompt=prompt, max_new_tokens=n, think=bool(think))
-        job = self._submit(("understand", self._understand_count), payload)
+        job = self._submit(("understand", None, self._understand_count), payload, image_cost(images))
         out = self._wait(job, progress, "answering")
         note = ""
         if self.pipe.config.extra.get("generation_only"):
@@ -361,30 +266,9 @@ def build_app(server: DemoServer):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int, default=7860)
+    add_front_door_args(p, port=7860)
     p.add_argument(
         "--share", action="store_true", help="also make a public gradio.live link (off by default)"
-    )
-    p.add_argument(
-        "--max_batch_size", type=int, default=4, help="requests that share one generate_batch call"
-    )
-    p.add_argument("--max_queue", type=int, default=16, help="requests waiting at most; more get 'busy'")
-    p.add_argument(
-        "--batch_wait_ms", type=float, default=100, help="how long a first request waits for company"
-    )
-    p.add_argument("--max_images", type=int, default=Limits.max_images)
-    p.add_argument("--max_upload_mb", type=float, default=Limits.max_upload_mb, help="per uploaded file")
-    p.add_argument("--max_pixels", type=int, default=Limits.max_pixels, help="per reference image")
-    p.add_argument(
-        "--max_side", type=int, default=Limits.max_side, help="largest output side (and the model's)"
-    )
-    p.add_argument("--max_steps", type=int, default=Limits.max_steps)
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for the model (torch.set_num_threads; default: PyTorch's)",
     )
     return p
 
@@ -404,17 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         pipe = load_pipeline(args)
     except USER_ERRORS as e:
         return report_user_error(log, e, args.debug)
-    model_side = pipe.config.max_latent_size * pipe.config.latent_downsample
-    limits = Limits(
-        max_images=args.max_images,
-        max_upload_mb=args.max_upload_mb,
-        max_pixels=args.max_pixels,
-        max_side=min(args.max_side, model_side),
-        max_steps=args.max_steps,
-    )
-    batcher = RequestBatcher(
-        make_runner(pipe), args.max_batch_size, args.max_queue, args.batch_wait_ms / 1000
-    )
+    apply_sampling_defaults(args, pipe)
+    limits = limits_from_args(args, pipe)
+    batcher = make_batcher(pipe, args, limits)
     demo = build_app(DemoServer(pipe, batcher, limits))
     if args.host not in ("127.0.0.1", "localhost"):
         log.warning("binding to %s: anyone who can reach this machine can use the demo", args.host)

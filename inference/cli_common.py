@@ -82,8 +82,9 @@ MODEL_FLAGS = (
 )
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model-loading group: what ``SconePipeline.from_pretrained`` takes, plus ``--debug``."""
+def add_model_args(p: argparse.ArgumentParser, several_lora: bool = False) -> None:
+    """The model-loading group: what ``SconePipeline.from_pretrained`` takes, plus ``--debug``.
+    ``several_lora``: a server's ``--lora`` may be repeated as ``NAME=PATH`` (adapters chosen per request)."""
     g = p.add_argument_group("model loading")
     g.add_argument(
         "--model_path",
@@ -107,13 +108,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--offload_group_size", type=int, default=1, help="decoder blocks per copy (--offload group)"
     )
-    g.add_argument(
-        "--lora",
-        default=None,
-        metavar="ADAPTER",
-        help="a LoRA adapter folder (adapter_config.json + adapter_model.safetensors, PEFT's format) or hub id, "
-        "applied on top of the model without merging",
+    lora_help = (
+        "a LoRA adapter folder (adapter_config.json + adapter_model.safetensors, PEFT's format) or hub id, "
+        "applied on top of the model without merging"
     )
+    if several_lora:
+        g.add_argument(
+            "--lora",
+            default=None,
+            action="append",
+            metavar="[NAME=]ADAPTER",
+            help=lora_help + "; repeat for several, each served as model NAME (default: the folder's name)",
+        )
+    else:
+        g.add_argument("--lora", default=None, metavar="ADAPTER", help=lora_help)
     g.add_argument("--lora_scale", type=float, default=1.0, help="strength of --lora (1.0: as trained)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument(

@@ -15,8 +15,10 @@ on white, as upstream).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,11 +32,14 @@ from inference.generation import CFGContexts, denoise, generate_text
 from inference.offload import OFFLOAD_MODES, ModelOffload, apply_group_offload
 from inference.sampling import SamplingConfig
 from modeling.checkpoint import LoadedModel, load_pretrained
-from modeling.lora import load_adapter, resolve_adapter
+from modeling.lora import attach_adapter, load_adapter, read_adapter, remove_lora, resolve_adapter
 from modeling.sequence import unpatchify
 from modeling.tokenizer import encode
 
 log = logging.getLogger(__name__)
+
+# Positions of the context kept free of the instruction's tokens: markers, one per image, the answer's start.
+CONTEXT_MARGIN = 64
 
 # Our own wording of the two "think" system prompts (upstream's exact text is not reproduced here);
 # pass ``think_prompt=`` to use another one.
@@ -128,6 +133,10 @@ class SconePipeline:
         self.vae_transform = ImageTransform(*(vae_transform or transforms["vae_transform"]))
         self.vit_transform = ImageTransform(*(vit_transform or transforms["vit_transform"]))
         self.offloader = None  # set by from_pretrained(offload=...)
+        # named LoRA adapters a server switches between per batch (add_adapter / use_adapter)
+        self.adapters: dict[str, tuple] = {}
+        self.active_adapter: str | None = None
+        self._encode_lock = threading.Lock()  # request threads and the worker both count tokens
 
     def _on_device(self):
         """The model on its compute device for one call (``offload="model"`` moves it there and back)."""
@@ -185,6 +194,33 @@ class SconePipeline:
     def device(self) -> torch.device:
         return self.model.device
 
+    # ------------------------------------------------------------------ named LoRA adapters
+    def add_adapter(self, name: str, path: str, scale: float = 1.0) -> None:
+        """Keep the adapter at ``path`` (folder or hub id) under ``name`` for ``use_adapter``; it is attached
+        once now to check that it fits the model, then detached."""
+        if not name or name in self.adapters:
+            raise ValueError(f"adapter name {name!r} is empty or taken")
+        config, state = read_adapter(resolve_adapter(path))
+        attach_adapter(self.model, config, state, scale, name=name)
+        remove_lora(self.model)
+        self.adapters[name] = (config, state, scale)
+        self.active_adapter = None
+
+    def use_adapter(self, name: str | None) -> None:
+        """Run the next calls with adapter ``name`` (None: the base model). Switching detaches one
+        adapter and attaches the other: a few MB of copies, never a change of the base weights."""
+        if name == self.active_adapter:
+            return
+        if name is not None and name not in self.adapters:
+            raise ValueError(f"unknown adapter {name!r}; loaded: {sorted(self.adapters)}")
+        if self.active_adapter is not None:
+            remove_lora(self.model)
+        self.active_adapter = None
+        if name is not None:
+            config, state, scale = self.adapters[name]
+            attach_adapter(self.model, config, state, scale, name=name)
+            self.active_adapter = name
+
     # ------------------------------------------------------------------ inputs
     def _prepare_images(self, images) -> list[Image.Image]:
         if images is None:
@@ -208,6 +244,46 @@ class SconePipeline:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         return prompt
+
+    @property
+    def max_text_tokens(self) -> int:
+        """The most tokens one instruction, question or think budget may have: the LLM's position range
+        (``max_position_embeddings``) less ``CONTEXT_MARGIN`` for the markers, the images (one position
+        each) and the answer's first tokens."""
+        return max(1, self.config.llm.max_position_embeddings - CONTEXT_MARGIN)
+
+    @functools.cached_property
+    def _max_chars_per_token(self) -> int:
+        # a byte-level BPE token's string is at least as long as the text it decodes to
+        return max(len(t) for t in self.tokenizer.get_vocab())
+
+    def encode_prompt(self, prompt, what: str = "prompt") -> list[int]:
+        """The token ids of ``prompt``; ``ValueError`` naming the limit when it cannot fit the model's
+        context. A text too long to fit whatever its tokens is refused before the tokenizer sees it, and a
+        long one is counted on a bounded prefix first, so a huge request costs no huge allocation."""
+        prompt = self._check_prompt(prompt)
+        limit = self.max_text_tokens
+        too_long = f"the {what} is longer than this model's limit of {limit} tokens"
+        if len(prompt) > limit * self._max_chars_per_token:
+            raise ValueError(f"{too_long} ({len(prompt):,} characters)")
+        head = limit * 8  # characters: more than any real text needs for `limit` tokens
+        if len(prompt) > head and len(self._encode_locked(prompt[:head])) > limit:
+            raise ValueError(f"{too_long} (its first {head:,} characters already exceed it)")
+        ids = self._encode_locked(prompt)
+        if len(ids) > limit:
+            raise ValueError(f"{too_long} ({len(ids):,} tokens)")
+        return ids
+
+    def _encode_locked(self, text: str) -> list[int]:
+        with self._encode_lock:
+            return encode(self.tokenizer, text)
+
+    def check_budget(self, tokens: int, what: str) -> None:
+        """A number of tokens to generate (think budget, answer length) must fit the context too."""
+        if not 1 <= int(tokens) <= self.max_text_tokens:
+            raise ValueError(
+                f"{what} must be from 1 to {self.max_text_tokens} (this model's context), got {tokens}"
+            )
 
     # ------------------------------------------------------------------ generation
     def _build_contexts(
@@ -246,7 +322,7 @@ class SconePipeline:
                 posterior=post,
             )
             prefill_vit(model, full, self.vit_transform(im), sp)
-        ids = encode(self.tokenizer, self._check_prompt(req.prompt))
+        ids = self.encode_prompt(req.prompt, "instruction")
         no_text = full.snapshot("no_text")
         prefill_text(model, full, ids, sp)
         prefill_text(model, no_image, ids, sp)
@@ -315,6 +391,10 @@ class SconePipeline:
         """
         cfg = (sampling or self.sampling).replace(**settings)
         self._check_size(cfg.height, cfg.width)
+        if think:
+            self.check_budget(max_think_tokens, "max_think_tokens")
+        for req in requests:  # every instruction checked before any work starts
+            self.encode_prompt(req.prompt, "instruction")
         with self._on_device():
             return self._generate_batch(
                 requests, cfg, think, think_prompt, max_think_tokens, batch_cfg, progress, callback
@@ -446,6 +526,7 @@ class SconePipeline:
         return_logits: bool = False,
     ) -> UnderstandingOutput:
         """Answer ``prompt`` about ``images`` (ViT view only), greedy by default."""
+        self.check_budget(max_new_tokens, "max_new_tokens")
         with self._on_device():
             return self._understand(
                 images,
@@ -474,7 +555,7 @@ class SconePipeline:
             prefill_text(model, ctx, encode(self.tokenizer, think_prompt or THINK_PROMPT_UNDERSTAND), sp)
         for im in self._prepare_images(images):
             prefill_vit(model, ctx, self.vit_transform(im), sp)
-        prefill_text(model, ctx, encode(self.tokenizer, self._check_prompt(prompt)), sp)
+        prefill_text(model, ctx, self.encode_prompt(prompt, "question"), sp)
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         ids, logits = generate_text(
             model, ctx, sp, max_new_tokens, do_sample, temperature, generator, return_logits

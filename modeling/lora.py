@@ -244,23 +244,46 @@ def load_adapter(
     """Attach the adapter saved in ``folder`` to ``model`` (strict: every tensor must find its module and
     every adapted module its two tensors). ``dtype``: of the adapters (default: the base weights')."""
     config, state = read_adapter(folder)
-    mods = add_lora(model, config, scale, dtype=dtype)
-    expected = {f"{n}.lora_{ab}.weight" for n in mods for ab in "AB"}
-    if set(state) != expected:
-        extra, absent = sorted(set(state) - expected), sorted(expected - set(state))
-        raise ValueError(
-            f"adapter {folder} does not fit this model: unexpected {extra[:4]}, missing {absent[:4]}"
-        )
-    for name, m in mods.items():
-        for ab in "AB":
-            t = state[f"{name}.lora_{ab}.weight"]
-            target = getattr(m, f"lora_{ab}").weight
-            if t.shape != target.shape:
-                raise ValueError(
-                    f"adapter tensor {name}.lora_{ab} has shape {tuple(t.shape)}, model {tuple(target.shape)}"
-                )
-            target.data.copy_(t)
+    attach_adapter(model, config, state, scale, dtype, name=folder)
     return config
+
+
+def attach_adapter(
+    model: nn.Module,
+    config: LoraConfig,
+    state: dict[str, torch.Tensor],
+    scale: float = 1.0,
+    dtype: torch.dtype | None = None,
+    name: str = "adapter",
+) -> None:
+    """Attach an adapter read with ``read_adapter`` (strict, as ``load_adapter``; ``name`` for messages).
+    Checked against the model before anything is attached, so a misfit leaves the model as it was."""
+    mods = targeted(model, config.target_modules)
+    expected = {f"{n}.lora_{ab}.weight": (config.r, m.in_features) if ab == "A" else (m.out_features, config.r)
+                for n, m in mods.items() for ab in "AB"}  # fmt: skip
+    if set(state) != set(expected):
+        extra, absent = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+        raise ValueError(
+            f"adapter {name} does not fit this model: unexpected {extra[:4]}, missing {absent[:4]}"
+        )
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise ValueError(f"adapter tensor {key} has shape {tuple(state[key].shape)}, model {shape}")
+    for module_name, m in add_lora(model, config, scale, dtype=dtype).items():
+        for ab in "AB":
+            getattr(m, f"lora_{ab}").weight.data.copy_(state[f"{module_name}.lora_{ab}.weight"])
+
+
+def remove_lora(model: nn.Module) -> int:
+    """Detach every adapter (the base weights were never changed); returns how many layers had one."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and hasattr(m, "lora_A"):
+            m._lora_handle.remove()
+            del m.lora_A, m.lora_B, m.lora_dropout
+            del m.lora_scale, m._lora_handle
+            n += 1
+    return n
 
 
 @torch.no_grad()
@@ -272,8 +295,6 @@ def merge_lora(model: nn.Module) -> int:
         if isinstance(m, nn.Linear) and hasattr(m, "lora_A"):
             delta = (m.lora_B.weight.float() @ m.lora_A.weight.float()) * m.lora_scale
             m.weight.data = (m.weight.float() + delta).to(m.weight.dtype)
-            m._lora_handle.remove()
-            del m.lora_A, m.lora_B, m.lora_dropout
-            del m.lora_scale, m._lora_handle
             n += 1
+    remove_lora(model)
     return n

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.app import BusyError, DemoServer, Limits, check_images, check_sampling, check_text, make_runner
+from inference.app import BusyError, DemoServer
 from inference.pipeline import SconePipeline
 from inference.request_batcher import RequestBatcher
 from inference.sampling import SamplingConfig
+from inference.serving import Limits, check_images, check_sampling, check_text, make_runner
 from tests.conftest import ROOT
 
 SHIPPED = ROOT / "ckpts" / "scone-tiny"

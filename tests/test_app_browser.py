@@ -159,3 +159,11 @@ def test_soak_40_requests_from_8_clients_with_bad_uploads(app, capsys):
     # allocator noise on the order of a few MiB)
     assert rep.rss_end_mb - rep.rss_mid_mb < 64, (rep.rss_mid_mb, rep.rss_end_mb)
     assert app.alive()
+
+
+def test_a_5mb_instruction_gets_a_message_and_the_next_request_is_served(app):
+    huge = generate(app.url, EXAMPLES, "x" * 5_000_000, seed=1, steps=4)
+    assert not huge.ok and "characters; the limit is 20,000" in (huge.error or ""), huge.error
+    assert app.alive(), app.log_tail()
+    after = generate(app.url, EXAMPLES, INSTRUCTION, seed=2, steps=4)
+    assert after.ok, after.error

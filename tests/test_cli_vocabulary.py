@@ -21,6 +21,7 @@ MODEL_ENTRY_POINTS = [
     "module:inference.app",
     "module:eval.generate",
     "module:inference.benchmark",
+    "module:inference.serve",
 ]
 
 

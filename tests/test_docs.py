@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -111,7 +112,9 @@ def make_workspace(path) -> str:
     return str(path)
 
 
-def run_block(block, workspace: str) -> subprocess.CompletedProcess:
+def run_block(block, workspace: str, groups: list[int]) -> subprocess.CompletedProcess:
+    """Run one block in its own process group (recorded in ``groups``, so that a server it leaves running
+    in the background is stopped when the doc's test ends)."""
     env = {
         **os.environ,
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
@@ -126,7 +129,15 @@ def run_block(block, workspace: str) -> subprocess.CompletedProcess:
         with open(script, "w", encoding="utf-8") as f:
             f.write(block.runnable_text)
         cmd = [sys.executable, script]
-    return subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=800)
+    proc = subprocess.Popen(cmd, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+    groups.append(proc.pid)
+    try:
+        out, _ = proc.communicate(timeout=800)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
 RUNNABLE_DOCS = [d for d in DOCS if any(not b.skip_reason for b in read_blocks(d))]
@@ -137,11 +148,19 @@ RUNNABLE_DOCS = [d for d in DOCS if any(not b.skip_reason for b in read_blocks(d
 def test_doc_blocks_run(doc, tmp_path):
     """The doc's runnable blocks, in order, in one workspace (a later block may use an earlier one's files)."""
     workspace = make_workspace(tmp_path / "repo")
-    for block in read_blocks(doc):
-        if block.skip_reason:
-            continue
-        done = run_block(block, workspace)
-        assert done.returncode == 0, (
-            f"{block.name} failed (exit {done.returncode}):\n{block.runnable_text}\n--- output:\n"
-            f"{(done.stdout + done.stderr)[-4000:]}"
-        )
+    groups: list[int] = []
+    try:
+        for block in read_blocks(doc):
+            if block.skip_reason:
+                continue
+            done = run_block(block, workspace, groups)
+            assert done.returncode == 0, (
+                f"{block.name} failed (exit {done.returncode}):\n{block.runnable_text}\n--- output:\n"
+                f"{done.stdout[-4000:]}"
+            )
+    finally:
+        for pgid in groups:  # anything a block left running (a server started with &)
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass

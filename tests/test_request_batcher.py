@@ -138,3 +138,73 @@ def test_close_fails_the_waiting_jobs_and_refuses_new_ones():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch_size"):
         RequestBatcher(Recorder(), max_batch_size=0)
+
+
+class Heavy:
+    """A payload that must never be compared (an upload of large images): comparing it fails the test."""
+
+    def __eq__(self, other):
+        raise AssertionError("a payload was compared")
+
+    __hash__ = object.__hash__
+
+
+def test_jobs_are_told_apart_by_identity_and_payloads_are_never_compared():
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    b = RequestBatcher(run, max_batch_size=1, max_queue=8, gather_s=0.0)
+    try:
+        first = b.submit("k", Heavy())
+        while not run.calls:
+            time.sleep(0.01)
+        same = Heavy()
+        jobs = [b.submit("k", same) for _ in range(3)]  # identical requests: three places in line
+        assert [b.position(j) for j in jobs] == [0, 1, 2]
+        assert b.position(first) == -1
+        gate.set()
+        wait_all([first, *jobs])
+    finally:
+        gate.set()
+        b.close()
+
+
+def test_the_queue_is_bounded_by_the_pixels_it_holds():
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    b = RequestBatcher(run, max_batch_size=1, max_queue=10, gather_s=0.0, max_queued_cost=100)
+    try:
+        running = b.submit("k", 0, cost=500)  # taken by the worker at once: it no longer counts
+        while not run.calls:
+            time.sleep(0.01)
+        b.submit("k", 1, cost=60)
+        with pytest.raises(QueueFull, match="memory budget"):
+            b.submit("k", 2, cost=60)
+        b.submit("k", 3, cost=40)  # still fits
+        gate.set()
+        assert running.wait(10)
+    finally:
+        gate.set()
+        b.close()
+
+
+@pytest.mark.parametrize(
+    "error", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")]
+)
+def test_out_of_memory_fails_that_request_with_a_message_and_the_worker_goes_on(error):
+    from inference.request_batcher import describe_error
+
+    def run(key, payloads, progress):
+        if "big" in payloads:
+            raise error
+        return payloads
+
+    b = RequestBatcher(run, max_batch_size=4, gather_s=0.2)
+    try:
+        jobs = [b.submit("k", "small"), b.submit("k", "big"), b.submit("k", "small2")]
+        wait_all(jobs)
+        after = b.submit("k", "later")
+        wait_all([after])
+    finally:
+        b.close()
+    assert jobs[1].error is error and "ran out of memory" in describe_error(jobs[1].error)
+    assert [jobs[0].result, jobs[2].result, after.result] == ["small", "small2", "later"]
