@@ -30,8 +30,8 @@ and vLLM/SGLang's servers use the same stack. Binds 127.0.0.1 unless ``--host`` 
 (``--api_key``, or better ``--api_key_env NAME``) is compared in constant time and never logged.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI reads the endpoints' ``Request`` annotations, which
+# name a class imported inside create_app (FastAPI is imported only when a server starts).
 import argparse
 import base64
 import binascii
@@ -287,8 +287,9 @@ class ImageAPI:
             prompt = check_text(fields.get("prompt"), "a prompt", self.limits, self.pipe)
             height, width = parse_size(fields.get("size"), fields.get("height"), fields.get("width"))
             base = self.pipe.sampling
+            settings = {"num_timesteps": base.num_timesteps, **sampling_settings(fields)}
             cfg = check_sampling(base, self.limits, height=height or base.height, width=width or base.width,
-                                 num_timesteps=base.num_timesteps, **sampling_settings(fields))  # fmt: skip
+                                 **settings)  # fmt: skip
         except ValueError as e:
             raise APIError(400, str(e)) from e
         think = _flag("think", fields.get("think"))
@@ -441,8 +442,11 @@ def create_app(api: ImageAPI, api_key: str | None = None):
         try:
             form = await request.form(max_files=api.limits.max_images, max_fields=64,
                                       max_part_size=4 * api.limits.max_prompt_chars + 1024)  # fmt: skip
-        except Exception as e:  # too many files or fields, a malformed body
-            raise APIError(400, f"cannot read the form: {e}") from None
+        except Exception as e:  # too many files or fields, a text field over the limit, a malformed body
+            if "maximum size" in str(e):
+                raise APIError(400, f"a text field is too long: the prompt may have at most "
+                                    f"{api.limits.max_prompt_chars:,} characters", "prompt") from None  # fmt: skip
+            raise APIError(400, f"cannot read the form: {getattr(e, 'detail', e)}") from None
         fields, refs = {}, []
         for name, value in form.multi_items():
             if name in ("image", "image[]"):

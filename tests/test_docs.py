@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -129,15 +130,20 @@ def run_block(block, workspace: str, groups: list[int]) -> subprocess.CompletedP
         with open(script, "w", encoding="utf-8") as f:
             f.write(block.runnable_text)
         cmd = [sys.executable, script]
-    proc = subprocess.Popen(cmd, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
-    groups.append(proc.pid)
-    try:
-        out, _ = proc.communicate(timeout=800)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+    # output to a file, not a pipe: a server the block starts in the background keeps its copy of the
+    # output open, and reading a pipe to its end would wait for that server
+    log_path = os.path.join(workspace, f"_doc_block_{block.line}.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=workspace, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        groups.append(proc.pid)
+        try:
+            proc.wait(timeout=800)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with open(log_path, errors="replace") as f:
+        return subprocess.CompletedProcess(cmd, proc.returncode, f.read(), "")
 
 
 RUNNABLE_DOCS = [d for d in DOCS if any(not b.skip_reason for b in read_blocks(d))]
@@ -159,8 +165,30 @@ def test_doc_blocks_run(doc, tmp_path):
                 f"{done.stdout[-4000:]}"
             )
     finally:
-        for pgid in groups:  # anything a block left running (a server started with &)
+        stop_groups(groups)
+
+
+def stop_groups(groups: list[int], grace_s: float = 15.0) -> None:
+    """Stop whatever the blocks left running (a server started with &) and wait until it is gone, so that
+    the next doc's server finds its port free."""
+    alive = list(groups)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in alive:
             try:
-                os.killpg(pgid, signal.SIGTERM)
+                os.killpg(pgid, sig)
             except ProcessLookupError:
                 pass
+        deadline = time.monotonic() + grace_s
+        while alive and time.monotonic() < deadline:
+            alive = [g for g in alive if _group_exists(g)]
+            time.sleep(0.1)
+        if not alive:
+            return
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -160,8 +160,10 @@ def test_wrong_size_unknown_format_and_no_key(server, client):
 
 def test_a_5mb_prompt_and_a_huge_image_are_refused_and_the_server_keeps_serving(server, client, tmp_path):
     with open(REFS[0], "rb") as a:
-        with pytest.raises(openai.BadRequestError, match="characters; the limit is 20,000"):
+        with pytest.raises(openai.BadRequestError, match="at most 20,000 characters"):
             client.images.edit(image=[a], prompt="x" * 5_000_000, size="96x96", extra_body=STEPS)
+    with pytest.raises(openai.BadRequestError, match="characters; the limit is 20,000"):  # JSON: the same limit
+        client.images.generate(prompt="x" * 5_000_000, size="96x96", extra_body=STEPS)
     huge = tmp_path / "huge.png"
     Image.new("RGB", (4100, 4100)).save(huge)
     with open(huge, "rb") as h:
