@@ -162,7 +162,9 @@ def test_a_5mb_prompt_and_a_huge_image_are_refused_and_the_server_keeps_serving(
     with open(REFS[0], "rb") as a:
         with pytest.raises(openai.BadRequestError, match="at most 20,000 characters"):
             client.images.edit(image=[a], prompt="x" * 5_000_000, size="96x96", extra_body=STEPS)
-    with pytest.raises(openai.BadRequestError, match="characters; the limit is 20,000"):  # JSON: the same limit
+    with pytest.raises(
+        openai.BadRequestError, match="characters; the limit is 20,000"
+    ):  # JSON: the same limit
         client.images.generate(prompt="x" * 5_000_000, size="96x96", extra_body=STEPS)
     huge = tmp_path / "huge.png"
     Image.new("RGB", (4100, 4100)).save(huge)
@@ -183,7 +185,9 @@ def test_one_process_serves_the_api_and_the_web_demo_on_one_queue(tmp_path):
     pytest.importorskip("gradio_client")
     from bench.app_bench import EXAMPLES, INSTRUCTION, AppProcess, generate
 
-    with AppProcess(["--web", "--model_path", SHIPPED], module="inference.serve", ready_path="/v1/models") as srv:
+    with AppProcess(
+        ["--web", "--model_path", SHIPPED], module="inference.serve", ready_path="/v1/models"
+    ) as srv:
         web = generate(srv.url + "/web", EXAMPLES, INSTRUCTION, seed=1, steps=4)
         assert web.ok, (web.error, srv.log_tail())
         api = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=300)
