@@ -44,8 +44,8 @@ def bad_requests(folder: str) -> list:
     """(name, call(client)) of requests the server must refuse with a 4xx and a message."""
     from PIL import Image
 
-    huge = os.path.join(folder, "huge.png")
-    Image.new("RGB", (4096, 4096), (200, 30, 30)).save(huge)
+    huge = os.path.join(folder, "huge.png")  # just over the default --max_pixels (4096 x 4096)
+    Image.new("RGB", (4100, 4100), (200, 30, 30)).save(huge)
 
     def edit(image=EXAMPLES[0], **kw):
         def call(client):
@@ -58,23 +58,26 @@ def bad_requests(folder: str) -> list:
 
     return [
         ("5 MB prompt", edit(prompt="x" * 5_000_000)),
-        ("4096x4096 image", edit(image=huge)),
+        ("4100x4100 image", edit(image=huge)),
         ("zero steps", edit(extra_body={"num_inference_steps": 0})),
         ("size 100x100", edit(size="100x100")),
         ("unknown field", edit(extra_body={"guidance": 3})),
     ]
 
 
-def classify(call, client) -> str:
+def classify(call, client) -> tuple[str, str]:
+    """(ok | refused | lost, what happened)."""
     import openai
 
     try:
         call(client)
-        return "ok"
+        return "ok", "200"
     except openai.APIStatusError as e:
-        return "refused" if 400 <= e.status_code < 500 and e.message else "lost"
-    except Exception:  # a dropped connection or a timeout: the request got no answer
-        return "lost"
+        return (
+            "refused" if 400 <= e.status_code < 500 and e.message else "lost"
+        ), f"{e.status_code} {e.message[:120]}"
+    except Exception as e:  # a dropped connection or a timeout: the request got no answer
+        return "lost", f"{type(e).__name__}: {e}"[:160]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                     calls.append(("good", lambda c, s=seed: latencies.append(good(c, s, args.steps))))
                     calls.append(bad[(r * args.clients + k) % len(bad)])
             with ThreadPoolExecutor(args.clients) as pool:
-                results = list(pool.map(lambda nc: (nc[0], classify(nc[1], client)), calls))
-        for name, outcome in results:
+                results = list(pool.map(lambda nc: (nc[0], *classify(nc[1], client)), calls))
+        for name, outcome, detail in results:
             expected = "ok" if name == "good" else "refused"
             counts[outcome if outcome == expected or outcome == "lost" else "lost"] += 1
+            if outcome != expected:
+                print(f"unexpected: {name}: {detail}")
         rss_end = server.rss_mb() if server else float("nan")
         alive = server.alive() if server else True
     finally:
