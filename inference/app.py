@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from inference.cli_common import REPO_ROOT, USER_ERRORS, add_model_args, load_pipeline, report_user_error
+from inference.cli_common import REPO_ROOT, USER_ERRORS, add_model_args, report_user_error
 from inference.flow_sampler import RENORM_TYPES
 from inference.pipeline import GenerationRequest, SconePipeline
 from inference.request_batcher import QueueFull, RequestBatcher, describe_error
@@ -32,13 +32,11 @@ from inference.sampling import SamplingConfig
 from inference.serving import (
     Limits,
     add_front_door_args,
-    apply_sampling_defaults,
     check_images,
     check_sampling,
     check_text,
     image_cost,
-    limits_from_args,
-    make_batcher,
+    load_served_model,
 )
 from inference.step_cache import CACHE_MODES
 
@@ -282,15 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         log.error("the web demo needs Gradio: pip install -r requirements-app.txt")
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        pipe = load_pipeline(args)
+        pipe, limits, batcher = load_served_model(args)
     except USER_ERRORS as e:
         return report_user_error(log, e, args.debug)
-    apply_sampling_defaults(args, pipe)
-    limits = limits_from_args(args, pipe)
-    batcher = make_batcher(pipe, args, limits)
     demo = build_app(DemoServer(pipe, batcher, limits))
     if args.host not in ("127.0.0.1", "localhost"):
         log.warning("binding to %s: anyone who can reach this machine can use the demo", args.host)

@@ -52,7 +52,6 @@ from inference.cli_common import (
     USER_ERRORS,
     add_model_args,
     default_model_path,
-    load_pipeline,
     report_user_error,
 )
 from inference.pipeline import GenerationRequest, SconePipeline
@@ -60,13 +59,11 @@ from inference.request_batcher import QueueFull, RequestBatcher, describe_error
 from inference.serving import (
     Limits,
     add_front_door_args,
-    apply_sampling_defaults,
     check_images,
     check_sampling,
     check_text,
     image_cost,
-    limits_from_args,
-    make_batcher,
+    load_served_model,
 )
 
 log = logging.getLogger("scone.serve")
@@ -536,21 +533,13 @@ def main(argv: list[str] | None = None) -> int:
         if not api_key:
             log.error("--api_key_env %s: that environment variable is empty or unset", args.api_key_env)
             return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         adapters = named_adapters(args.lora)
         args.model_path = default_model_path(args.model_path)
         args.lora = None  # named adapters are switched per request, not merged into the base
-        pipe = load_pipeline(args)
-        for name, path in adapters.items():
-            pipe.add_adapter(name, path, args.lora_scale)
-            log.info("adapter %r from %s", name, path)
+        pipe, limits, batcher = load_served_model(args, adapters)
     except USER_ERRORS as e:
         return report_user_error(log, e, args.debug)
-    apply_sampling_defaults(args, pipe)
-    limits = limits_from_args(args, pipe)
-    batcher = make_batcher(pipe, args, limits)
     base_id = args.model_id or os.path.basename(os.path.normpath(args.model_path))
     api = ImageAPI(pipe, batcher, limits, base_id)
     app = create_app(api, api_key)

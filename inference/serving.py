@@ -206,12 +206,22 @@ def add_front_door_args(p: argparse.ArgumentParser, port: int) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: PyTorch's)")
 
 
-def apply_sampling_defaults(args: argparse.Namespace, pipe: SconePipeline) -> None:
-    """The sampling flags given on a server's command line (``--cache taylorseer``, ``--num_timesteps``,
-    ...) become the defaults of every request it serves."""
+def load_served_model(args: argparse.Namespace, adapters: dict[str, str] | None = None):
+    """What a server runs on: ``(pipe, limits, batcher)`` of the model-loading, sampling and serving flags.
+    ``adapters`` ({name: folder}) are kept for switching per request; the sampling flags given on the
+    command line (``--cache taylorseer``, ``--num_timesteps``, ...) become every request's defaults."""
+    from inference.cli_common import load_pipeline
     from inference.sampling import sampling_overrides
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args)
+    for name, path in (adapters or {}).items():
+        pipe.add_adapter(name, path, args.lora_scale)
+        log.info("adapter %r from %s", name, path)
     pipe.sampling = pipe.sampling.replace(**sampling_overrides(args))
+    limits = limits_from_args(args, pipe)
+    return pipe, limits, make_batcher(pipe, args, limits)
 
 
 def limits_from_args(args: argparse.Namespace, pipe: SconePipeline) -> Limits:
