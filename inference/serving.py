@@ -65,7 +65,7 @@ def check_image(k: int, name: str, data: bytes | str, limits: Limits) -> Image.I
         with Image.open(source) as im:  # reads the header only: the pixel count before any decoding
             w, h = im.size
     except Exception as e:  # not an image, or PIL's decompression-bomb guard
-        raise ValueError(f"Image {k} ({name}) is not an image this server can read.") from e
+        raise ValueError(f"Image {k} ({name}) is not an image this app can read.") from e
     if w * h > limits.max_pixels:
         raise ValueError(f"Image {k} ({name}) has {w}x{h} pixels; the limit is {limits.max_pixels:,} pixels.")
     try:
@@ -75,7 +75,7 @@ def check_image(k: int, name: str, data: bytes | str, limits: Limits) -> Image.I
                 return load_image(im.copy())
         return load_image(data)
     except (ValueError, OSError) as e:
-        raise ValueError(f"Image {k} ({name}) is not an image this server can read.") from e
+        raise ValueError(f"Image {k} ({name}) is not an image this app can read.") from e
 
 
 def check_images(files, limits: Limits, min_images: int) -> list[Image.Image]:
