@@ -33,10 +33,12 @@ from inference.serving import (
     Limits,
     add_front_door_args,
     check_images,
+    check_new_tokens,
+    check_prompt,
     check_sampling,
-    check_text,
     image_cost,
     load_served_model,
+    understand_key,
 )
 from inference.step_cache import CACHE_MODES
 
@@ -70,7 +72,6 @@ class DemoServer:
 
     def __init__(self, pipe: SconePipeline, batcher: RequestBatcher, limits: Limits):
         self.pipe, self.batcher, self.limits = pipe, batcher, limits
-        self._understand_count = 0
 
     def _wait(self, job, progress, what: str):
         """Block until ``job`` is done, reporting the queue position then the denoising steps."""
@@ -94,7 +95,7 @@ class DemoServer:
     def generate(self, files, instruction, seed, height, width, steps, advanced: dict, progress=None):
         """-> (PIL image, settings text). ``ValueError`` for bad input, ``BusyError`` for a full queue."""
         images = check_images(files, self.limits, min_images=1)
-        prompt = check_text(instruction, "an instruction", self.limits, self.pipe)
+        prompt, _ = check_prompt(instruction, "an instruction", self.limits, self.pipe)
         cfg = check_sampling(
             self.pipe.sampling, self.limits, height=height, width=width, num_timesteps=steps, **advanced
         )
@@ -111,14 +112,10 @@ class DemoServer:
     def understand(self, files, question, think, max_new_tokens, progress=None) -> tuple[str, str]:
         """-> (answer, note)."""
         images = check_images(files, self.limits, min_images=0)
-        prompt = check_text(question, "a question", self.limits, self.pipe)
-        n = int(max_new_tokens or 0)
-        most = min(self.limits.max_new_tokens, self.pipe.max_text_tokens)
-        if not 1 <= n <= most:
-            raise ValueError(f"Max new tokens must be from 1 to {most}, got {max_new_tokens}.")
-        self._understand_count += 1  # understanding requests run one at a time: a unique key each
+        prompt, _ = check_prompt(question, "a question", self.limits, self.pipe)
+        n = check_new_tokens(max_new_tokens, self.limits, self.pipe, "Max new tokens")
         payload = dict(images=images, prompt=prompt, max_new_tokens=n, think=bool(think))
-        job = self._submit(("understand", None, self._understand_count), payload, image_cost(images))
+        job = self._submit(understand_key(None), payload, image_cost(images))
         out = self._wait(job, progress, "answering")
         note = ""
         if self.pipe.config.extra.get("generation_only"):

@@ -295,9 +295,11 @@ class SconePipeline:
         max_think_tokens,
         images=None,
         posteriors=None,
+        ids: list[int] | None = None,
     ):
         """The three contexts of one request (docs/architecture.md §6): ``full`` sees everything, ``no_image``
-        everything but the references, ``no_text`` is ``full`` as it was before the instruction."""
+        everything but the references, ``no_text`` is ``full`` as it was before the instruction. ``ids``:
+        the instruction's tokens when the caller has them already."""
         model, sp, layers = self.model, self.special, self.config.llm.num_hidden_layers
         full, no_image = Context.empty(layers, "full"), Context.empty(layers, "no_image")
         if think:
@@ -322,7 +324,8 @@ class SconePipeline:
                 posterior=post,
             )
             prefill_vit(model, full, self.vit_transform(im), sp)
-        ids = self.encode_prompt(req.prompt, "instruction")
+        if ids is None:
+            ids = self.encode_prompt(req.prompt, "instruction")
         no_text = full.snapshot("no_text")
         prefill_text(model, full, ids, sp)
         prefill_text(model, no_image, ids, sp)
@@ -339,7 +342,7 @@ class SconePipeline:
             return req.init_noise.float().reshape(h * w, dim)
         return torch.randn(h * w, dim, generator=generator)
 
-    def _build_contexts_batched(self, requests, images, posteriors, generators, h, w):
+    def _build_contexts_batched(self, requests, ids, images, posteriors, generators, h, w):
         """``_build_contexts`` for several requests at once: the k-th reference of every request in one
         forward (VAE view, then ViT view), then every instruction in one forward (full and no-image
         contexts). Random draws per request in the sequential order (posterior noises, then the initial
@@ -363,7 +366,6 @@ class SconePipeline:
             prefill_batch(model, sp, [Item(full[r], vae_latent=latents[r][i]) for r in todo])
             prefill_batch(model, sp, [Item(full[r], vit=self.vit_transform(images[r][i])) for r in todo])
         no_text = [c.snapshot("no_text") for c in full]
-        ids = [encode(self.tokenizer, self._check_prompt(req.prompt)) for req in requests]
         prefill_batch(model, sp, [Item(c, ids=ids[r]) for r, c in enumerate(full)] + [
             Item(c, ids=ids[r]) for r, c in enumerate(no_image)
         ])  # fmt: skip
@@ -393,15 +395,15 @@ class SconePipeline:
         self._check_size(cfg.height, cfg.width)
         if think:
             self.check_budget(max_think_tokens, "max_think_tokens")
-        for req in requests:  # every instruction checked before any work starts
-            self.encode_prompt(req.prompt, "instruction")
+        # every instruction tokenised (and checked against the context) once, before any work starts
+        ids = [self.encode_prompt(req.prompt, "instruction") for req in requests]
         with self._on_device():
             return self._generate_batch(
-                requests, cfg, think, think_prompt, max_think_tokens, batch_cfg, progress, callback
+                requests, ids, cfg, think, think_prompt, max_think_tokens, batch_cfg, progress, callback
             )
 
     def _generate_batch(
-        self, requests, cfg, think, think_prompt, max_think_tokens, batch_cfg, progress, callback
+        self, requests, ids, cfg, think, think_prompt, max_think_tokens, batch_cfg, progress, callback
     ):
         h, w = self._check_size(cfg.height, cfg.width)
         images = [self._prepare_images(req.images) for req in requests]
@@ -415,13 +417,22 @@ class SconePipeline:
             for k, req in enumerate(requests):
                 with trace.request(k):
                     ctxs, thought = self._build_contexts(
-                        req, generators[k], think, think_prompt, max_think_tokens, images[k], posteriors[k]
+                        req,
+                        generators[k],
+                        think,
+                        think_prompt,
+                        max_think_tokens,
+                        images[k],
+                        posteriors[k],
+                        ids[k],
                     )
                 contexts.append(ctxs)
                 noises.append(self._init_noise(req, generators[k], h, w))
                 thoughts.append(thought)
         else:
-            contexts, noises = self._build_contexts_batched(requests, images, posteriors, generators, h, w)
+            contexts, noises = self._build_contexts_batched(
+                requests, ids, images, posteriors, generators, h, w
+            )
             thoughts = [None] * len(requests)
         rec = trace.active()
         if rec is not None:

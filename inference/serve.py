@@ -60,10 +60,12 @@ from inference.serving import (
     Limits,
     add_front_door_args,
     check_images,
+    check_new_tokens,
+    check_prompt,
     check_sampling,
-    check_text,
     image_cost,
     load_served_model,
+    understand_key,
 )
 
 log = logging.getLogger("scone.serve")
@@ -239,7 +241,6 @@ class ImageAPI:
         self.pipe, self.batcher, self.limits = pipe, batcher, limits
         self.models = {base_id: None, **{name: name for name in pipe.adapters}}
         self.base_id = base_id
-        self._understand_count = 0
 
     def adapter(self, model) -> str | None:
         if model is None or model == "":
@@ -267,8 +268,8 @@ class ImageAPI:
             raise APIError(500, f"the request failed: {describe_error(job.error)}")
         return job.result
 
-    def image_jobs(self, fields: dict, refs: list[tuple[str, bytes]]) -> tuple[list, list[int]]:
-        """Check one image request and queue its ``n`` images. Returns (jobs, seeds)."""
+    def image_jobs(self, fields: dict, refs: list[tuple[str, bytes]]) -> tuple[list, int]:
+        """Check one image request and queue its ``n`` images. Returns (jobs, tokens of the prompt)."""
         if fields.get("response_format", "b64_json") != "b64_json":
             raise APIError(
                 400, "response_format must be b64_json (images are returned inline)", "response_format"
@@ -281,7 +282,7 @@ class ImageAPI:
             raise APIError(400, f"n must be from 1 to {self.limits.max_images_per_request}, got {n}", "n")
         try:
             images = check_images(refs, self.limits, min_images=0)
-            prompt = check_text(fields.get("prompt"), "a prompt", self.limits, self.pipe)
+            prompt, ids = check_prompt(fields.get("prompt"), "a prompt", self.limits, self.pipe)
             height, width = parse_size(fields.get("size"), fields.get("height"), fields.get("width"))
             base = self.pipe.sampling
             settings = {"num_timesteps": base.num_timesteps, **sampling_settings(fields)}
@@ -292,10 +293,12 @@ class ImageAPI:
         think = _flag("think", fields.get("think"))
         seed = fields.get("seed")
         seed = random.randrange(2**31) if seed is None else _number("seed", seed, int)
-        seeds = [seed + i for i in range(n)]
         key = ("generate", adapter, cfg, think)
-        jobs = [self._submit(key, GenerationRequest(images, prompt, s), image_cost(images)) for s in seeds]
-        return jobs, seeds
+        jobs = [
+            self._submit(key, GenerationRequest(images, prompt, seed + i), image_cost(images))
+            for i in range(n)
+        ]
+        return jobs, len(ids)
 
     def image_response(self, jobs) -> dict:
         return {
@@ -304,25 +307,23 @@ class ImageAPI:
         }
 
     def understand_job(self, fields: dict, refs: list[tuple[str, bytes]], text: str):
+        """Check one question and queue it. Returns (job, tokens of the question)."""
         adapter = self.adapter(fields.get("model"))
-        most = min(self.limits.max_new_tokens, self.pipe.max_text_tokens)
         n_tokens = _number(
             "max_tokens", fields.get("max_completion_tokens") or fields.get("max_tokens") or 256, int
         )
-        if not 1 <= n_tokens <= most:
-            raise APIError(400, f"max_tokens must be from 1 to {most}, got {n_tokens}", "max_tokens")
         temperature = _number("temperature", fields.get("temperature") or 0.0)
         try:
+            n_tokens = check_new_tokens(n_tokens, self.limits, self.pipe, "max_tokens")
             images = check_images(refs, self.limits, min_images=0)
-            prompt = check_text(text, "a question", self.limits, self.pipe)
+            prompt, ids = check_prompt(text, "a question", self.limits, self.pipe)
         except ValueError as e:
             raise APIError(400, str(e)) from e
         seed = fields.get("seed")
         payload = dict(images=images, prompt=prompt, max_new_tokens=n_tokens, do_sample=temperature > 0,
                        temperature=temperature or 0.3, seed=None if seed is None else _number("seed", seed, int),
                        think=_flag("think", fields.get("think")))  # fmt: skip
-        self._understand_count += 1  # understanding requests run one at a time: a unique key each
-        return self._submit(("understand", adapter, self._understand_count), payload, image_cost(images))
+        return self._submit(understand_key(adapter), payload, image_cost(images)), len(ids)
 
     def chat_response(self, fields: dict, content, prompt_tokens: int, completion_tokens: int) -> dict:
         return {
@@ -404,7 +405,7 @@ def create_app(api: ImageAPI, api_key: str | None = None):
                 e = APIError(
                     401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
                 )
-                return JSONResponse(e.body(), status_code=401)
+                return await api_error(request, e)  # middleware errors do not reach the handlers
         return await call_next(request)
 
     async def json_body(request: Request) -> dict:
@@ -470,22 +471,22 @@ def create_app(api: ImageAPI, api_key: str | None = None):
         if not isinstance(modalities, list) or not set(modalities) <= {"text", "image"}:
             raise APIError(400, f"modalities must be ['image'] or ['text'], got {modalities!r}", "modalities")
         if "image" in modalities:
-            jobs, _ = api.image_jobs(
+            jobs, prompt_tokens = api.image_jobs(
                 {**{k: v for k, v in fields.items() if k != "messages"}, "prompt": text}, refs
             )
             await wait(jobs)
             parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_b64(api._result(j).image)}}
                      for j in jobs]  # fmt: skip
-            return api.chat_response(fields, parts, len(api.pipe.encode_prompt(text)), 0)
+            return api.chat_response(fields, parts, prompt_tokens, 0)
         for name in ("height", "width", "size", *SAMPLING_FIELDS):
             if fields.get(name) is not None:
                 raise APIError(400, f"{name} is for image generation (modalities: ['image'])", name)
         if fields.get("n") not in (None, 1) or fields.get("stream"):
             raise APIError(400, "n > 1 and stream are not supported for text answers", "n")
-        job = api.understand_job(fields, refs, text)
+        job, prompt_tokens = api.understand_job(fields, refs, text)
         await wait([job])
         out = api._result(job)
-        return api.chat_response(fields, out.text, len(api.pipe.encode_prompt(text)), len(out.token_ids))
+        return api.chat_response(fields, out.text, prompt_tokens, len(out.token_ids))
 
     return BodyLimit(app, api.limits.max_request_bytes)
 

@@ -99,18 +99,31 @@ def check_images(files, limits: Limits, min_images: int) -> list[Image.Image]:
     return images
 
 
-def check_text(text, what: str, limits: Limits | None = None, pipe: SconePipeline | None = None) -> str:
-    """A non-empty text within ``limits.max_prompt_chars`` characters and (with ``pipe``) the model's
-    context in tokens; the character limit is checked first, so a huge text is never tokenised."""
+def check_text(text, what: str, limits: Limits | None = None) -> str:
+    """A non-empty text (``what``: "an instruction") within ``limits.max_prompt_chars`` characters."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"Write {what} first.")
     if limits is not None and len(text) > limits.max_prompt_chars:
         raise ValueError(
             f"The {what.split(' ', 1)[-1]} has {len(text):,} characters; the limit is {limits.max_prompt_chars:,}."
         )
-    if pipe is not None:
-        pipe.encode_prompt(text, what.split(" ", 1)[-1])
     return text
+
+
+def check_prompt(text, what: str, limits: Limits, pipe: SconePipeline) -> tuple[str, list[int]]:
+    """``check_text``, then the model's context in tokens: ``(text, token ids)``. Characters come first,
+    so a huge text is never tokenised."""
+    text = check_text(text, what, limits)
+    return text, pipe.encode_prompt(text, what.split(" ", 1)[-1])
+
+
+def check_new_tokens(n, limits: Limits, pipe: SconePipeline, name: str) -> int:
+    """A number of tokens to generate: 1 .. the smaller of ``limits.max_new_tokens`` and the model's
+    context. ``name`` is how the front door calls it in its message."""
+    most = min(limits.max_new_tokens, pipe.max_text_tokens)
+    if isinstance(n, bool) or int(n or 0) != n or not 1 <= n <= most:
+        raise ValueError(f"{name} must be from 1 to {most}, got {n}.")
+    return int(n)
 
 
 def check_sampling(base: SamplingConfig, limits: Limits, **settings) -> SamplingConfig:
@@ -149,6 +162,12 @@ def image_cost(images: list[Image.Image]) -> int:
 
 
 # ---------------------------------------------------------------------- the model worker
+def understand_key(adapter: str | None) -> tuple:
+    """The batch key of one understanding request: never equal to another's (they run one at a time, each
+    decoding its own answer)."""
+    return ("understand", adapter, object())
+
+
 def make_runner(pipe: SconePipeline):
     """``run_batch`` for ``RequestBatcher``. Keys are ``("generate", adapter, SamplingConfig, think)`` or
     ``("understand", adapter, n)`` (``adapter``: a name given to ``pipe.add_adapter``, None for the base),
