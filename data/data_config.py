@@ -201,16 +201,12 @@ def check_groups(groups: list[DataGroup], geometry: ModelGeometry | None, num_wo
         ds = g.dataset
         builder = getattr(ds, "builder", ds)  # the transforms live on the sample builder
         if geometry is not None:
+            vit_limit = None if geometry.interpolate_pos else geometry.max_vit_side  # interpolated: any size
             for key, transform, limit, what in (
                 ("image_transform_args", getattr(builder, "transform", None), geometry.max_vae_side, "VAE"),
-                (
-                    "vit_image_transform_args",
-                    getattr(builder, "vit_transform", None),
-                    geometry.max_vit_side,
-                    "ViT",
-                ),
+                ("vit_image_transform_args", getattr(builder, "vit_transform", None), vit_limit, "ViT"),
             ):
-                if transform is None or (what == "ViT" and geometry.interpolate_pos):
+                if transform is None or limit is None:
                     continue
                 if transform.max_image_size > limit:
                     raise DataConfigError(
@@ -223,16 +219,16 @@ def check_groups(groups: list[DataGroup], geometry: ModelGeometry | None, num_wo
                         f"group {g.name!r}: {key}.min_image_size {transform.min_image_size} is larger than "
                         f"its max_image_size {transform.max_image_size}"
                     )
-        workers = max(num_workers, 1)
-        units, per_rank = len(ds.units), len(ds.rank_units)
+        workers, per_rank = max(num_workers, 1), len(ds.rank_units)
         if per_rank < workers:
-            most = per_rank if num_workers else 0
+            fix = (
+                f"Use --num_workers {per_rank} (NUM_WORKERS for scripts/train_lora.sh), " if per_rank else ""
+            )
             raise DataConfigError(
-                f"group {g.name!r}: {units} unit(s) of data (parquet row groups or files) for "
+                f"group {g.name!r}: {len(ds.units)} unit(s) of data (parquet row groups or files) for "
                 f"{ds.world_size} rank(s) x {workers} DataLoader worker(s); every worker needs at least one. "
-                f"Use --num_workers {max(most, 1) if most else 0}"
-                f"{' (NUM_WORKERS for scripts/train_lora.sh)' if most else ''}, fewer GPUs, or more row groups "
-                f"(scripts/make_s2i_parquet.py --rows_per_group N with N smaller)"
+                f"{fix}fewer GPUs, or more row groups (scripts/make_s2i_parquet.py --rows_per_group N with N "
+                "smaller)"
             )
         columns = getattr(ds, "columns", None)
         if columns:

@@ -101,10 +101,13 @@ def row_groups_of_files(
     """
     row_groups: list[tuple[str, int]] = []
     missing: list[str] = []
-    # Keys written relative to another folder, or through a link, still find their file.
-    by_real = {os.path.realpath(k): v for k, v in parquet_info.items()}
+    by_real = None  # keys written relative to another folder, or through a link, still find their file
     for path in files:
-        info = parquet_info.get(path) or by_real.get(os.path.realpath(path))
+        info = parquet_info.get(path)
+        if info is None:
+            if by_real is None:
+                by_real = {os.path.realpath(k): v for k, v in parquet_info.items()}
+            info = by_real.get(os.path.realpath(path))
         if info is None:
             if path not in missing:
                 missing.append(path)

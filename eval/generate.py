@@ -38,9 +38,11 @@ from inference.cli_common import (
     default_model_path,
     load_pipeline,
     report_user_error,
+    resolve_device_dtype,
 )
 from inference.sampling import SamplingConfig, add_sampling_args, sampling_overrides
 from modeling.files import give_default_mode
+from modeling.weight_formats import FLOAT_FORMATS
 
 log = logging.getLogger("eval.generate")
 _STARTED = time.time()  # temp files older than this process are left over from an interrupted run
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
         "seed_mode": args.seed_mode,
         "base_seed": args.seed,
         "world_size": world,
-        "dtype": args.dtype if args.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32"),
+        "dtype": {v: k for k, v in FLOAT_FORMATS.items()}[resolve_device_dtype(device, args.dtype)[1]],
     }
     report = generate_benchmark(
         pipe,

@@ -164,20 +164,25 @@ def _read_config(cls, path: str):
         raise CheckpointError(msg if path in msg else f"{path}: {msg}") from e
 
 
-def max_output_side(folder: str, weights_file: str | None = None) -> int:
-    """The largest image side the model in ``folder`` can generate, read from its configs and the two
-    safetensors headers (no tensor is read): latent position table side x VAE downsample x latent patch."""
-    weights_path = pick_weights_file(folder, weights_file)
-    config = build_config(folder, weights_path)
+def latent_downsample(folder: str, config: BagelConfig) -> int:
+    """Pixels per latent token side of the model in ``folder`` (VAE downsample x latent patch), the VAE's
+    part read from the names in the ``ae.safetensors`` header (no tensor is read)."""
+    path = os.path.join(folder, AE_FILE)
     try:
-        with safe_open(os.path.join(folder, AE_FILE), framework="pt") as f:
+        with safe_open(path, framework="pt") as f:
             levels = {k.split(".")[2] for k in f.keys() if k.startswith("encoder.down.")}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"cannot read autoencoder checkpoint {os.path.join(folder, AE_FILE)}: {e}"
-        ) from e
+        raise CheckpointError(f"cannot read autoencoder checkpoint {path}: {e}") from e
     downsample = 2 ** (len(levels) - 1) if levels else config.vae.downsample
-    return config.max_latent_size * downsample * config.latent_patch_size
+    return downsample * config.latent_patch_size
+
+
+def max_output_side(folder: str, weights_file: str | None = None, config: BagelConfig | None = None) -> int:
+    """The largest image side the model in ``folder`` can generate, read from its configs and the two
+    safetensors headers: latent position table side x pixels per latent token. ``config``: the folder's
+    ``build_config`` when the caller has it already."""
+    config = config or build_config(folder, pick_weights_file(folder, weights_file))
+    return config.max_latent_size * latent_downsample(folder, config)
 
 
 def load_bagel_weights(

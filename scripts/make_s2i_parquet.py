@@ -132,8 +132,9 @@ def model_image_sizes(model_path: str | None) -> tuple[tuple[int, int, int], tup
     if model_path is None:
         return UPSTREAM_TRANSFORMS["vae_transform"], UPSTREAM_TRANSFORMS["vit_transform"], 1024
     folder = check_model_folder(model_path)
-    _, transforms = model_defaults(build_config(folder, pick_weights_file(folder, None)))
-    return transforms["vae_transform"], transforms["vit_transform"], max_output_side(folder)
+    config = build_config(folder, pick_weights_file(folder, None))
+    _, transforms = model_defaults(config)
+    return transforms["vae_transform"], transforms["vit_transform"], max_output_side(folder, config=config)
 
 
 def write_mix(out: str, name: str, num_files: int, vae: tuple, vit: tuple) -> str:

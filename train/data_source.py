@@ -23,13 +23,13 @@ def check_data(args, rank: int, world_size: int) -> None:
         return
     from data.data_config import ModelGeometry, build_groups, check_groups
     from data.dataset_info import data_root_from_env
-    from modeling.checkpoint import build_config, check_model_folder, max_output_side, pick_weights_file
+    from modeling.checkpoint import build_config, check_model_folder, latent_downsample, pick_weights_file
 
     folder = check_model_folder(args.model_path)
     cfg = build_config(folder, pick_weights_file(folder, None))
     geometry = ModelGeometry(
         cfg.max_latent_size,
-        max_output_side(folder) // cfg.max_latent_size,
+        latent_downsample(folder, cfg),
         cfg.vit_max_num_patch_per_side,
         cfg.vit.patch_size,
         cfg.interpolate_pos,
