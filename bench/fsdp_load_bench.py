@@ -23,11 +23,10 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bagel-tiny", "checkpoint")
+from train.parallel import free_port
 
-from train.parallel import free_port  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bagel-tiny", "checkpoint")
 
 
 def write_model(folder: str, hidden: int, layers: int) -> int:
@@ -56,12 +55,13 @@ def write_model(folder: str, hidden: int, layers: int) -> int:
 
 def worker(folder: str, rank0: bool, out: str) -> None:
     """torchrun entry: build the training model as train.pretrain does, record this rank's peak RSS."""
-    from train.args import parse_args
+    from train.config import parse_config
     from train.parallel import cleanup_distributed, init_distributed
     from train.pretrain import build_model
+    from train.trained_weights import trained_weights
 
     info = init_distributed("cpu")
-    args = parse_args(
+    cfg = parse_config(
         [
             "--model_path", folder, "--device", "cpu", "--results_dir", out,
             "--sharding_strategy", "FULL_SHARD", "--activation_checkpointing", "False",
@@ -69,7 +69,7 @@ def worker(folder: str, rank0: bool, out: str) -> None:
         ]
     )  # fmt: skip
     t0 = time.perf_counter()
-    build_model(args, info, torch.float32)
+    build_model(cfg, trained_weights(cfg.freeze, cfg.lora, 0), info, torch.float32)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     os.makedirs(out, exist_ok=True)
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.nproc),
                    "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                    os.path.abspath(__file__), "--worker", folder, str(rank0), out]  # fmt: skip
-            env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"torchrun failed:\n{(proc.stdout + proc.stderr)[-8000:]}")

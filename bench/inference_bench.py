@@ -1,8 +1,8 @@
 """Benchmark the generation engine on a random-initialised model.
 
-    python bench/inference_bench.py --config tiny --device cpu --resolution 256 --num_refs 2 --steps 4
-    python bench/inference_bench.py --config 7b --device cuda --resolution 1024 --num_refs 2 --steps 10
-    python bench/inference_bench.py --config 7b --device cuda --resolution 1024 --steps 49 \
+    python -m bench.inference_bench --config tiny --device cpu --resolution 256 --num_refs 2 --steps 4
+    python -m bench.inference_bench --config 7b --device cuda --resolution 1024 --num_refs 2 --steps 10
+    python -m bench.inference_bench --config 7b --device cuda --resolution 1024 --steps 49 \
         --modes none taylorseer int8 taylorseer+int8
 
 ``7b`` builds the released BAGEL-7B-MoT geometry (14.6 B parameters, ~29 GB in bf16) directly on the
@@ -19,21 +19,19 @@ import argparse
 import contextlib
 import logging
 import os
-import sys
 import time
 
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from inference.pipeline import GenerationRequest, SconePipeline  # noqa: E402
-from modeling.autoencoder import AutoEncoder, AutoEncoderParams  # noqa: E402
-from modeling.bagel import Bagel  # noqa: E402
-from modeling.checkpoint import LoadedModel  # noqa: E402
-from modeling.config import BagelConfig, LLMConfig  # noqa: E402
-from modeling.siglip import SiglipVisionConfig  # noqa: E402
-from modeling.tokenizer import load_tokenizer  # noqa: E402
+from inference.pipeline import GenerationRequest, SconePipeline
+from modeling.autoencoder import AutoEncoder, AutoEncoderParams
+from modeling.bagel import Bagel
+from modeling.checkpoint import LoadedModel
+from modeling.config import BagelConfig, LLMConfig
+from modeling.siglip import SiglipVisionConfig
+from modeling.tokenizer import load_tokenizer
+from modeling.weight_formats import compute_dtype
 
 FIXTURE_TOKENIZER = os.path.join(
     os.path.dirname(__file__), "..", "tests", "fixtures", "bagel-tiny", "checkpoint"
@@ -106,7 +104,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None)
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--num_refs", type=int, default=2)
     p.add_argument(
@@ -120,8 +118,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = compute_dtype(args.dtype, device.type)
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
     pipe = build(args.config, device, dtype)

@@ -31,7 +31,6 @@ import torch
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 log = logging.getLogger("lora_concept")
 CONCEPT = "heart"
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     adapter, train_s = train_adapter(work, mix, args)
 
     torch.set_grad_enabled(False)
-    from eval.generate import generate_benchmark, load_cases
+    from inference.benchmark import generate_benchmark, load_cases
     from inference.pipeline import SconePipeline
 
     weights = {"weights": "int8"} if args.int8_base else {}

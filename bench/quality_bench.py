@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 log = logging.getLogger("quality_bench")
 
@@ -86,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     from data.synthetic.make_shapeworld import make_shapeworld
-    from eval.generate import generate_benchmark, load_cases
     from eval.shapeworld import score_benchmark
+    from inference.benchmark import generate_benchmark, load_cases
     from inference.pipeline import SconePipeline
+    from modeling.weight_formats import compute_dtype
 
     work = Path(args.work or tempfile.mkdtemp(prefix="quality_bench_"))
     world = work / f"world0_{args.num_cases}"
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         raise SystemExit(f"bad benchmark lines: {problems}")
     modes = [parse_mode(m) for m in args.modes]
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    dtype = compute_dtype("auto", torch.device(args.device).type)
     pipes = {}
     for m in modes:
         if m.weights not in pipes:

@@ -1,7 +1,7 @@
 """The OpenAI-compatible server under load: N concurrent ``openai`` clients, bad requests mixed in.
 
-    python bench/serve_bench.py --clients 16            # starts inference.serve (tiny model) on a free port
-    python bench/serve_bench.py --clients 16 --url http://127.0.0.1:8000/v1   # a server already running
+    python -m bench.serve_bench --clients 16            # starts inference.serve (tiny model) on a free port
+    python -m bench.serve_bench --clients 16 --url http://127.0.0.1:8000/v1   # a server already running
 
 Three phases against one server process: a warm-up round, then the same ``--clients`` good edit requests
 (2 references each) once concurrently and once one after another (only the arrival pattern differs, so
@@ -24,9 +24,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.app_bench import EXAMPLES, INSTRUCTION, AppProcess  # noqa: E402
+from bench.app_bench import EXAMPLES, INSTRUCTION, AppProcess
 
 
 def good(client, seed: int, steps: int) -> float:

@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from train.losses import flow_matching_losses  # noqa: E402
-from train.metrics import attention_flop_coeff, dense_llm_params, guess_peak_tflops, step_flops  # noqa: E402
-from train.optim import build_optimizer, clip_grad_norm  # noqa: E402
-from train.parallel import apply_activation_checkpointing  # noqa: E402
-from train.synthetic import SyntheticSpec, make_pack  # noqa: E402
-from train.vae_cache import PosteriorCache  # noqa: E402
+from train.losses import flow_matching_losses
+from train.metrics import attention_flop_coeff, dense_llm_params, guess_peak_tflops, step_flops
+from train.optim import build_optimizer, clip_grad_norm
+from train.parallel import apply_activation_checkpointing
+from train.synthetic import SyntheticSpec, make_pack
+from train.vae_cache import PosteriorCache
 
 logger = logging.getLogger("train_bench")
 FIXTURE = os.path.join(

@@ -1,7 +1,7 @@
 """Our generation engine against the original BAGEL code, on the same random model, in ONE run.
 
     git clone https://github.com/ByteDance-Seed/Bagel ../Bagel
-    python bench/upstream_compare.py --upstream_dir ../Bagel --upstream_python /path/to/venv/bin/python
+    python -m bench.upstream_compare --upstream_dir ../Bagel --upstream_python /path/to/venv/bin/python
 
 Writes a random model in the released layout (``bench/inference_bench.py``'s ``cpu512`` geometry: LLM hidden
 512, 12 layers, 8/2 heads, MLP 2048; ViT 256 x 4; the FLUX VAE geometry), then starts two worker processes on it — this repository's pipeline and upstream's
@@ -53,7 +53,6 @@ INSTRUCTION = "Put the object from image 1 next to the object from image 2 on a 
 # ---------------------------------------------------------------------------------------------- model
 def write_model(folder: str, seed: int = 0) -> None:
     """A random model in the released layout (tokenizer from the test fixture, FLUX-geometry VAE)."""
-    sys.path.insert(0, ROOT)
     import torch
     from safetensors.torch import save_file
 
@@ -104,7 +103,6 @@ SETTINGS = dict(cfg_text_scale=4.0, cfg_img_scale=2.0, cfg_interval=(0.0, 1.0), 
 
 # ---------------------------------------------------------------------------------------------- workers
 def worker_ours(folder: str, res: int, steps: int, dtype: str):
-    sys.path.insert(0, ROOT)
     import torch
 
     from inference.pipeline import SconePipeline
@@ -173,12 +171,18 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
 '''
 
 
-def worker_upstream(folder: str, res: int, steps: int, upstream_dir: str, dtype: str):
+def write_shim() -> str:
+    """A folder holding the ``flash_attn`` stand-in; the upstream worker gets it on its PYTHONPATH."""
     shim = tempfile.mkdtemp(prefix="flash_attn_shim_")
     os.makedirs(os.path.join(shim, "flash_attn"))
     with open(os.path.join(shim, "flash_attn", "__init__.py"), "w") as f:
         f.write(textwrap.dedent(SDPA_SHIM))
-    sys.path[:0] = [upstream_dir, shim]
+    return shim
+
+
+def worker_upstream(folder: str, res: int, steps: int, dtype: str):
+    """Runs with PYTHONPATH = the upstream clone and the shim (set by ``main``): upstream's ``modeling`` and
+    ``data`` packages, not ours, answer its imports."""
     import importlib.util
 
     import torch
@@ -309,8 +313,7 @@ def main(argv=None) -> int:
         if args.worker == "ours":
             serve(worker_ours(args.folder, args.resolution, args.steps, args.dtype))
         else:
-            upstream = os.path.abspath(args.upstream_dir)
-            serve(worker_upstream(args.folder, args.resolution, args.steps, upstream, args.dtype))
+            serve(worker_upstream(args.folder, args.resolution, args.steps, args.dtype))
         return 0
 
     folder = tempfile.mkdtemp(prefix="upstream_compare_")
@@ -318,11 +321,18 @@ def main(argv=None) -> int:
     common = ["--folder", folder, "--resolution", str(args.resolution), "--steps", str(args.steps),
               "--threads", str(args.threads), "--upstream_dir", args.upstream_dir, "--dtype", args.dtype]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
+    upstream_path = os.pathsep.join([os.path.abspath(args.upstream_dir), write_shim()])
+    launch = {
+        # ours: as a module from the checkout (bench.* importable); upstream: as a file from elsewhere, with
+        # only upstream's clone and the shim on its path
+        "ours": ([sys.executable, "-m", "bench.upstream_compare"], ROOT, env),
+        "upstream": ([args.upstream_python, os.path.abspath(__file__)], tempfile.gettempdir(),
+                     dict(env, PYTHONPATH=upstream_path)),
+    }  # fmt: skip
     workers = {}
-    for name, python in (("ours", sys.executable), ("upstream", args.upstream_python)):
-        workers[name] = subprocess.Popen([python, os.path.abspath(__file__), "--worker", name, *common],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                         cwd=tempfile.gettempdir())  # fmt: skip
+    for name, (cmd, cwd, worker_env) in launch.items():
+        workers[name] = subprocess.Popen([*cmd, "--worker", name, *common], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True, env=worker_env, cwd=cwd)  # fmt: skip
     facts = {}
     try:
         for name, w in workers.items():

@@ -13,8 +13,8 @@ import sys
 
 from PIL import Image
 
+from data.benchmark_cases import BenchmarkCase
 from eval.authors_protocol import OMNICONTEXT_UPSTREAMS
-from eval.cases import BenchmarkCase
 from eval.judge.client import JudgeResult
 from eval.judge.parsing import parse_score_json, parse_score_reason
 from eval.judge.prompts import PromptSet

@@ -13,8 +13,8 @@ import sys
 
 from PIL import Image
 
+from data.benchmark_cases import BenchmarkCase
 from eval.aggregation import SCONEEVAL
-from eval.cases import BenchmarkCase
 from eval.judge.client import JudgeResult
 from eval.judge.parsing import parse_binary, parse_score_json, parse_score_reason
 from eval.judge.prompts import PromptSet
@@ -67,7 +67,7 @@ def make_record(case: BenchmarkCase, results: dict[str, JudgeResult]) -> dict:
 
 
 def check_case(case: BenchmarkCase) -> str | None:
-    """Distinction cases need subject_list/subject_label (validated by eval.cases when present)."""
+    """Distinction cases need subject_list/subject_label (validated by data.benchmark_cases when present)."""
     if case.task_type in SCONEEVAL.dis_task_types and case.subject_list is None:
         return "distinction case without subject_list/subject_label"
     return None

@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from data.benchmark_cases import BenchmarkCase, CaseProblem, input_image_paths, read_cases
 from eval.aggregation import aggregate, get_benchmark, write_outputs
 from eval.authors_protocol import (
     AuthorsProtocol,
@@ -35,7 +36,6 @@ from eval.authors_protocol import (
     add_protocol_args,
     load_judge_protocol,
 )
-from eval.cases import BenchmarkCase, CaseProblem, input_image_paths, read_cases
 from eval.judge.batch import BatchRunner, Request
 from eval.judge.cache import LiveLedgerFile, atomic_write_text
 from eval.judge.client import JudgeClient, JudgeFatalError, JudgeResult

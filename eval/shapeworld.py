@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data.benchmark_cases import read_cases
 from data.synthetic.render import (
     BACKGROUND_COLOURS,
     NOVEL_SHAPES,
@@ -47,7 +48,6 @@ from data.synthetic.render import (
 from data.synthetic.shapeworld import LAYOUTS, Case, case_from_record
 from data.transforms import pil_img2rgb
 from eval.aggregation import aggregate, write_outputs
-from eval.cases import read_cases
 from eval.scoring import round_dirs
 
 logger = logging.getLogger(__name__)
@@ -468,7 +468,7 @@ def judge_record(record: dict, image: Image.Image) -> dict:
 
 # ----------------------------------------------------------------------------- benchmark driver
 def load_bench(bench_dir: str) -> list[dict]:
-    """Records of ``bench_dir/data.jsonl``, read by the shared SconeEval reader (eval/cases.py) and each
+    """Records of ``bench_dir/data.jsonl``, read by the shared SconeEval reader (data/benchmark_cases.py) and each
     validated by ``case_from_record``; any bad record raises, naming the file, line and key."""
     cases, problems = read_cases(os.path.join(bench_dir, "data.jsonl"))
     if problems:

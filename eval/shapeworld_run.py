@@ -31,9 +31,10 @@ def generate_and_judge(
     model's default settings (batched, per-sample seeds from ``sampling_seed``) and judge them.
     Returns the aggregation result (``result["mean"]["leaderboard.overall"]`` etc.)."""
     from data.synthetic.make_shapeworld import make_shapeworld
-    from eval.generate import generate_benchmark, load_cases
     from eval.shapeworld import score_benchmark
+    from inference.benchmark import generate_benchmark, load_cases
     from inference.pipeline import SconePipeline
+    from modeling.weight_formats import compute_dtype
 
     world = os.path.join(work, f"world{world_seed}_{num_cases}")
     if not os.path.isfile(os.path.join(world, "bench", "data.jsonl")):
@@ -41,10 +42,8 @@ def generate_and_judge(
     bench = Path(world) / "bench"
     out = Path(work) / f"gen_seed{sampling_seed}"
     cases, problems, _ = load_cases("jsonl", bench)
-    cuda = torch.cuda.is_available()  # the benchmark CLI's choice: bf16 on a GPU, fp32 on the CPU
-    pipe = SconePipeline.from_pretrained(
-        model_path, device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32
-    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the benchmark CLI's --dtype auto
+    pipe = SconePipeline.from_pretrained(model_path, device=device, dtype=compute_dtype("auto", device))
     report = generate_benchmark(pipe, cases, bench, out, seed=sampling_seed, batch_size=8, progress=False)
     if problems or report.failures:
         raise RuntimeError(f"benchmark generation failed for {model_path}: {problems or report.failures}")

@@ -10,7 +10,7 @@ import torch
 
 from inference.offload import OFFLOAD_MODES
 from modeling.errors import CheckpointError
-from modeling.weight_formats import FLOAT_FORMATS, WEIGHT_FORMATS
+from modeling.weight_formats import FLOAT_FORMATS, WEIGHT_FORMATS, compute_dtype
 
 # A downloaded Scone wins; a fresh clone falls back to the shipped tiny ShapeWorld model.
 DEFAULT_MODEL_CANDIDATES = ("ckpts/Scone", "ckpts/scone-tiny")
@@ -182,6 +182,4 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if dtype == "auto":
-        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
-    return dev, FLOAT_FORMATS[dtype]
+    return dev, compute_dtype(dtype, dev.type)

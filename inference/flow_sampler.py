@@ -1,12 +1,14 @@
 """Rectified-flow sampling as pure functions (docs/architecture.md), separate from the network.
 
-Convention: ``x_t = (1 - t) x_0 + t eps``; the model predicts ``v = eps - x_0``; sampling integrates t
-from 1 to 0 with ``x <- x - v dt``.
+Convention (``modeling/flow.py``): ``x_t = (1 - t) x_0 + t eps``; the model predicts ``v = eps - x_0``;
+sampling integrates t from 1 to 0 with ``x <- x - v dt``.
 """
 
 from __future__ import annotations
 
 import torch
+
+from modeling.flow import shift_timesteps
 
 RENORM_TYPES = ("global", "channel", "text_channel")
 
@@ -17,7 +19,7 @@ def timestep_schedule(num_timesteps: int, shift: float) -> tuple[torch.Tensor, t
     if num_timesteps < 2:
         raise ValueError(f"num_timesteps must be >= 2, got {num_timesteps}")
     t = torch.linspace(1, 0, num_timesteps)
-    t = shift * t / (1 + (shift - 1) * t)
+    t = shift_timesteps(t, shift)
     return t[:-1], t[:-1] - t[1:]
 
 

@@ -28,6 +28,19 @@ WEIGHT_FORMATS = (*FLOAT_FORMATS, *QUANTIZED_FORMATS)
 QUANTIZED_PREFIX = "language_model.model.layers."  # the decoder blocks
 
 
+def compute_dtype(name: str, device_type: str) -> torch.dtype:
+    """The dtype of a ``--dtype`` value (``auto`` or a ``FLOAT_FORMATS`` name) on a device type: ``auto``
+    is bf16 on CUDA and fp32 elsewhere (CPUs without native bf16 are slow in it)."""
+    if name == "auto":
+        return torch.bfloat16 if device_type == "cuda" else torch.float32
+    return FLOAT_FORMATS[name]
+
+
+def float_format_name(dtype: torch.dtype) -> str:
+    """``FLOAT_FORMATS``' name of ``dtype`` (``torch.bfloat16`` -> ``"bf16"``)."""
+    return next(k for k, v in FLOAT_FORMATS.items() if v == dtype)
+
+
 def split_weights(weights: str | None, dtype: torch.dtype) -> tuple[torch.dtype, str | None]:
     """(compute dtype, quantized format or None) of a ``weights=`` value; None keeps ``dtype``."""
     if weights is None:

@@ -34,7 +34,6 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 log = logging.getLogger("make_s2i_parquet")
 

@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data.tiny_data import make_tiny_dataset  # noqa: E402
+from data.tiny_data import make_tiny_dataset
 
 logger = logging.getLogger("make_tiny_data")
 

@@ -1,4 +1,4 @@
-"""`eval.generate --benchmark psrbench`: PSRBench subset JSONs in, images + results JSON out."""
+"""`inference.benchmark --benchmark psrbench`: PSRBench subset JSONs in, images + results JSON out."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval import generate as benchmark
 from eval.psrbench.synthetic import make_synthetic_psrbench
+from inference import benchmark
 from tests.conftest import CHECKPOINT
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from eval import generate as benchmark
-from eval.cases import PathEscapeError, read_cases, resolve_in_dir
-from eval.generate import build_jobs, sample_seed, shard
+from data.benchmark_cases import PathEscapeError, read_cases, resolve_in_dir
+from inference import benchmark
+from inference.benchmark import build_jobs, sample_seed, shard
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests/fixtures/bagel-tiny"

@@ -290,7 +290,7 @@ def test_full_disk_during_a_save_names_the_step_and_the_last_good_checkpoint(tmp
 def test_weights_and_images_get_the_default_file_mode(tmp_path):
     import torch
 
-    from eval.generate import atomic_save_png
+    from inference.benchmark import atomic_save_png
     from modeling.files import save_safetensors
 
     old = os.umask(0o022)
@@ -306,7 +306,7 @@ def test_weights_and_images_get_the_default_file_mode(tmp_path):
 def test_a_rerun_removes_the_temp_files_of_an_interrupted_write(tmp_path):
     import time
 
-    from eval.generate import remove_stale_temp_images
+    from inference.benchmark import remove_stale_temp_images
 
     left = tmp_path / "round0" / "task" / ".k1.abc123.png.tmp"
     left.parent.mkdir(parents=True)

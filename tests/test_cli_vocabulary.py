@@ -14,7 +14,7 @@ from inference.cli_common import MODEL_FLAGS, add_model_args
 from tests.test_docs import probe
 from tests.test_lora import REFS, SHIPPED, TEXT, adapter  # noqa: F401 - the fixture
 
-# Every front end that loads a model (inference.benchmark is the original repository's name of eval.generate).
+# Every front end that loads a model (eval.generate is an alias of inference.benchmark).
 MODEL_ENTRY_POINTS = [
     "module:inference.single_case",
     "module:inference.understand",

@@ -56,16 +56,16 @@ def test_lora_run_writes_adapters_only_and_resumes_exactly(tmp_path):
 
 def test_optimizer_state_covers_only_the_adapters(tmp_path):
     from modeling.checkpoint import load_pretrained
-    from train.args import parse_args
+    from train.config import parse_config
     from train.model_setup import StartPoint
     from train.optim import build_optimizer
     from train.parallel import DistInfo
-    from train.pretrain import attach_lora
+    from train.trained_weights import trained_weights
 
     loaded = load_pretrained(CKPT)
-    args = parse_args(["--model_path", CKPT, *SYN, GEN_ONLY, "--lora_rank", "2"])
-    info = DistInfo()
-    attach_lora(args, loaded.model, StartPoint("x", None, "test"), torch.float32, info)
+    cfg = parse_config(["--model_path", CKPT, *SYN, GEN_ONLY, "--lora_rank", "2"])
+    weights = trained_weights(cfg.freeze, cfg.lora, cfg.objective.global_seed)
+    weights.prepare(loaded.model, loaded.vae, StartPoint("x", None, "test"), torch.float32, DistInfo())
     opt = build_optimizer(loaded.model, 1e-3, (0.9, 0.95), 1e-8)
     trained = [p for g in opt.param_groups for p in g["params"]]
     assert trained and all(p.requires_grad for p in trained)
@@ -105,7 +105,7 @@ def test_int8_base_lora_trains_resumes_and_tracks_the_float_base(tmp_path):
 
 
 def test_int8_base_needs_lora():
-    from train.args import parse_args
+    from train.config import parse_config
 
     with pytest.raises(SystemExit, match="needs --lora_rank"):
-        parse_args(["--model_path", CKPT, "--synthetic_data", "True", "--lora_base_weights", "int8"])
+        parse_config(["--model_path", CKPT, "--synthetic_data", "True", "--lora_base_weights", "int8"])

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
+from data.psrbench_cases import case_output_path, write_results_json
 from eval import authors_protocol
 from eval.authors_protocol import Upstream
 from eval.judge.fake_server import FakeJudgeServer, Reply, prompt_text
 from eval.psrbench import evaluate
-from eval.psrbench.data import case_output_path, write_results_json
 from eval.psrbench.detection import Box, caption_for
 from eval.psrbench.position import position_alignment
 from eval.psrbench.subject_consistency import subject_consistency
@@ -256,7 +256,7 @@ def test_semantic_request_is_the_authors_and_scores_are_read_as_theirs(tmp_path,
     import openai
 
     root = make_synthetic_psrbench(tmp_path / "PSRBench", ("Attribute", "Three"))
-    from eval.psrbench.data import load_psrbench_cases
+    from data.psrbench_cases import load_psrbench_cases
 
     cases = load_psrbench_cases(root, ["Attribute", "Three"])
     out = tmp_path / "outputs"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eval.psrbench.data import (
+from data.psrbench_cases import (
     SUBSETS,
     case_output_path,
     load_psrbench_cases,
@@ -125,7 +125,7 @@ def test_write_results_json_layout_and_round_trip(tmp_path, monkeypatch):
 
 
 def test_results_files_are_checked_against_the_benchmark(tmp_path):
-    from eval.psrbench.data import check_results_against_benchmark
+    from data.psrbench_cases import check_results_against_benchmark
     from eval.psrbench.report import summarize, to_markdown
 
     root = make_synthetic_psrbench(tmp_path / "bench", subsets=("Background", "Position"), n_per_subset=3)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.psrbench.data import case_output_path, load_psrbench_cases, write_results_json
+from data.psrbench_cases import case_output_path, load_psrbench_cases, write_results_json
 from eval.psrbench.detection import GroundingDinoDetector
 from eval.psrbench.evaluate import main as evaluate_main
 from eval.psrbench.features import DinoFeatureExtractor, dino_preprocess

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from data.psrbench_cases import case_output_path, load_psrbench_cases, write_results_json
 from eval.judge.client import JudgeClient
-from eval.psrbench.data import case_output_path, load_psrbench_cases, write_results_json
 from eval.psrbench.detection import Box
 from eval.psrbench.evaluate import run_evaluation
 from eval.psrbench.report import summarize, to_markdown

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from data.benchmark_cases import read_cases
 from data.parquet_io import list_parquet_files, load_parquet_info, read_row_group, row_groups_of_files
 from data.synthetic.make_shapeworld import DATASET_NAMES, main, make_shapeworld
 from data.synthetic.render import (
@@ -38,7 +39,6 @@ from data.synthetic.shapeworld import (
     render_case,
     sample_case,
 )
-from eval.cases import read_cases
 
 
 def _dist(a, b) -> float:

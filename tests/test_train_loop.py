@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train.args import parse_args
+from train.config import parse_config
 from train.pretrain import NonFiniteLossError, main, train
 
 CKPT = os.path.join(os.path.dirname(__file__), "fixtures", "bagel-tiny", "checkpoint")
 
 
 def args_for(out, *extra):
-    return parse_args(
+    return parse_config(
         [
             "--model_path",
             CKPT,
@@ -316,16 +316,17 @@ def test_a_diverged_run_stops_nonzero_and_saves_no_broken_weights(tmp_path):
 def test_nonfinite_weights_stop_the_run_before_a_save(tmp_path, monkeypatch):
     from train import pretrain
 
-    real = pretrain._update_weights
+    real = pretrain.apply_update
+    calls = {"n": 0}
 
-    def poison(args, step, bad, optimizer, ema, *rest):
-        out = real(args, step, bad, optimizer, ema, *rest)
-        if step == 1:
+    def poison(optimizer, ema):
+        real(optimizer, ema)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the update of step 1
             with torch.no_grad():
                 optimizer.param_groups[0]["params"][0].fill_(float("inf"))
-        return out
 
-    monkeypatch.setattr(pretrain, "_update_weights", poison)
+    monkeypatch.setattr(pretrain, "apply_update", poison)
     with pytest.raises(NonFiniteLossError, match="no longer finite"):
         train(args_for(tmp_path, *SYN, GEN_ONLY, "--total_steps", "6", "--save_every", "2", "--lr", "1e-3",
                        "--check_finite_every", "1000"))  # fmt: skip

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from train.args import build_parser, parse_args
 from train.checkpointing import find_latest_checkpoint
+from train.config import build_parser, parse_config
 from train.freeze import POS_EMBED_KEYS, FreezeFlags, apply_freeze, frozen_reasons
 from train.optim import EMA, WarmupSchedule, clip_grad_norm, lr_factor
 
@@ -155,19 +155,21 @@ def test_ema_update_and_reload():
 
 def test_cli_accepts_dashes_underscores_and_bool_values():
     base = ["--model_path", "x", "--synthetic_data"]
-    a = parse_args(
+    a = parse_config(
         base + ["--resume-model-only", "True", "--num_worker", "3", "--freeze-llm-gen", "--lr", "2e-5"]
     )
-    assert a.resume_model_only is True and a.num_workers == 3 and a.freeze_llm_gen is True and a.lr == 2e-5
-    b = parse_args(base + ["--resume_model_only", "False", "--auto-resume", "--cpu_offload", "False"])
-    assert b.resume_model_only is False and b.auto_resume is True and b.cpu_offload is False
-    assert parse_args(base + ["--upstream_compat"]).reduce_dtype == "bf16"
+    assert a.checkpoint.resume_model_only is True and a.data.num_workers == 3
+    assert a.freeze.freeze_llm_gen is True and a.optimizer.lr == 2e-5
+    b = parse_config(base + ["--resume_model_only", "False", "--auto-resume", "--cpu_offload", "False"])
+    assert b.checkpoint.resume_model_only is False and b.checkpoint.auto_resume is True
+    assert b.parallel.cpu_offload is False
+    assert parse_config(base + ["--upstream_compat"]).parallel.reduce_dtype == "bf16"
     with pytest.raises(SystemExit):
-        parse_args(base + ["--layer_module", "Qwen2DecoderLayer"])
+        parse_config(base + ["--layer_module", "Qwen2DecoderLayer"])
     with pytest.raises(SystemExit):
-        parse_args(["--model_path", "x"])  # no data
+        parse_config(["--model_path", "x"])  # no data
     with pytest.raises(SystemExit):
-        parse_args(base + ["--llm_path", "hf/llm"])
+        parse_config(base + ["--llm_path", "hf/llm"])
     help_text = build_parser().format_help()
     for opt in ("--sharding_strategy", "--max_nonfinite_steps", "--use_semantic_mask", "--finetune_from_ema"):
         assert opt in help_text
@@ -203,10 +205,10 @@ def test_stage_scripts_parse(tmp_path, stage):
         f"#!{sys.executable}\n"
         "import json, sys\n"
         f"sys.path.insert(0, {root!r})\n"
-        "from train.args import parse_args\n"
+        "from train.config import parse_config\n"
         "argv = sys.argv[sys.argv.index('train/pretrain.py') + 1:]\n"
-        "a = parse_args(argv)\n"
-        "print(json.dumps({k: getattr(a, k) for k in ('freeze_llm_und', 'freeze_llm_gen', 'freeze_mlp_und',"
+        "a = {k: v for s in parse_config(argv).to_dict().values() for k, v in s.items()}\n"
+        "print(json.dumps({k: a[k] for k in ('freeze_llm_und', 'freeze_llm_gen', 'freeze_mlp_und',"
         " 'freeze_mlp_gen', 'freeze_vit', 'use_semantic_mask', 'lr', 'total_steps', 'num_shard', 'finetune_from_ema')}))\n"
     )
     fake.chmod(0o755)

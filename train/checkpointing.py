@@ -11,6 +11,7 @@ at ``step + 1``, like upstream):
 | ``scheduler.pt`` | LR schedule counter |
 | ``train_state.json`` | step, counters, world size, num_workers, seeds |
 | ``data_status.pt`` | list indexed by rank of that rank's data-pipeline state |
+| ``train_config.json`` | the run's resolved configuration by section (``train/config.py``); ``--config`` reads it back |
 | ``llm_config.json``, ``vit_config.json``, ``scone_config.json`` (if any), ``ae.safetensors``, tokenizer files | copied from the model folder, so the step folder loads with ``load_pretrained`` / ``SconePipeline.from_pretrained`` |
 
 A LoRA run (``--lora_rank``) writes ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT format,
@@ -29,6 +30,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -36,6 +38,7 @@ from safetensors import SafetensorError
 
 from modeling.files import give_default_mode, save_safetensors
 from modeling.lora import ADAPTER_WEIGHTS, read_adapter, write_adapter
+from train.config import CONFIG_FILE
 from train.parallel import all_gather_object, barrier, broadcast_object
 
 logger = logging.getLogger(__name__)
@@ -151,11 +154,13 @@ def save_checkpoint(
     rank: int,
     ema=None,
     lora=None,
+    config: dict | None = None,
 ) -> str:
     """Write ``{checkpoint_dir}/{step:07d}`` atomically. Collective: every rank must call it.
 
     ``data_status`` is this rank's data-pipeline state (any object ``torch.save`` can store with
-    plain containers / tensors); the file holds the list over ranks.
+    plain containers / tensors); the file holds the list over ranks. ``config``: the run's resolved
+    configuration (``train/config.py``), written as ``train_config.json``.
     """
     from torch.distributed.checkpoint import save as dcp_save
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -181,8 +186,8 @@ def save_checkpoint(
     error = None
     if rank == 0:
         try:
-            files = (full, ema_full, lora, model_folder, scheduler, statuses, train_state)
-            _write_step_folder(tmp, final, checkpoint_dir, step, *files)
+            files = StepFiles(full, ema_full, lora, model_folder, scheduler, statuses, train_state, config)
+            _write_step_folder(tmp, final, checkpoint_dir, step, files)
         except (OSError, RuntimeError, SafetensorError) as e:  # a full disk, a quota, a vanished mount
             shutil.rmtree(tmp, ignore_errors=True)
             where = getattr(e, "filename", None)
@@ -201,10 +206,23 @@ def save_checkpoint(
     return final
 
 
-def _write_step_folder(
-    tmp, final, checkpoint_dir, step, full, ema_full, lora, model_folder, scheduler, statuses, train_state
-) -> None:
+@dataclass
+class StepFiles:
+    """What rank 0 writes into a step folder (``full``: the model's, or with ``lora`` the adapters')."""
+
+    full: dict
+    ema_full: dict | None
+    lora: object | None
+    model_folder: str
+    scheduler: object
+    statuses: list
+    train_state: dict
+    config: dict | None
+
+
+def _write_step_folder(tmp: str, final: str, checkpoint_dir: str, step: int, files: StepFiles) -> None:
     """Rank 0's files of a step folder, written into ``tmp`` and renamed to ``final`` at the end."""
+    full, ema_full, lora, model_folder = files.full, files.ema_full, files.lora, files.model_folder
     if lora is None:
         save_safetensors(full, os.path.join(tmp, MODEL_FILE))
         if ema_full is not None:
@@ -221,11 +239,15 @@ def _write_step_folder(
                 os.path.join(tmp, "ema"),
                 model_folder,
             )
-    torch.save(scheduler.state_dict(), os.path.join(tmp, SCHEDULER_FILE))
-    torch.save(statuses, os.path.join(tmp, DATA_STATUS_FILE))
+    torch.save(files.scheduler.state_dict(), os.path.join(tmp, SCHEDULER_FILE))
+    torch.save(files.statuses, os.path.join(tmp, DATA_STATUS_FILE))
+    if files.config is not None:
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(files.config, f, indent=2)
+            f.write("\n")
     # train_state.json last among the files: it is one of the completeness markers.
     with open(os.path.join(tmp, TRAIN_STATE_FILE), "w") as f:
-        json.dump({**train_state, "step": step}, f, indent=2, sort_keys=True)
+        json.dump({**files.train_state, "step": step}, f, indent=2, sort_keys=True)
     if os.path.exists(final):  # re-saving a step (e.g. after a resume): swap, then drop the old one
         old = os.path.join(checkpoint_dir, f".old-{step_dir_name(step)}-{os.getpid()}")
         os.rename(final, old)

@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import logging
 
+from train.config import DataSection
 from train.synthetic import SyntheticSource, SyntheticSpec
 
 logger = logging.getLogger(__name__)
 
 
-def check_data(args, rank: int, world_size: int) -> None:
+def check_data(data: DataSection, model_path: str, rank: int, world_size: int) -> None:
     """Check the YAML mix against the model before anything heavy loads: every file and parquet_info entry
     exists, the image sizes fit the model, every DataLoader worker gets data, the parquet files have the
     columns their dataset reads. Reads only configs, file headers and parquet footers. Raises
     ``DataConfigError`` (a ValueError) or ``CheckpointError`` with a message saying what to change."""
-    if args.synthetic_data:
+    if data.synthetic_data:
         return
     from data.data_config import ModelGeometry, build_groups, check_groups
     from data.dataset_info import data_root_from_env
     from modeling.checkpoint import build_config, check_model_folder, latent_downsample, pick_weights_file
 
-    folder = check_model_folder(args.model_path)
+    folder = check_model_folder(model_path)
     cfg = build_config(folder, pick_weights_file(folder, None))
     geometry = ModelGeometry(
         cfg.max_latent_size,
@@ -35,41 +36,42 @@ def check_data(args, rank: int, world_size: int) -> None:
         cfg.interpolate_pos,
     )
     groups = build_groups(
-        args.dataset_config_file,
+        data.dataset_config_file,
         None,  # no tokenizer needed to list and check the data
         rank=rank,
         world_size=world_size,
-        data_seed=args.data_seed,
-        data_root=data_root_from_env(args.data_root),
+        data_seed=data.data_seed,
+        data_root=data_root_from_env(data.data_root),
     )
-    check_groups(groups, geometry, args.num_workers)
+    check_groups(groups, geometry, data.num_workers)
 
 
-def build_data_source(args, loaded, info, data_status):
-    """Build the source for this rank and restore ``data_status`` (from a resumed checkpoint) if given."""
-    if args.synthetic_data:
+def build_data_source(data: DataSection, accum: int, loaded, info, data_status):
+    """Build the source for this rank (``accum`` packs per step) and restore ``data_status`` (from a
+    resumed checkpoint) if given."""
+    if data.synthetic_data:
         base = {
             "max_latent_size": loaded.config.max_latent_size,
             "vit_max_patch_per_side": loaded.config.vit_max_num_patch_per_side,
             "vocab": min(len(loaded.tokenizer), 256),
         }
         known = set(SyntheticSpec.__dataclass_fields__)
-        unknown = set(args.synthetic_spec) - known
+        unknown = set(data.synthetic_spec) - known
         if unknown:
             raise SystemExit(f"--synthetic_spec: unknown fields {sorted(unknown)}; known: {sorted(known)}")
-        spec = SyntheticSpec(**{**base, **args.synthetic_spec})
+        spec = SyntheticSpec(**{**base, **data.synthetic_spec})
         src = SyntheticSource(
             spec,
-            args.data_seed,
+            data.data_seed,
             info.rank,
             info.world_size,
             loaded.special_ids.as_dict(),
-            accum=args.gradient_accumulation_steps,
+            accum=accum,
         )
         if data_status is not None:
             src.load_state_dict(data_status)
         return src
-    return ParquetSource(args, loaded, info, data_status)
+    return ParquetSource(data, loaded, info, data_status)
 
 
 class ParquetSource:
@@ -77,40 +79,40 @@ class ParquetSource:
     records the state of the last pack actually *consumed* from each worker (prefetched packs are not
     counted, so a resume continues exactly after the last trained pack)."""
 
-    def __init__(self, args, loaded, info, data_status):
+    def __init__(self, data: DataSection, loaded, info, data_status):
         from data.data_state import DataStateTracker
         from data.packed_dataset import build_dataloader, build_packed_dataset
 
         cfg = loaded.config
         self.dataset = build_packed_dataset(
-            args.dataset_config_file,
+            data.dataset_config_file,
             loaded.tokenizer,
             loaded.special_ids,
             rank=info.rank,
             world_size=info.world_size,
-            num_workers=args.num_workers,
-            data_seed=args.data_seed,
-            expected_num_tokens=args.expected_num_tokens,
-            max_num_tokens=args.max_num_tokens,
-            max_num_tokens_per_sample=args.max_num_tokens_per_sample,
-            prefer_buffer_before=args.prefer_buffer_before,
-            max_buffer_size=args.max_buffer_size,
-            text_cond_dropout_prob=args.text_cond_dropout_prob,
-            vit_cond_dropout_prob=args.vit_cond_dropout_prob,
-            vae_cond_dropout_prob=args.vae_cond_dropout_prob,
+            num_workers=data.num_workers,
+            data_seed=data.data_seed,
+            expected_num_tokens=data.expected_num_tokens,
+            max_num_tokens=data.max_num_tokens,
+            max_num_tokens_per_sample=data.max_num_tokens_per_sample,
+            prefer_buffer_before=data.prefer_buffer_before,
+            max_buffer_size=data.max_buffer_size,
+            text_cond_dropout_prob=data.text_cond_dropout_prob,
+            vit_cond_dropout_prob=data.vit_cond_dropout_prob,
+            vae_cond_dropout_prob=data.vae_cond_dropout_prob,
             max_latent_size=cfg.max_latent_size,
             vit_patch_size=cfg.vit.patch_size,
             max_num_patch_per_side=cfg.vit_max_num_patch_per_side,
             vae_image_downsample=cfg.latent_downsample,
             interpolate_pos=cfg.interpolate_pos,
-            data_root=args.data_root,
+            data_root=data.data_root,
             data_state=data_status,
         )
         self.loader = build_dataloader(
-            self.dataset, prefetch_factor=args.prefetch_factor, pin_memory=info.device.type == "cuda"
+            self.dataset, prefetch_factor=data.prefetch_factor, pin_memory=info.device.type == "cuda"
         )
         self.tracker = DataStateTracker(
-            info.rank, info.world_size, args.num_workers, args.data_seed, initial=data_status
+            info.rank, info.world_size, data.num_workers, data.data_seed, initial=data_status
         )
         self._it = iter(self.loader)
 

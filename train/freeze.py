@@ -32,8 +32,9 @@ class FreezeFlags:
     freeze_mlp_gen: bool = False
 
     @classmethod
-    def from_args(cls, args) -> FreezeFlags:
-        return cls(**{f.name: bool(getattr(args, f.name)) for f in fields(cls)})
+    def from_section(cls, section) -> FreezeFlags:
+        """From the training configuration's ``FreezeSection`` (any object with these attributes)."""
+        return cls(**{f.name: bool(getattr(section, f.name)) for f in fields(cls)})
 
 
 def frozen_reason(name: str, flags: FreezeFlags) -> str | None:

@@ -28,18 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from modeling.bagel import Bagel, BagelOutput
+from modeling.flow import shift_timesteps
 from modeling.kv_cache import MaskedAttention
 from modeling.sequence import PackedSequence, SequenceBuilder, concat_sequences, patchify
 
 
-def shifted_timestep(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """Rectified-flow timestep shift ``s t / (1 + (s - 1) t)`` (identity for s = 1)."""
-    return shift * t / (1 + (shift - 1) * t)
-
-
 def noise_levels(raw_timesteps: torch.Tensor, shift: float) -> torch.Tensor:
     """Raw draws [V] (``-inf`` for clean slots) -> noise levels t [V] in [0, 1]."""
-    return shifted_timestep(torch.sigmoid(raw_timesteps.float()), shift)
+    return shift_timesteps(torch.sigmoid(raw_timesteps.float()), shift)
 
 
 def clean_latent_tokens(latent: torch.Tensor, grids: list[tuple[int, int]], patch: int) -> torch.Tensor:

@@ -18,19 +18,17 @@ import logging
 import math
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
-
-if __package__ in (None, ""):  # `torchrun train/pretrain.py`: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from torch import nn
 
 from data.parquet_io import DataConfigError
 from modeling.errors import CheckpointError
-from modeling.lora import LoraConfig, add_lora, initial_lora_state, load_adapter, parse_targets, read_adapter
+from modeling.weight_formats import FLOAT_FORMATS, compute_dtype
 from train import checkpointing as ckpt
-from train.args import check_model_matches_args, compute_dtype, parse_args
+from train.config import MetricsSection, ObjectiveSection, TrainConfig, VaeCacheSection, parse_config
 from train.data_source import build_data_source, check_data
-from train.freeze import FreezeFlags, apply_freeze, keep_frozen_in_eval
 from train.losses import flow_matching_losses, loss_counts, pack_loss, participation_sample
 from train.metrics import (
     MetricLogger,
@@ -64,6 +62,7 @@ from train.parallel import (
     set_gradient_sync,
     sum_counters,
 )
+from train.trained_weights import ModelWeights, trained_weights
 from train.vae_cache import PosteriorCache, vae_fingerprint
 
 logger = logging.getLogger("train")
@@ -119,111 +118,54 @@ def setup_logging(rank: int, results_dir: str | None) -> None:
     )
 
 
-def build_model(args, info: DistInfo, dtype: torch.dtype):
-    """Load weights, freeze, checkpoint activations, shard. Returns (LoadedModel, start point, summary)."""
+def build_model(cfg: TrainConfig, weights: ModelWeights, info: DistInfo, dtype: torch.dtype):
+    """Load weights, choose what trains, checkpoint activations, shard. Returns (LoadedModel, start point)."""
+    c, par = cfg.checkpoint, cfg.parallel
     start = resolve_start(
-        args.model_path,
-        args.checkpoint_dir,
-        args.auto_resume,
-        args.resume_from,
-        args.resume_model_only,
-        args.finetune_from_ema,
-        lora=bool(args.lora_rank),
-    )
+        cfg.model.model_path, c.checkpoint_dir, c.auto_resume, c.resume_from, c.resume_model_only,
+        c.finetune_from_ema, lora=weights.is_lora,
+    )  # fmt: skip
     logger.info("start: %s", start.reason)
-    from_rank0 = info.world_size > 1 and args.load_weights_on_rank0  # a 1-rank group has no one to send to
-    loaded, full_state = load_model_for_rank(args.model_path, start.weights_path, info, from_rank0)
-    check_model_matches_args(args, loaded.config)
+    from_rank0 = info.world_size > 1 and par.load_weights_on_rank0  # a 1-rank group has no one to send to
+    loaded, full_state = load_model_for_rank(cfg.model.model_path, start.weights_path, info, from_rank0)
+    cfg.upstream.check_against(loaded.config, cfg.model.model_path)
     model, vae = loaded.model, loaded.vae
-    flags = FreezeFlags.from_args(args)
-    summary = apply_freeze(model, flags, vae, args.freeze_vae)
-    if args.lora_rank:
-        lora_state = attach_lora(args, model, start, dtype, info)
-        if from_rank0 and full_state is not None:  # the adapters are broadcast with the base weights
-            full_state.update(lora_state)
-    else:
-        logger.info("parameters (trainable / frozen):\n%s", summary.table())
-    model.train()
-    keep_frozen_in_eval(model, flags, vae, args.freeze_vae)
+    extra = weights.prepare(model, vae, start, dtype, info)
+    if from_rank0 and full_state is not None:  # e.g. LoRA adapters are broadcast with the base weights
+        full_state.update(extra)
+    weights.train_mode(model, vae)
     vae.to(info.device)
-    if args.activation_checkpointing:
+    if par.activation_checkpointing:
         n = apply_activation_checkpointing(model, block_classes())
         logger.info("activation checkpointing on %d blocks", n)
     if info.distributed:
-        num_shard = args.num_shard or info.world_size
+        num_shard = par.num_shard or info.world_size
         mesh = build_mesh(
-            args.sharding_strategy, info.world_size, args.num_replicate, num_shard, info.device.type
+            par.sharding_strategy, info.world_size, par.num_replicate, num_shard, info.device.type
         )
-        reduce = torch.bfloat16 if args.reduce_dtype == "bf16" else torch.float32
-        shard_model(model, mesh, dtype, reduce, args.cpu_offload)
+        shard_model(model, mesh, dtype, FLOAT_FORMATS[par.reduce_dtype], par.cpu_offload)
         if from_rank0:
             load_full_state_from_rank0(
-                model, full_state, torch.device("cpu") if args.cpu_offload else info.device
+                model, full_state, torch.device("cpu") if par.cpu_offload else info.device
             )
             del full_state
             logger.info("weights read by rank 0 and broadcast; every rank keeps its shard")
     else:
         model.to(info.device)
-    return loaded, start, flags
+    return loaded, start
 
 
-def lora_config(args) -> LoraConfig:
-    return LoraConfig(args.lora_rank, args.lora_alpha or float(args.lora_rank), args.lora_dropout,
-                      parse_targets(args.lora_targets))  # fmt: skip
-
-
-def attach_lora(args, model, start, dtype: torch.dtype, info: DistInfo) -> dict[str, torch.Tensor]:
-    """Freeze the whole model and attach fp32 LoRA adapters (fresh, or the resumed step's). On one device
-    the frozen base is cast to the compute dtype (bf16 on a GPU: half the memory); under FSDP it stays as
-    loaded and FSDP's mixed precision casts it per block. Returns the adapters' values (CPU, fp32): a
-    meta-built model (FSDP ranks loading from rank 0) gets them by broadcast with the base weights."""
-    cfg = lora_config(args)
-    if not info.distributed and dtype != torch.float32:
-        for p in model.parameters():
-            p.data = p.data.to(dtype)
-    if args.lora_base_weights == "int8":
-        if info.distributed:
-            raise SystemExit(
-                "--lora_base_weights int8 trains on one device (FSDP does not shard int8 weights)"
-            )
-        from modeling.weight_formats import quantize_model
-
-        # before the adapters exist, so that only the base linears are quantized; backward goes through
-        # torchao's int8 matmul to the activations, the adapters stay fp32
-        n = quantize_model(model, "int8")
-        logger.info("base: %d decoder linears in weight-only int8", n)
-    if start.adapter_dir is not None:
-        saved, values = read_adapter(start.adapter_dir)
-        mismatch = [k for k in ("r", "lora_alpha", "target_modules") if getattr(saved, k) != getattr(cfg, k)]
-        if mismatch:
-            raise SystemExit(
-                f"{start.adapter_dir}: its adapter has other {', '.join(mismatch)} than these flags"
-            )
-        if next(model.parameters()).device.type == "meta":
-            add_lora(model, cfg, dtype=torch.float32)
-        else:
-            load_adapter(model, start.adapter_dir, dtype=torch.float32)
-    else:
-        mods = add_lora(model, cfg, seed=args.global_seed, dtype=torch.float32)
-        values = initial_lora_state(mods, cfg, args.global_seed)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    logger.info(
-        "LoRA rank %d (alpha %g) on %d modules per block: %d trainable parameters (%.2f%% of %d)",
-        cfg.r, cfg.lora_alpha, len(cfg.target_modules), trainable, 100 * trainable / total, total,
-    )  # fmt: skip
-    return {k: v.float() for k, v in values.items()}
-
-
-def _resume(args, info: DistInfo, start, model, optimizer, scheduler, ema) -> tuple[dict, dict | None, int]:
-    """(train state, this rank's data status, first step): fresh, or restored from ``start.resume_dir``."""
+def resume_state(
+    start, facts: dict, info: DistInfo, model, optimizer, scheduler, ema
+) -> tuple[dict, dict | None, int]:
+    """(train state, this rank's data status, first step): fresh, or restored from ``start.resume_dir``.
+    ``facts``: this run's ``run_facts``; those the data order depends on must equal the saved ones."""
     state = {"tokens_seen": 0.0, "nonfinite_skipped": 0, "samples_seen": 0}
     if start.resume_dir is None:
         return state, None, 0
     ckpt.load_optimizer(start.resume_dir, model, optimizer)
     ckpt.load_scheduler(start.resume_dir, scheduler)
     saved = ckpt.load_train_state(start.resume_dir)
-    facts = _run_facts(args, info)
     for k in ("world_size", "num_workers", "gradient_accumulation_steps", "data_seed"):
         if k in saved and saved[k] != facts[k]:
             raise SystemExit(
@@ -240,111 +182,155 @@ def _resume(args, info: DistInfo, start, model, optimizer, scheduler, ema) -> tu
     return state, data_status, first_step
 
 
-def _metric_logger(args, info: DistInfo) -> MetricLogger:
-    wandb = {
-        "enabled": bool(args.wandb_project),
-        "project": args.wandb_project,
-        "name": args.wandb_name,
-        "runid": args.wandb_runid,
-        "resume": args.wandb_resume,
-        "offline": args.wandb_offline,
-        "config": vars(args),
-        "dir": args.results_dir,
+def run_facts(cfg: TrainConfig, info: DistInfo) -> dict:
+    """What ``train_state.json`` records of the run so a resume can check it continues the same data."""
+    return {
+        "world_size": info.world_size,
+        "num_workers": cfg.data.num_workers,
+        "data_seed": cfg.data.data_seed,
+        "gradient_accumulation_steps": cfg.optimizer.gradient_accumulation_steps,
+        "global_seed": cfg.objective.global_seed,
     }
-    return MetricLogger(args.results_dir, info.is_main, wandb)
 
 
-def _posterior_cache(args, info: DistInfo, vae) -> tuple[PosteriorCache | None, str, str]:
+def metric_logger(metrics: MetricsSection, config: dict, info: DistInfo) -> MetricLogger:
+    wandb = {
+        "enabled": bool(metrics.wandb_project),
+        "project": metrics.wandb_project,
+        "name": metrics.wandb_name,
+        "runid": metrics.wandb_runid,
+        "resume": metrics.wandb_resume,
+        "offline": metrics.wandb_offline,
+        "config": config,
+        "dir": metrics.results_dir,
+    }
+    return MetricLogger(metrics.results_dir, info.is_main, wandb)
+
+
+def posterior_cache(section: VaeCacheSection, info: DistInfo, vae) -> tuple[PosteriorCache | None, str, str]:
     """(cache or None, its file, the VAE fingerprint it is valid for)."""
-    if args.vae_cache_gb <= 0:
+    if section.vae_cache_gb <= 0:
         return None, "", ""
-    cache = PosteriorCache(int(args.vae_cache_gb * 2**30))
-    if not args.vae_cache_file:
+    cache = PosteriorCache(int(section.vae_cache_gb * 2**30))
+    if not section.vae_cache_file:
         return cache, "", ""
-    cache_file = args.vae_cache_file + (f".rank{info.rank}" if info.world_size > 1 else "")
+    cache_file = section.vae_cache_file + (f".rank{info.rank}" if info.world_size > 1 else "")
     fingerprint = vae_fingerprint(vae)
     cache.load(cache_file, fingerprint)
     return cache, cache_file, fingerprint
 
 
-def _forward_backward(
-    args, info: DistInfo, model, vae, packs, step: int, global_counts, cache, vae_autocast, participation
-) -> tuple[float, float, dict]:
-    """Backward of every pack of this rank's step (gradients synchronised on the last); returns the summed
-    normalised MSE and CE parts and the bridge statistics."""
-    accum, world = len(packs), info.world_size
-    mse_sum = ce_sum = 0.0
-    stats = {}
-    for a, seq in enumerate(packs):
-        g = torch.Generator().manual_seed(pack_seed(args.global_seed, step, info.rank * accum + a))
-        seq = seq.to(info.device)
-        latent = None
-        if seq.vae_images is not None:
-            with torch.no_grad(), vae_autocast:
-                images = seq.vae_images
-                latent = (
-                    cache.encode(vae, images, g) if cache is not None else vae.encode(images, generator=g)
-                )
-        set_gradient_sync(model, a == accum - 1)
-        terms = flow_matching_losses(
-            model, seq, latent, generator=g, use_semantic_mask=args.use_semantic_mask,
-            timestep_shift=args.timestep_shift, participation=participation,
-        )  # fmt: skip
-        try:
-            part = pack_loss(
-                terms, seq, *global_counts, world, args.mse_weight, args.ce_weight, args.ce_loss_reweighting
-            )
-        except RuntimeError as e:
-            raise RuntimeError(f"step {step}: {e}") from None
-        mse_sum += part.mse
-        ce_sum += part.ce
-        part.loss.backward()
-        stats.update(terms.stats)
-    return mse_sum, ce_sum, stats
+@dataclass
+class PackRunner:
+    """Forward and backward of one rank's packs: VAE encoding (cached or not), the flow-matching losses,
+    the loss normalised to a global per-token mean."""
+
+    objective: ObjectiveSection
+    info: DistInfo
+    model: nn.Module
+    vae: nn.Module
+    cache: PosteriorCache | None
+    vae_autocast: contextlib.AbstractContextManager
+    participation: torch.Tensor | None
+
+    def backward(
+        self, packs: list, step: int, global_counts: tuple[float, float]
+    ) -> tuple[float, float, dict]:
+        """Backward of every pack of this rank's step (gradients synchronised on the last); returns the
+        summed normalised MSE and CE parts and the bridge statistics."""
+        obj, info = self.objective, self.info
+        accum = len(packs)
+        mse_sum = ce_sum = 0.0
+        stats = {}
+        for a, seq in enumerate(packs):
+            g = torch.Generator().manual_seed(pack_seed(obj.global_seed, step, info.rank * accum + a))
+            seq = seq.to(info.device)
+            latent = None
+            if seq.vae_images is not None:
+                with torch.no_grad(), self.vae_autocast:
+                    images = seq.vae_images
+                    latent = (
+                        self.cache.encode(self.vae, images, g)
+                        if self.cache is not None
+                        else self.vae.encode(images, generator=g)
+                    )
+            set_gradient_sync(self.model, a == accum - 1)
+            terms = flow_matching_losses(
+                self.model, seq, latent, generator=g, use_semantic_mask=obj.use_semantic_mask,
+                timestep_shift=obj.timestep_shift, participation=self.participation,
+            )  # fmt: skip
+            try:
+                part = pack_loss(
+                    terms, seq, *global_counts, info.world_size, obj.mse_weight, obj.ce_weight,
+                    obj.ce_loss_reweighting,
+                )  # fmt: skip
+            except RuntimeError as e:
+                raise RuntimeError(f"step {step}: {e}") from None
+            mse_sum += part.mse
+            ce_sum += part.ce
+            part.loss.backward()
+            stats.update(terms.stats)
+        return mse_sum, ce_sum, stats
 
 
-def _update_weights(args, step, bad, optimizer, ema, state, mlog, consecutive_bad, mse, ce, grad_norm) -> int:
-    """Optimizer (and EMA) step, or a skipped non-finite step (counted; too many in a row stop the run).
-    Returns the new count of consecutive skipped steps."""
-    if not bad:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update()
-        return 0
+def apply_update(optimizer, ema) -> None:
+    """The optimizer (and EMA) step of a finite step."""
+    optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    consecutive_bad += 1
-    state["nonfinite_skipped"] += 1
-    mlog.event(step, "skip_nonfinite", mse=mse, ce=ce, grad_norm=grad_norm, consecutive=consecutive_bad)
-    if consecutive_bad >= args.max_nonfinite_steps:
-        mlog.close()
-        raise NonFiniteLossError(
-            f"loss or gradient non-finite for {consecutive_bad} consecutive steps (last: step {step}, mse "
-            f"{mse}, ce {ce}, grad norm {grad_norm}); stopping. Lower --lr, check the data, or resume "
-            "from an earlier checkpoint"
+    if ema is not None:
+        ema.update()
+
+
+@dataclass
+class NonFiniteGuard:
+    """Counts skipped non-finite steps; too many in a row stop the run."""
+
+    max_consecutive: int
+    mlog: MetricLogger
+    state: dict
+    consecutive: int = 0
+
+    def skip(self, step: int, optimizer, mse: float, ce: float, grad_norm: float) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.consecutive += 1
+        self.state["nonfinite_skipped"] += 1
+        self.mlog.event(
+            step, "skip_nonfinite", mse=mse, ce=ce, grad_norm=grad_norm, consecutive=self.consecutive
         )
-    return consecutive_bad
+        if self.consecutive >= self.max_consecutive:
+            self.mlog.close()
+            raise NonFiniteLossError(
+                f"loss or gradient non-finite for {self.consecutive} consecutive steps (last: step {step}, mse "
+                f"{mse}, ce {ce}, grad norm {grad_norm}); stopping. Lower --lr, check the data, or resume "
+                "from an earlier checkpoint"
+            )
 
 
-def train(args) -> dict:
+def train(cfg: TrainConfig) -> dict:
     """Run training; returns a summary dict (final step, counters). Raises ``NonFiniteLossError``."""
-    info = init_distributed(args.device)
-    setup_logging(info.rank, args.results_dir)
-    dtype = compute_dtype(args, info.device.type)
-    torch.manual_seed(args.global_seed * info.world_size + info.rank)
-    check_data(args, info.rank, info.world_size)  # a bad mix fails here, before the model loads
-    loaded, start, flags = build_model(args, info, dtype)
+    info = init_distributed(cfg.parallel.device)
+    setup_logging(info.rank, cfg.metrics.results_dir)
+    dtype = compute_dtype(cfg.parallel.dtype, info.device.type)
+    obj, opt = cfg.objective, cfg.optimizer
+    torch.manual_seed(obj.global_seed * info.world_size + info.rank)
+    check_data(
+        cfg.data, cfg.model.model_path, info.rank, info.world_size
+    )  # a bad mix fails before the model loads
+    weights = trained_weights(cfg.freeze, cfg.lora, obj.global_seed)
+    loaded, start = build_model(cfg, weights, info, dtype)
     model, vae = loaded.model, loaded.vae
 
-    optimizer = build_optimizer(model, args.lr, (args.beta1, args.beta2), args.eps)
+    optimizer = build_optimizer(model, opt.lr, (opt.beta1, opt.beta2), opt.eps)
     scheduler = WarmupSchedule(
-        optimizer, args.lr, args.lr_scheduler, args.warmup_steps, args.total_steps, args.min_lr
+        optimizer, opt.lr, opt.lr_scheduler, opt.warmup_steps, opt.total_steps, opt.min_lr
     )
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    state, data_status, first_step = _resume(args, info, start, model, optimizer, scheduler, ema)
-    data = build_data_source(args, loaded, info, data_status)
-    mlog = _metric_logger(args, info)
-    peak = args.peak_device_tflops or guess_peak_tflops(info.device)
+    ema = EMA(model, cfg.ema.ema) if cfg.ema.ema > 0 else None
+    facts = run_facts(cfg, info)
+    state, data_status, first_step = resume_state(start, facts, info, model, optimizer, scheduler, ema)
+    data = build_data_source(cfg.data, opt.gradient_accumulation_steps, loaded, info, data_status)
+    config = cfg.to_dict()
+    mlog = metric_logger(cfg.metrics, config, info)
+    peak = cfg.metrics.peak_device_tflops or guess_peak_tflops(info.device)
     dense, attn = dense_llm_params(model), attention_flop_coeff(model)
     params = trainable_parameters(model)
     # bf16 model compute comes from FSDP's param_dtype (the model casts activations to its weights'
@@ -354,49 +340,57 @@ def train(args) -> dict:
         if info.device.type == "cuda" and dtype != torch.float32
         else contextlib.nullcontext()
     )
-    cache, cache_file, fingerprint = _posterior_cache(args, info, vae)
+    cache, cache_file, fingerprint = posterior_cache(cfg.vae_cache, info, vae)
     # FSDP reduces only existing gradients: every rank routes a token through every part (train/losses.py)
     participation = None
     if info.distributed:
         participation = participation_sample(loaded.special_ids, model.config.sequence_geometry()).to(
             info.device
         )
+    runner = PackRunner(obj, info, model, vae, cache, vae_autocast, participation)
+    guard = NonFiniteGuard(obj.max_nonfinite_steps, mlog, state)
+
+    def save(step: int) -> None:
+        ckpt.save_checkpoint(
+            cfg.checkpoint.checkpoint_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
+            train_state={**state, **facts}, data_status=data.state_dict(), model_folder=loaded.folder,
+            rank=info.rank, ema=ema, lora=weights.adapter_config, config=config,
+        )  # fmt: skip
+
     tput = Throughput()
-    accum, world = args.gradient_accumulation_steps, info.world_size
-    consecutive_bad = 0
+    accum, world, total = opt.gradient_accumulation_steps, info.world_size, opt.total_steps
     step = first_step - 1
     last_saved = None
     save_due = False  # a save that fell on a skipped (non-finite) step waits for the next finite one
-    for step in range(first_step, args.total_steps):
+    for step in range(first_step, total):
         packs = [data.next_batch() for _ in range(accum)]
-        local = [loss_counts(b, args.ce_loss_reweighting) for b in packs]
+        local = [loss_counts(b, obj.ce_loss_reweighting) for b in packs]
         lens = [n for b in packs for n in b.sample_lens]
         n_mse, n_ce, n_tok, n_samples = all_reduce_sum(
             [*(sum(c[i] for c in local) for i in range(3)), float(len(lens))], info.device
         )
         flops = all_reduce_sum([step_flops(dense, attn, int(sum(c[2] for c in local)), lens)], info.device)[0]
-        mse_sum, ce_sum, stats = _forward_backward(
-            args, info, model, vae, packs, step, (n_mse, n_ce), cache, vae_autocast, participation
-        )
+        mse_sum, ce_sum, stats = runner.backward(packs, step, (n_mse, n_ce))
         mse_g, ce_g = (v / world for v in all_reduce_sum([mse_sum, ce_sum], info.device))
         fill_missing_grads(params)
-        grad_norm = clip_grad_norm(params, args.max_grad_norm)
-        bad = all_reduce_max(
-            [0.0 if math.isfinite(mse_g + ce_g) and math.isfinite(grad_norm) else 1.0], info.device
-        )[0]
+        grad_norm = clip_grad_norm(params, opt.max_grad_norm)
+        finite = math.isfinite(mse_g + ce_g) and math.isfinite(grad_norm)
+        bad = all_reduce_max([0.0 if finite else 1.0], info.device)[0]
         lr = scheduler.apply(step)
-        consecutive_bad = _update_weights(
-            args, step, bool(bad), optimizer, ema, state, mlog, consecutive_bad, mse_g, ce_g, grad_norm
-        )
+        if bad:
+            guard.skip(step, optimizer, mse_g, ce_g, grad_norm)
+        else:
+            apply_update(optimizer, ema)
+            guard.consecutive = 0
         state["tokens_seen"] += n_tok
         state["samples_seen"] += int(n_samples)
         tput.add(1, n_tok, flops)
 
-        if step % args.log_every == 0 or step == args.total_steps - 1:
+        if step % cfg.metrics.log_every == 0 or step == total - 1:
             rec = {
                 "mse": mse_g,
                 "ce": ce_g,
-                "loss": mse_g * args.mse_weight + ce_g * args.ce_weight,
+                "loss": mse_g * obj.mse_weight + ce_g * obj.ce_weight,
                 "lr": lr,
                 "grad_norm": grad_norm,
                 "tokens": n_tok,
@@ -411,17 +405,17 @@ def train(args) -> dict:
             }
             mlog.log(step, rec)
             tput.reset()
-        save_due = save_due or (step > 0 and step % args.save_every == 0) or step == args.total_steps - 1
+        save_due = save_due or (step > 0 and step % cfg.checkpoint.save_every == 0) or step == total - 1
         # after a skipped step, before a save and every check_finite_every steps: are the weights broken?
-        if consecutive_bad or save_due or step % args.check_finite_every == 0:
+        if guard.consecutive or save_due or step % obj.check_finite_every == 0:
             _check_weights(info, model, ema, step, mlog)
-        if save_due and consecutive_bad:
+        if save_due and guard.consecutive:
             # the weights of a skipped step gave a non-finite loss: save after the next finite step instead
-            mlog.event(step, "save_postponed", consecutive_nonfinite=consecutive_bad)
+            mlog.event(step, "save_postponed", consecutive_nonfinite=guard.consecutive)
         elif save_due:  # the last step always gets here (or raises below): no save after the loop
-            _save(args, info, step, model, optimizer, scheduler, ema, state, data, loaded.folder)
+            save(step)
             last_saved, save_due = step, False
-    if consecutive_bad:
+    if guard.consecutive:
         mlog.close()
         saved = (
             f"last checkpoint: step {last_saved}"
@@ -429,23 +423,13 @@ def train(args) -> dict:
             else "this run wrote no checkpoint"
         )
         raise NonFiniteLossError(
-            f"the run ended with {consecutive_bad} consecutive non-finite steps (last: step {step}); those "
+            f"the run ended with {guard.consecutive} consecutive non-finite steps (last: step {step}); those "
             f"weights were not saved ({saved}). Lower --lr or check the data"
         )
     if cache_file:
         cache.save(cache_file, fingerprint)
     mlog.close()
     return {"last_step": step, **state}
-
-
-def _run_facts(args, info: DistInfo) -> dict:
-    return {
-        "world_size": info.world_size,
-        "num_workers": args.num_workers,
-        "data_seed": args.data_seed,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "global_seed": args.global_seed,
-    }
 
 
 def _data_counters(data) -> dict:
@@ -469,26 +453,10 @@ def _check_weights(info: DistInfo, model, ema, step: int, mlog) -> None:
         )
 
 
-def _save(args, info, step, model, optimizer, scheduler, ema, state, data, folder) -> None:
-    ckpt.save_checkpoint(
-        args.checkpoint_dir,
-        step,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        train_state={**state, **_run_facts(args, info)},
-        data_status=data.state_dict(),
-        model_folder=folder,
-        rank=info.rank,
-        ema=ema,
-        lora=lora_config(args) if args.lora_rank else None,
-    )
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    cfg = parse_config(argv)
     try:
-        train(args)
+        train(cfg)
     except (DataConfigError, CheckpointError) as e:  # bad data mix or model folder: nothing ran yet
         logger.error("%s", e)
         return 2

@@ -4,7 +4,7 @@ r"""PSRBench evaluation CLI: subject consistency, position alignment, semantic a
         --judge_base_url http://127.0.0.1:17140/v1 --judge_model Qwen/Qwen2.5-VL-32B-Instruct
 
 Reads `{results_dir}/{subset}.json` (subset records + `result_path`, written by the runner through
-`eval.psrbench.data.write_results_json`), resolves relative result paths against `--result_root`
+`data.psrbench_cases.write_results_json`), resolves relative result paths against `--result_root`
 (default: the current directory, like PSR's scripts) and reference images inside `--data_root`.
 Writes per_case.jsonl and summary.{json,md,csv} to `--save_dir` (default `{results_dir}/eval`).
 """
@@ -21,15 +21,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
-from eval.psrbench.aesthetics import hpsv3_scores
-from eval.psrbench.data import (
+from data.psrbench_cases import (
     SUBSETS,
     Case,
     check_results_against_benchmark,
     load_psrbench_cases,
     resolve_result_path,
 )
+from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
+from eval.psrbench.aesthetics import hpsv3_scores
 from eval.psrbench.detection import BOX_THRESHOLD, DEFAULT_DETECTOR, TEXT_THRESHOLD, CachedDetector, Detector
 from eval.psrbench.features import DEFAULT_FEATURE_MODEL
 from eval.psrbench.position import position_alignment

@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from eval.psrbench.data import SUBSETS
+from data.psrbench_cases import SUBSETS
 
 
 def _mean(xs: list[float]) -> float | None:

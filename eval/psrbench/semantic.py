@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eval.psrbench.data import Case
+from data.psrbench_cases import Case
 
 if TYPE_CHECKING:  # the judge client needs `openai`; SC/position-only runs must not
     from eval.authors_protocol import RequestSettings

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from eval.psrbench.data import SUBSET_SUBJECTS, SUBSETS
+from data.psrbench_cases import SUBSET_SUBJECTS, SUBSETS
 
 _CATEGORIES = ("cat", "dog", "teddy bear", "backpack")
 _RELATIONS = ("to the left of", "on the right of", "above", "under")

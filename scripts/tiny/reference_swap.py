@@ -21,14 +21,12 @@ import argparse
 import copy
 import json
 import logging
-import sys
 from pathlib import Path
 
 # run as a file from anywhere: make the checkout importable
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.synthetic.make_shapeworld import write_benchmark  # noqa: E402
-from data.synthetic.render import SUBJECT_COLOURS  # noqa: E402
-from data.synthetic.shapeworld import case_from_record  # noqa: E402
+from data.synthetic.make_shapeworld import write_benchmark
+from data.synthetic.render import SUBJECT_COLOURS
+from data.synthetic.shapeworld import case_from_record
 
 logger = logging.getLogger("reference_swap")
 
@@ -54,8 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--num_cases", type=int, default=50, help="first N composition_single cases")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from eval.generate import generate_benchmark, load_cases
     from eval.shapeworld import score_benchmark
+    from inference.benchmark import generate_benchmark, load_cases
     from inference.pipeline import SconePipeline
 
     with open(Path(args.bench_dir) / "data.jsonl", encoding="utf-8") as f:

@@ -21,10 +21,9 @@ import torch
 from PIL import Image
 
 # run as a file from anywhere: make the checkout importable
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.transforms import to_tensor_normalized  # noqa: E402
-from inference.pipeline import SconePipeline  # noqa: E402
-from modeling.autoencoder import load_autoencoder  # noqa: E402
+from data.transforms import to_tensor_normalized
+from inference.pipeline import SconePipeline
+from modeling.autoencoder import load_autoencoder
 
 logger = logging.getLogger("vae_roundtrip")
 
