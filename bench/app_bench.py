@@ -257,9 +257,17 @@ def main(argv: list[str] | None = None) -> int:
             log.info(
                 "app soak: %d/%d good requests got an image, %d/%d bad ones an error, %d lost, %.1f s, "
                 "RSS %.0f MiB at start, %.0f MiB after %d requests, %.0f MiB at end",
-                rep.good_ok, rep.good, rep.bad_errors, rep.bad, rep.lost, rep.seconds, rep.rss_start_mb,
-                rep.rss_mid_mb, args.soak // 2, rep.rss_end_mb,
-            )  # fmt: skip
+                rep.good_ok,
+                rep.good,
+                rep.bad_errors,
+                rep.bad,
+                rep.lost,
+                rep.seconds,
+                rep.rss_start_mb,
+                rep.rss_mid_mb,
+                args.soak // 2,
+                rep.rss_end_mb,
+            )
             return 0 if not rep.failures and not rep.lost else 1
         reqs = [
             dict(files=EXAMPLES, instruction=INSTRUCTION, seed=i, steps=args.steps)

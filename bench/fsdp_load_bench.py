@@ -63,11 +63,21 @@ def worker(folder: str, rank0: bool, out: str) -> None:
     info = init_distributed("cpu")
     cfg = parse_config(
         [
-            "--model_path", folder, "--device", "cpu", "--results_dir", out,
-            "--sharding_strategy", "FULL_SHARD", "--activation_checkpointing", "False",
-            "--load_weights_on_rank0", str(rank0), "--synthetic_data",
+            "--model_path",
+            folder,
+            "--device",
+            "cpu",
+            "--results_dir",
+            out,
+            "--sharding_strategy",
+            "FULL_SHARD",
+            "--activation_checkpointing",
+            "False",
+            "--load_weights_on_rank0",
+            str(rank0),
+            "--synthetic_data",
         ]
-    )  # fmt: skip
+    )
     t0 = time.perf_counter()
     build_model(cfg, trained_weights(cfg.freeze, cfg.lora, 0), info, torch.float32)
     dt = time.perf_counter() - t0
@@ -96,9 +106,22 @@ def main(argv=None) -> None:
         )
         for rank0 in (True, False):
             out = os.path.join(tmp, f"out_{rank0}")
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.nproc),
-                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                   os.path.abspath(__file__), "--worker", folder, str(rank0), out]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(a.nproc),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(free_port()),
+                os.path.abspath(__file__),
+                "--worker",
+                folder,
+                str(rank0),
+                out,
+            ]
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             if proc.returncode != 0:

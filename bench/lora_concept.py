@@ -42,8 +42,14 @@ def make_data(work: Path, args) -> tuple[Path, Path, Path]:
 
     concept, standard = work / "world_heart", work / "world0"
     if not (concept / "manifest.json").is_file():
-        make_shapeworld(str(concept), args.num_concept_train, args.num_concept_eval, seed=0,
-                        novel_shape=CONCEPT, overwrite=True)  # fmt: skip
+        make_shapeworld(
+            str(concept),
+            args.num_concept_train,
+            args.num_concept_eval,
+            seed=0,
+            novel_shape=CONCEPT,
+            overwrite=True,
+        )
     if not (standard / "manifest.json").is_file():  # the first cases of the shipped model's own world
         make_shapeworld(str(standard), args.num_replay, args.num_heldout, seed=0, overwrite=True)
     names, nums, info = [], [], {}
@@ -52,8 +58,10 @@ def make_data(work: Path, args) -> tuple[Path, Path, Path]:
         for name, entry in manifest["dataset_info"]["s2i"].items():
             names.append(name)
             nums.append(entry["num_files"])
-            info[name] = {"data_dir": os.path.relpath(entry["data_dir"], work),
-                          "parquet_info_path": os.path.relpath(entry["parquet_info_path"], work)}  # fmt: skip
+            info[name] = {
+                "data_dir": os.path.relpath(entry["data_dir"], work),
+                "parquet_info_path": os.path.relpath(entry["parquet_info_path"], work),
+            }
     mix = {
         "s2i": {
             "dataset_names": names,
@@ -78,21 +86,74 @@ def train_adapter(work: Path, mix: Path, args) -> tuple[Path, float]:
         log.info("adapter already trained: %s", final)
         return final, 0.0
     cmd = [
-        sys.executable, "-m", "train.pretrain",
-        "--model_path", args.model_path, "--dataset_config_file", str(mix), "--data_root", str(work),
-        "--results_dir", str(work / "results"), "--checkpoint_dir", str(ckpt), "--auto_resume", "True",
-        "--lora_rank", str(args.rank), "--lora_alpha", str(args.alpha or args.rank),
-        "--lora_targets", args.targets, "--lora_base_weights", "int8" if args.int8_base else "dtype",
-        "--device", "cpu", "--dtype", "fp32", "--activation_checkpointing", "False",
-        "--max_latent_size", "16", "--lr", str(args.lr), "--min_lr", str(args.lr / 10),
-        "--lr_scheduler", "cosine", "--warmup_steps", str(min(50, args.steps // 10)),
-        "--total_steps", str(args.steps), "--save_every", str(args.save_every), "--log_every", "20",
-        "--num_workers", "1", "--expected_num_tokens", str(args.tokens), "--max_num_tokens", str(args.tokens),
-        "--max_num_tokens_per_sample", str(args.tokens), "--prefer_buffer_before", "1024",
-        "--visual_und", "True", "--text_cond_dropout_prob", "0.1",
-        "--vae_cond_dropout_prob", "0.0", "--vit_cond_dropout_prob", "0.0",
-        "--vae_cache_gb", "2", "--vae_cache_file", str(work / "vae_posteriors.safetensors"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "train.pretrain",
+        "--model_path",
+        args.model_path,
+        "--dataset_config_file",
+        str(mix),
+        "--data_root",
+        str(work),
+        "--results_dir",
+        str(work / "results"),
+        "--checkpoint_dir",
+        str(ckpt),
+        "--auto_resume",
+        "True",
+        "--lora_rank",
+        str(args.rank),
+        "--lora_alpha",
+        str(args.alpha or args.rank),
+        "--lora_targets",
+        args.targets,
+        "--lora_base_weights",
+        "int8" if args.int8_base else "dtype",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--activation_checkpointing",
+        "False",
+        "--max_latent_size",
+        "16",
+        "--lr",
+        str(args.lr),
+        "--min_lr",
+        str(args.lr / 10),
+        "--lr_scheduler",
+        "cosine",
+        "--warmup_steps",
+        str(min(50, args.steps // 10)),
+        "--total_steps",
+        str(args.steps),
+        "--save_every",
+        str(args.save_every),
+        "--log_every",
+        "20",
+        "--num_workers",
+        "1",
+        "--expected_num_tokens",
+        str(args.tokens),
+        "--max_num_tokens",
+        str(args.tokens),
+        "--max_num_tokens_per_sample",
+        str(args.tokens),
+        "--prefer_buffer_before",
+        "1024",
+        "--visual_und",
+        "True",
+        "--text_cond_dropout_prob",
+        "0.1",
+        "--vae_cond_dropout_prob",
+        "0.0",
+        "--vit_cond_dropout_prob",
+        "0.0",
+        "--vae_cache_gb",
+        "2",
+        "--vae_cache_file",
+        str(work / "vae_posteriors.safetensors"),
+    ]
     log.info("training: %s", " ".join(cmd))
     start = time.monotonic()
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -105,8 +166,11 @@ def judge(bench: Path, gen: Path, rounds: int) -> dict:
 
     scores = gen / "scores"
     res = score_benchmark(str(bench), str(gen), rounds=rounds, output_dir=str(scores), progress=False)
-    records = [json.loads(line) for r in range(rounds)
-               for line in (scores / f"round{r}" / "scoring0" / "score.jsonl").open()]  # fmt: skip
+    records = [
+        json.loads(line)
+        for r in range(rounds)
+        for line in (scores / f"round{r}" / "scoring0" / "score.jsonl").open()
+    ]
     return {
         "overall": res["mean"]["leaderboard.overall"],
         "std": res["std"]["leaderboard.overall"],
@@ -121,8 +185,9 @@ def adam_state_bytes(params: list[torch.nn.Parameter]) -> int:
         p.grad = torch.zeros_like(p)
     opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
     opt.step()
-    total = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                if torch.is_tensor(t))  # fmt: skip
+    total = sum(
+        t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t)
+    )
     for p in params:
         p.grad = None
     return total
@@ -191,8 +256,16 @@ def main(argv: list[str] | None = None) -> int:
             cases, problems, _ = load_cases("jsonl", bench)
             gen = work / "gen" / f"{tag}_{name}"
             start = time.monotonic()
-            report = generate_benchmark(pipe, cases, bench, gen, rounds=args.rounds, seed=0,
-                                        batch_size=args.batch_size, progress=False)  # fmt: skip
+            report = generate_benchmark(
+                pipe,
+                cases,
+                bench,
+                gen,
+                rounds=args.rounds,
+                seed=0,
+                batch_size=args.batch_size,
+                progress=False,
+            )
             if problems or report.failures:
                 raise SystemExit(f"{label} {name}: generation failed: {problems or report.failures[:3]}")
             log.info("%s on %s: %.1f s", label, name, time.monotonic() - start)
@@ -202,16 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"args": vars(args), "train_seconds": train_s, "results": results, "parameters": params}
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
 
-    print(f"\nLoRA concept test: teach {os.path.basename(os.path.normpath(args.model_path))} a {CONCEPT}, "
-          f"{'int8 base, ' if args.int8_base else ''}rank {args.rank}, {args.steps} steps ({train_s / 60:.1f} min of training in this call), "
-          f"{args.rounds} round(s)\n")  # fmt: skip
-    print(f"| model | {CONCEPT}s drawn as {CONCEPT}s | {CONCEPT}s present | Overall, {CONCEPT} cases "
-          f"| Overall ± std, {args.num_heldout} held-out cases |")  # fmt: skip
+    print(
+        f"\nLoRA concept test: teach {os.path.basename(os.path.normpath(args.model_path))} a {CONCEPT}, "
+        f"{'int8 base, ' if args.int8_base else ''}rank {args.rank}, {args.steps} steps ({train_s / 60:.1f} min of training in this call), "
+        f"{args.rounds} round(s)\n"
+    )
+    print(
+        f"| model | {CONCEPT}s drawn as {CONCEPT}s | {CONCEPT}s present | Overall, {CONCEPT} cases "
+        f"| Overall ± std, {args.num_heldout} held-out cases |"
+    )
     print("|---|---|---|---|---|")
     for label, r in results.items():
         c, h = r["concept"], r["heldout"]
-        print(f"| {label} | {100 * c['heart']['shape']:.0f}% | {100 * c['heart']['present']:.0f}% "
-              f"| {c['overall']:.2f} | {h['overall']:.2f} ± {h['std']:.2f} |")  # fmt: skip
+        print(
+            f"| {label} | {100 * c['heart']['shape']:.0f}% | {100 * c['heart']['present']:.0f}% "
+            f"| {c['overall']:.2f} | {h['overall']:.2f} ± {h['std']:.2f} |"
+        )
     drop = results["base"]["heldout"]["overall"] - results["base + LoRA"]["heldout"]["overall"]
     print(f"\nchance for the shape: 1/7; forgetting (held-out Overall, base - LoRA): {drop:+.2f}")
     print(

@@ -28,8 +28,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 log = logging.getLogger("quality_bench")
 
-CACHE_KEYS = {"interval": "cache_interval", "order": "cache_order", "warmup": "cache_warmup_steps",
-              "final": "cache_final_steps"}  # fmt: skip
+CACHE_KEYS = {
+    "interval": "cache_interval",
+    "order": "cache_order",
+    "warmup": "cache_warmup_steps",
+    "final": "cache_final_steps",
+}
 
 
 @dataclass
@@ -112,9 +116,16 @@ def main(argv: list[str] | None = None) -> int:
             out = work / "gen" / m.name
             start = time.monotonic()
             report = generate_benchmark(
-                Counting(pipe, m), cases, bench, out, rounds=r, seed=0, batch_size=args.batch_size,
-                sampling=pipe.sampling.replace(**m.sampling), progress=False,
-            )  # fmt: skip
+                Counting(pipe, m),
+                cases,
+                bench,
+                out,
+                rounds=r,
+                seed=0,
+                batch_size=args.batch_size,
+                sampling=pipe.sampling.replace(**m.sampling),
+                progress=False,
+            )
             m.seconds += time.monotonic() - start
             if report.failures:
                 raise SystemExit(f"{m.name}: generation failed: {report.failures[:3]}")
@@ -123,19 +134,30 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         res = score_benchmark(str(bench), str(work / "gen" / m.name), rounds=args.rounds, progress=False)
         mean, std = res["mean"], res["std"]
-        rows.append((m, mean["leaderboard.overall"], std["leaderboard.overall"], mean["leaderboard.avg_COM"],
-                     mean["leaderboard.avg_DIS"]))  # fmt: skip
+        rows.append(
+            (
+                m,
+                mean["leaderboard.overall"],
+                std["leaderboard.overall"],
+                mean["leaderboard.avg_COM"],
+                mean["leaderboard.avg_DIS"],
+            )
+        )
     base = modes[0].seconds / max(1, modes[0].images)
     base_eval = modes[0].evaluations / max(1, modes[0].images)
-    print(f"\nShapeWorld, {os.path.basename(os.path.normpath(args.model_path))}, first {args.num_cases} held-out cases, "
-          f"{args.rounds} rounds, {args.device}, batch {args.batch_size}\n")  # fmt: skip
+    print(
+        f"\nShapeWorld, {os.path.basename(os.path.normpath(args.model_path))}, first {args.num_cases} held-out cases, "
+        f"{args.rounds} rounds, {args.device}, batch {args.batch_size}\n"
+    )
     print("| mode | Overall ± std | Avg COM | Avg DIS | evaluations / image | s / image | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for m, overall, sd, com, dis in rows:
         per = m.seconds / max(1, m.images)
         ev = m.evaluations / max(1, m.images)
-        print(f"| {m.name} | {overall:.2f} ± {sd:.2f} | {com:.2f} | {dis:.2f} | {ev:.1f} ({base_eval / ev:.2f}x fewer) "
-              f"| {per:.3f} | {base / per:.2f}x |")  # fmt: skip
+        print(
+            f"| {m.name} | {overall:.2f} ± {sd:.2f} | {com:.2f} | {dis:.2f} | {ev:.1f} ({base_eval / ev:.2f}x fewer) "
+            f"| {per:.3f} | {base / per:.2f}x |"
+        )
     return 0
 
 

@@ -31,8 +31,13 @@ def good(client, seed: int, steps: int) -> float:
     """One edit request with both example references; returns its latency in seconds."""
     start = time.perf_counter()
     with open(EXAMPLES[0], "rb") as a, open(EXAMPLES[1], "rb") as b:
-        out = client.images.edit(image=[a, b], prompt=INSTRUCTION, size="96x96", response_format="b64_json",
-                                 extra_body={"seed": seed, "num_inference_steps": steps})  # fmt: skip
+        out = client.images.edit(
+            image=[a, b],
+            prompt=INSTRUCTION,
+            size="96x96",
+            response_format="b64_json",
+            extra_body={"seed": seed, "num_inference_steps": steps},
+        )
     if not out.data or not out.data[0].b64_json:
         raise RuntimeError("no image in the answer")
     return time.perf_counter() - start
@@ -90,14 +95,18 @@ def main(argv: list[str] | None = None) -> int:
 
     server = None
     if args.url is None:
-        server = AppProcess(["--max_batch_size", str(args.max_batch_size), "--max_queue", str(4 * args.clients)],
-                            module="inference.serve", ready_path="/v1/models")  # fmt: skip
+        server = AppProcess(
+            ["--max_batch_size", str(args.max_batch_size), "--max_queue", str(4 * args.clients)],
+            module="inference.serve",
+            ready_path="/v1/models",
+        )
         server.start()
         url = server.url + "/v1"
     else:
         url = args.url
-    client = openai.OpenAI(base_url=url, api_key=os.environ.get("SCONE_API_KEY", "unused"), max_retries=0,
-                           timeout=600)  # fmt: skip
+    client = openai.OpenAI(
+        base_url=url, api_key=os.environ.get("SCONE_API_KEY", "unused"), max_retries=0, timeout=600
+    )
     counts = {"ok": 0, "refused": 0, "lost": 0}
     latencies: list[float] = []
     try:

@@ -97,8 +97,14 @@ def references(res: int):
     return [Image.new("RGB", (res, res), (40 + 90 * i, 120, 200 - 60 * i)) for i in range(2)]
 
 
-SETTINGS = dict(cfg_text_scale=4.0, cfg_img_scale=2.0, cfg_interval=(0.0, 1.0), timestep_shift=3.0,
-                cfg_renorm_min=0.0, cfg_renorm_type="text_channel")  # fmt: skip
+SETTINGS = dict(
+    cfg_text_scale=4.0,
+    cfg_img_scale=2.0,
+    cfg_interval=(0.0, 1.0),
+    timestep_shift=3.0,
+    cfg_renorm_min=0.0,
+    cfg_renorm_type="text_channel",
+)
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -119,9 +125,15 @@ def worker_ours(folder: str, res: int, steps: int, dtype: str):
         marks = []
         start = time.perf_counter()
         pipe.generate(
-            images=refs, prompt=INSTRUCTION, seed=0, height=res, width=res, num_timesteps=steps + 1,
-            callback=lambda i, n: marks.append(time.perf_counter()), **SETTINGS,
-        )  # fmt: skip
+            images=refs,
+            prompt=INSTRUCTION,
+            seed=0,
+            height=res,
+            width=res,
+            num_timesteps=steps + 1,
+            callback=lambda i, n: marks.append(time.perf_counter()),
+            **SETTINGS,
+        )
         gaps = [b - a for a, b in zip(marks, marks[1:])]
         return {"step_s": statistics.median(gaps), "prefill_s": marks[0] - start - statistics.median(gaps)}
 
@@ -240,9 +252,17 @@ def worker_upstream(folder: str, res: int, steps: int, dtype: str):
     vit_config.rope = False
     vit_config.num_hidden_layers -= 1
     vae, vae_config = load_ae(local_path=os.path.join(folder, "ae.safetensors"))
-    config = BagelConfig(visual_gen=True, visual_und=True, llm_config=llm_config, vit_config=vit_config,
-                         vae_config=vae_config, vit_max_num_patch_per_side=70, connector_act="gelu_pytorch_tanh",
-                         latent_patch_size=2, max_latent_size=64)  # fmt: skip
+    config = BagelConfig(
+        visual_gen=True,
+        visual_und=True,
+        llm_config=llm_config,
+        vit_config=vit_config,
+        vae_config=vae_config,
+        vit_max_num_patch_per_side=70,
+        connector_act="gelu_pytorch_tanh",
+        latent_patch_size=2,
+        max_latent_size=64,
+    )
     model = Bagel(Qwen2ForCausalLM(llm_config), SiglipVisionModel(vit_config), config)
     model.vit_model.vision_model.embeddings.convert_conv2d_to_linear(vit_config)
     missing, unexpected = model.load_state_dict(
@@ -271,8 +291,12 @@ def worker_upstream(folder: str, res: int, steps: int, dtype: str):
         start = time.perf_counter()
         cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")  # in place of CUDA's
         with cast:
-            inf.interleave_inference([*refs, INSTRUCTION], image_shapes=(res, res), num_timesteps=steps + 1,
-                                     **{**SETTINGS, "cfg_interval": list(SETTINGS["cfg_interval"])})  # fmt: skip
+            inf.interleave_inference(
+                [*refs, INSTRUCTION],
+                image_shapes=(res, res),
+                num_timesteps=steps + 1,
+                **{**SETTINGS, "cfg_interval": list(SETTINGS["cfg_interval"])},
+            )
         gaps = [b - a for a, b in zip(marks, marks[1:])]
         return {"step_s": statistics.median(gaps), "prefill_s": marks[0] - start - statistics.median(gaps)}
 
@@ -318,21 +342,42 @@ def main(argv=None) -> int:
 
     folder = tempfile.mkdtemp(prefix="upstream_compare_")
     write_model(folder)
-    common = ["--folder", folder, "--resolution", str(args.resolution), "--steps", str(args.steps),
-              "--threads", str(args.threads), "--upstream_dir", args.upstream_dir, "--dtype", args.dtype]  # fmt: skip
+    common = [
+        "--folder",
+        folder,
+        "--resolution",
+        str(args.resolution),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--upstream_dir",
+        args.upstream_dir,
+        "--dtype",
+        args.dtype,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
     upstream_path = os.pathsep.join([os.path.abspath(args.upstream_dir), write_shim()])
     launch = {
         # ours: as a module from the checkout (bench.* importable); upstream: as a file from elsewhere, with
         # only upstream's clone and the shim on its path
         "ours": ([sys.executable, "-m", "bench.upstream_compare"], ROOT, env),
-        "upstream": ([args.upstream_python, os.path.abspath(__file__)], tempfile.gettempdir(),
-                     dict(env, PYTHONPATH=upstream_path)),
-    }  # fmt: skip
+        "upstream": (
+            [args.upstream_python, os.path.abspath(__file__)],
+            tempfile.gettempdir(),
+            dict(env, PYTHONPATH=upstream_path),
+        ),
+    }
     workers = {}
     for name, (cmd, cwd, worker_env) in launch.items():
-        workers[name] = subprocess.Popen([*cmd, "--worker", name, *common], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True, env=worker_env, cwd=cwd)  # fmt: skip
+        workers[name] = subprocess.Popen(
+            [*cmd, "--worker", name, *common],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=worker_env,
+            cwd=cwd,
+        )
     facts = {}
     try:
         for name, w in workers.items():
@@ -359,16 +404,20 @@ def main(argv=None) -> int:
         n: {k: statistics.median(r[k] for r in rs) for k in ("prefill_s", "step_s")}
         for n, rs in results.items()
     }
-    print(f"\n{args.resolution}x{args.resolution}, 2 references, 3 CFG branches, {args.steps} steps, {args.dtype}, "
-          f"{args.threads} threads, median of {args.reps}; attention: 4-D SDPA on both sides")  # fmt: skip
+    print(
+        f"\n{args.resolution}x{args.resolution}, 2 references, 3 CFG branches, {args.steps} steps, {args.dtype}, "
+        f"{args.threads} threads, median of {args.reps}; attention: 4-D SDPA on both sides"
+    )
     for n in ("ours", "upstream"):
         print(f"{n}: torch {facts[n]['torch']}, CPU capability {facts[n]['cpu']}")
     print()
     print("| | prefill s | s / denoising step |\n|---|---|---|")
     for n in ("ours", "upstream"):
         print(f"| {n} | {med[n]['prefill_s']:.2f} | {med[n]['step_s']:.3f} |")
-    print(f"| ours / upstream | {med['ours']['prefill_s'] / med['upstream']['prefill_s']:.2f} | "
-          f"{med['ours']['step_s'] / med['upstream']['step_s']:.2f} |")  # fmt: skip
+    print(
+        f"| ours / upstream | {med['ours']['prefill_s'] / med['upstream']['prefill_s']:.2f} | "
+        f"{med['ours']['step_s'] / med['upstream']['step_s']:.2f} |"
+    )
     return 0
 
 

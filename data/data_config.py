@@ -176,11 +176,23 @@ class ModelGeometry:
     per latent token) and largest ViT image side (patch table side x patch size, unless positions are
     interpolated)."""
 
-    max_latent_size: int
-    vae_image_downsample: int
-    max_num_patch_per_side: int
-    vit_patch_size: int
+    max_latent_size: int = 32
+    vae_image_downsample: int = 16
+    max_num_patch_per_side: int = 70
+    vit_patch_size: int = 14
     interpolate_pos: bool = False
+
+    @classmethod
+    def of(cls, config, latent_downsample: int | None = None) -> ModelGeometry:
+        """From a ``modeling.config.BagelConfig``; ``latent_downsample``: pixels per latent token when known
+        from the VAE file itself (``modeling.checkpoint.latent_downsample``), else the config's."""
+        return cls(
+            config.max_latent_size,
+            latent_downsample or config.latent_downsample,
+            config.vit_max_num_patch_per_side,
+            config.vit.patch_size,
+            config.interpolate_pos,
+        )
 
     @property
     def max_vae_side(self) -> int:

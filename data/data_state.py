@@ -147,15 +147,6 @@ class DataStateTracker:
             "workers": copy.deepcopy(self.workers),
         }
 
-    def upstream_status(self) -> dict:
-        """This rank's positions in upstream's ``{group: {worker_id: data_indexes}}`` format."""
-        out: dict[str, dict] = {}
-        for worker, state in self.workers.items():
-            for group, pos in state["positions"].items():
-                if pos is not None:
-                    out.setdefault(group, {})[worker] = copy.deepcopy(pos["last"])
-        return out
-
     def stats(self) -> dict[str, int]:
         """Skip counters summed over this rank's workers (cumulative since the start of training)."""
         total: Counter = Counter()

@@ -21,6 +21,7 @@ import copy
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import torch
 
@@ -284,17 +285,14 @@ def build_packed_dataset(
     text_cond_dropout_prob: float = 0.1,
     vit_cond_dropout_prob: float = 0.3,
     vae_cond_dropout_prob: float = 0.3,
-    max_latent_size: int = 32,
-    vit_patch_size: int = 14,
-    max_num_patch_per_side: int = 70,
-    vae_image_downsample: int = 16,
-    interpolate_pos: bool = False,
+    geometry: ModelGeometry | None = None,
     data_root: str | None = None,
     data_state: dict | None = None,
 ) -> PackedDataset:
     """Build the training PackedDataset from a YAML mix (path or dict).
 
-    ``special_ids``: modeling.tokenizer.SpecialTokenIds (or dict). ``data_root``: base of relative
+    ``special_ids``: modeling.tokenizer.SpecialTokenIds (or dict). ``geometry``: the model's sizes
+    (``ModelGeometry.of(config)``; default: ModelGeometry's). ``data_root``: base of relative
     registry paths (default ``$SCONE_DATA_ROOT``). ``data_state``: this rank's saved state (see
     data_state.py) to resume from. Defaults follow upstream's training CLI.
     """
@@ -306,20 +304,14 @@ def build_packed_dataset(
         data_seed=data_seed,
         data_root=data_root_from_env(data_root),
     )
-    geometry = ModelGeometry(
-        max_latent_size, vae_image_downsample, max_num_patch_per_side, vit_patch_size, interpolate_pos
-    )
+    geometry = geometry or ModelGeometry()
     check_groups(groups, geometry, num_workers)
     packing = PackingConfig.from_special_ids(
         special_ids,
         text_cond_dropout_prob=text_cond_dropout_prob,
         vit_cond_dropout_prob=vit_cond_dropout_prob,
         vae_cond_dropout_prob=vae_cond_dropout_prob,
-        max_latent_size=max_latent_size,
-        vit_patch_size=vit_patch_size,
-        max_num_patch_per_side=max_num_patch_per_side,
-        vae_image_downsample=vae_image_downsample,
-        interpolate_pos=interpolate_pos,
+        **asdict(geometry),
     )
     return PackedDataset(
         groups,

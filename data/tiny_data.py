@@ -15,7 +15,6 @@ to use ("the red circle from image 1"), as in Scone's distinction data.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -25,27 +24,13 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from data.parquet_io import make_parquet_info
+from data.synthetic.render import SUBJECT_COLOURS, draw_shape, png_bytes
 
-COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (230, 210, 40),
-    "purple": (140, 60, 180),
-    "orange": (240, 140, 30),
-}
+# ShapeWorld's shapes and colours (data/synthetic/render.py), a few of them: the tiny set exercises the
+# pipeline (odd image sizes, several candidates per reference), it is not meant to be learned.
+COLORS = {name: SUBJECT_COLOURS[name] for name in ("red", "green", "blue", "yellow", "purple", "orange")}
 SHAPES = ("circle", "square", "triangle")
 SCENES = ("on a beach", "in a garden", "on a table", "in a snowy field")
-
-
-def draw_subject(draw: ImageDraw.ImageDraw, shape: str, color: tuple, box: tuple[int, int, int, int]) -> None:
-    x0, y0, x1, y1 = box
-    if shape == "circle":
-        draw.ellipse(box, fill=color, outline=(0, 0, 0))
-    elif shape == "square":
-        draw.rectangle(box, fill=color, outline=(0, 0, 0))
-    else:
-        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=color, outline=(0, 0, 0))
 
 
 def draw_image(rng: random.Random, subjects: list[tuple[str, str]], size: tuple[int, int]) -> Image.Image:
@@ -58,14 +43,8 @@ def draw_image(rng: random.Random, subjects: list[tuple[str, str]], size: tuple[
     for i, (shape, color) in enumerate(subjects):
         pad = max(2, int(min(slot, h) * rng.uniform(0.1, 0.25)))
         box = (int(i * slot) + pad, pad, int((i + 1) * slot) - pad, h - pad)
-        draw_subject(draw, shape, COLORS[color], box)
+        draw_shape(draw, shape, box, COLORS[color])
     return image
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def random_size(rng: random.Random, lo: int = 40, hi: int = 96) -> tuple[int, int]:

@@ -354,8 +354,11 @@ def _prompts_and_protocol(args: argparse.Namespace, bench: str) -> tuple[PromptS
             if getattr(args, k) is None:
                 setattr(args, k, v)
         return PromptSet(bench, args.prompt_dir), None
-    clash = [f"--{k}" for k in ("temperature", "seed", "max_tokens", "image_format", "prompt_dir")
-             if getattr(args, k) is not None]  # fmt: skip
+    clash = [
+        f"--{k}"
+        for k in ("temperature", "seed", "max_tokens", "image_format", "prompt_dir")
+        if getattr(args, k) is not None
+    ]
     if clash:
         raise ValueError(f"{', '.join(clash)}: set by the authors' files with --protocol authors")
     protocol = load_judge_protocol(
@@ -437,9 +440,16 @@ def run_cli(
     )
     if args.dry_run:
         plan = plan_requests(
-            kept, benchmark_dir, Path(args.result_dir), client, prompts, build_calls, args.rounds,
-            args.scorings, args.completion_tokens,
-        )  # fmt: skip
+            kept,
+            benchmark_dir,
+            Path(args.result_dir),
+            client,
+            prompts,
+            build_calls,
+            args.rounds,
+            args.scorings,
+            args.completion_tokens,
+        )
         cost = plan.cost(args.price_input, args.price_output)
         print(
             f"dry run ({args.judge_model}): {plan.requests} request(s) to send, {plan.cached} cached, "
@@ -470,15 +480,27 @@ def run_cli(
     )
     try:
         if args.batch_api:
-            requests = batch_requests(kept, benchmark_dir, Path(args.result_dir), client, prompts, build_calls,
-                                      args.rounds, args.scorings)  # fmt: skip
+            requests = batch_requests(
+                kept,
+                benchmark_dir,
+                Path(args.result_dir),
+                client,
+                prompts,
+                build_calls,
+                args.rounds,
+                args.scorings,
+            )
             report = BatchRunner(client, output_dir, args.batch_max_submissions).run(requests)
             log.info(
                 "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted%s, %d batch(es) "
-                "running, %d given up", report.collected, report.rejected, report.submitted_requests,
-                f" as {report.submitted}" if report.submitted else "", len(report.pending_batches),
+                "running, %d given up",
+                report.collected,
+                report.rejected,
+                report.submitted_requests,
+                f" as {report.submitted}" if report.submitted else "",
+                len(report.pending_batches),
                 report.given_up,
-            )  # fmt: skip
+            )
             if not report.done:
                 raise _BatchPending
             client.offline = f"no valid Batch API reply after {args.batch_max_submissions} submission(s)"

@@ -145,12 +145,33 @@ def build_app(server: DemoServer):
         return wrapped
 
     @as_ui_error
-    def on_generate(files, instruction, seed, height, width, steps, text_scale, img_scale, lo, hi, renorm,
-                    renorm_min, shift, cache, progress=gr.Progress()):  # fmt: skip
+    def on_generate(
+        files,
+        instruction,
+        seed,
+        height,
+        width,
+        steps,
+        text_scale,
+        img_scale,
+        lo,
+        hi,
+        renorm,
+        renorm_min,
+        shift,
+        cache,
+        progress=gr.Progress(),
+    ):
         advanced = dict(
-            cfg_text_scale=text_scale, cfg_img_scale=img_scale, cfg_interval_start=lo, cfg_interval_end=hi,
-            cfg_renorm_type=renorm, cfg_renorm_min=renorm_min, timestep_shift=shift, cache=cache,
-        )  # fmt: skip
+            cfg_text_scale=text_scale,
+            cfg_img_scale=img_scale,
+            cfg_interval_start=lo,
+            cfg_interval_end=hi,
+            cfg_renorm_type=renorm,
+            cfg_renorm_min=renorm_min,
+            timestep_shift=shift,
+            cache=cache,
+        )
         return server.generate(files, instruction, seed, height, width, steps, advanced, progress)
 
     @as_ui_error

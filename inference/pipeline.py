@@ -366,9 +366,12 @@ class SconePipeline:
             prefill_batch(model, sp, [Item(full[r], vae_latent=latents[r][i]) for r in todo])
             prefill_batch(model, sp, [Item(full[r], vit=self.vit_transform(images[r][i])) for r in todo])
         no_text = [c.snapshot("no_text") for c in full]
-        prefill_batch(model, sp, [Item(c, ids=ids[r]) for r, c in enumerate(full)] + [
-            Item(c, ids=ids[r]) for r, c in enumerate(no_image)
-        ])  # fmt: skip
+        prefill_batch(
+            model,
+            sp,
+            [Item(c, ids=ids[r]) for r, c in enumerate(full)]
+            + [Item(c, ids=ids[r]) for r, c in enumerate(no_image)],
+        )
         return [CFGContexts(*c) for c in zip(full, no_text, no_image)], noises
 
     def generate_batch(
@@ -495,11 +498,6 @@ class SconePipeline:
                 for j, (r, i) in enumerate(chunk):
                     out[r][i] = (mean[j : j + 1], logvar[j : j + 1])
         return out
-
-    @torch.no_grad()
-    def decode_latent(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Packed latent tokens [h*w, p*p*C] -> VAE output [1, 3, 16h, 16w] (fp32, CPU)."""
-        return self.decode_latents([tokens], h, w)
 
     @torch.no_grad()
     def decode_latents(self, tokens: list[torch.Tensor], h: int, w: int) -> torch.Tensor:

@@ -33,21 +33,30 @@ and vLLM/SGLang's servers use the same stack. Binds 127.0.0.1 unless ``--host`` 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' ``Request`` annotations, which
 # name a class imported inside create_app (FastAPI is imported only when a server starts).
 import argparse
-import base64
-import binascii
 import hmac
-import io
 import json
 import logging
 import os
 import random
-import re
 import sys
 import time
 import uuid
 
 import torch
 
+from inference.api_requests import (
+    CHAT_FIELDS,
+    IMAGE_FIELDS,
+    SAMPLING_FIELDS,
+    APIError,
+    chat_inputs,
+    parse_flag,
+    parse_number,
+    parse_size,
+    png_b64,
+    refuse_unknown,
+    sampling_settings,
+)
 from inference.cli_common import (
     USER_ERRORS,
     add_model_args,
@@ -70,167 +79,6 @@ from inference.serving import (
 
 log = logging.getLogger("scone.serve")
 
-# API names of the sampling settings -> SamplingConfig names (vllm-omni's and SGLang's spellings included).
-SAMPLING_FIELDS = {
-    "num_inference_steps": "num_timesteps",
-    "num_timesteps": "num_timesteps",
-    "cfg_text_scale": "cfg_text_scale",
-    "cfg_img_scale": "cfg_img_scale",
-    "true_cfg_scale": "cfg_img_scale",
-    "cfg_interval": "cfg_interval",
-    "cfg_renorm_type": "cfg_renorm_type",
-    "cfg_renorm_min": "cfg_renorm_min",
-    "timestep_shift": "timestep_shift",
-    "cache": "cache",
-}
-FLOAT_FIELDS = {"cfg_text_scale", "cfg_img_scale", "true_cfg_scale", "cfg_renorm_min", "timestep_shift"}
-IMAGE_FIELDS = {"model", "prompt", "n", "size", "response_format", "seed", "height", "width", "think", "user"}
-IMAGE_FIELDS |= set(SAMPLING_FIELDS)
-CHAT_FIELDS = {
-    "model",
-    "messages",
-    "modalities",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "seed",
-}
-CHAT_FIELDS |= {"n", "stream", "height", "width", "size", "think", "user", *SAMPLING_FIELDS}
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    @property
-    def type(self) -> str:
-        return {401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_error"}.get(
-            self.status, "invalid_request_error" if self.status < 500 else "server_error"
-        )
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-# ---------------------------------------------------------------------- request parsing (no FastAPI)
-def refuse_unknown(fields, allowed: set[str]) -> None:
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise APIError(400, f"unknown field(s) {unknown}; this server accepts {sorted(allowed)}", unknown[0])
-
-
-def _number(name: str, value, kind=float):
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        v = kind(value)
-        if kind is int and float(value) != v:
-            raise ValueError
-        return v
-    except (TypeError, ValueError):
-        raise APIError(
-            400, f"{name} must be {'a whole number' if kind is int else 'a number'}, got {value!r}", name
-        ) from None
-
-
-def parse_size(size, height=None, width=None) -> tuple[int | None, int | None]:
-    """``size`` "WxH" (OpenAI) or ``height``/``width`` (vllm-omni); None keeps the model's."""
-    if size is not None and size != "auto":
-        m = re.fullmatch(r"(\d{1,5})x(\d{1,5})", str(size))
-        if not m:
-            raise APIError(400, f"size must look like 1024x1024, got {size!r}", "size")
-        return int(m.group(2)), int(m.group(1))
-    return (
-        None if height is None else _number("height", height, int),
-        None if width is None else _number("width", width, int),
-    )
-
-
-def sampling_settings(fields: dict) -> dict:
-    """SamplingConfig keywords of a request's fields (form fields arrive as strings)."""
-    out = {}
-    for api, name in SAMPLING_FIELDS.items():
-        if fields.get(api) is None:
-            continue
-        v = fields[api]
-        if api == "cfg_interval":
-            if isinstance(v, str):
-                try:
-                    v = json.loads(v)
-                except ValueError:
-                    v = v.replace(",", " ").split()
-            if not isinstance(v, (list, tuple)) or len(v) != 2:
-                raise APIError(400, "cfg_interval must be two numbers [start, end]", api)
-            out["cfg_interval_start"], out["cfg_interval_end"] = (_number(api, x) for x in v)
-        elif api in ("num_inference_steps", "num_timesteps"):
-            out[name] = _number(api, v, int)
-        elif api in FLOAT_FIELDS:
-            out[name] = _number(api, v)
-        else:
-            out[name] = str(v)
-    return out
-
-
-def _flag(name: str, value) -> bool:
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    if str(value).lower() in ("true", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "0", "no"):
-        return False
-    raise APIError(400, f"{name} must be true or false, got {value!r}", name)
-
-
-def decode_data_url(url: str, k: int) -> tuple[str, bytes]:
-    """``data:image/...;base64,...`` -> (name, bytes). Remote URLs are refused: this server fetches nothing."""
-    if not isinstance(url, str) or not url.startswith("data:"):
-        raise APIError(400, f"image {k}: send images as data URLs (data:image/png;base64,...); this server does "
-                            "not fetch URLs", "messages")  # fmt: skip
-    head, _, payload = url.partition(",")
-    if ";base64" not in head:
-        raise APIError(400, f"image {k}: the data URL must be base64-encoded", "messages")
-    try:
-        return f"image {k}", base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise APIError(400, f"image {k}: the data URL is not valid base64", "messages") from None
-
-
-def chat_inputs(messages) -> tuple[str, list[tuple[str, bytes]]]:
-    """(text, images) of a chat request: one user message whose content is a string or text and
-    image_url parts."""
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "messages must be a non-empty list", "messages")
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if len(users) != 1 or len(users) != len(messages):
-        raise APIError(
-            400, "send exactly one message, with role 'user' (no history or system prompt)", "messages"
-        )
-    content = users[0].get("content")
-    if isinstance(content, str):
-        return content, []
-    if not isinstance(content, list):
-        raise APIError(400, "message content must be a string or a list of parts", "messages")
-    texts, images = [], []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            texts.append(str(part.get("text", "")))
-        elif kind == "image_url":
-            url = part.get("image_url")
-            images.append(decode_data_url(url.get("url") if isinstance(url, dict) else url, len(images) + 1))
-        else:
-            raise APIError(400, f"unsupported content part {kind!r} (text and image_url are)", "messages")
-    return "\n".join(texts), images
-
-
-def png_b64(image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
 
 # ---------------------------------------------------------------------- the service
 class ImageAPI:
@@ -246,13 +94,19 @@ class ImageAPI:
         if model is None or model == "":
             return None
         if model not in self.models:
-            raise APIError(404, f"model {model!r} is not served here; GET /v1/models lists {sorted(self.models)}",
-                           "model", "model_not_found")  # fmt: skip
+            raise APIError(
+                404,
+                f"model {model!r} is not served here; GET /v1/models lists {sorted(self.models)}",
+                "model",
+                "model_not_found",
+            )
         return self.models[model]
 
     def list_models(self) -> dict:
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "scone"}
-                                           for m in self.models]}  # fmt: skip
+        return {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "scone"} for m in self.models],
+        }
 
     def _submit(self, key, payload, cost):
         try:
@@ -277,7 +131,7 @@ class ImageAPI:
         if fields.get("stream") not in (None, False, "false"):
             raise APIError(400, "stream is not supported", "stream")
         adapter = self.adapter(fields.get("model"))
-        n = _number("n", fields.get("n", 1), int)
+        n = parse_number("n", fields.get("n", 1), int)
         if not 1 <= n <= self.limits.max_images_per_request:
             raise APIError(400, f"n must be from 1 to {self.limits.max_images_per_request}, got {n}", "n")
         try:
@@ -286,13 +140,14 @@ class ImageAPI:
             height, width = parse_size(fields.get("size"), fields.get("height"), fields.get("width"))
             base = self.pipe.sampling
             settings = {"num_timesteps": base.num_timesteps, **sampling_settings(fields)}
-            cfg = check_sampling(base, self.limits, height=height or base.height, width=width or base.width,
-                                 **settings)  # fmt: skip
+            cfg = check_sampling(
+                base, self.limits, height=height or base.height, width=width or base.width, **settings
+            )
         except ValueError as e:
             raise APIError(400, str(e)) from e
-        think = _flag("think", fields.get("think"))
+        think = parse_flag("think", fields.get("think"))
         seed = fields.get("seed")
-        seed = random.randrange(2**31) if seed is None else _number("seed", seed, int)
+        seed = random.randrange(2**31) if seed is None else parse_number("seed", seed, int)
         key = ("generate", adapter, cfg, think)
         jobs = [
             self._submit(key, GenerationRequest(images, prompt, seed + i), image_cost(images))
@@ -309,10 +164,10 @@ class ImageAPI:
     def understand_job(self, fields: dict, refs: list[tuple[str, bytes]], text: str):
         """Check one question and queue it. Returns (job, tokens of the question)."""
         adapter = self.adapter(fields.get("model"))
-        n_tokens = _number(
+        n_tokens = parse_number(
             "max_tokens", fields.get("max_completion_tokens") or fields.get("max_tokens") or 256, int
         )
-        temperature = _number("temperature", fields.get("temperature") or 0.0)
+        temperature = parse_number("temperature", fields.get("temperature") or 0.0)
         try:
             n_tokens = check_new_tokens(n_tokens, self.limits, self.pipe, "max_tokens")
             images = check_images(refs, self.limits, min_images=0)
@@ -320,9 +175,15 @@ class ImageAPI:
         except ValueError as e:
             raise APIError(400, str(e)) from e
         seed = fields.get("seed")
-        payload = dict(images=images, prompt=prompt, max_new_tokens=n_tokens, do_sample=temperature > 0,
-                       temperature=temperature or 0.3, seed=None if seed is None else _number("seed", seed, int),
-                       think=_flag("think", fields.get("think")))  # fmt: skip
+        payload = dict(
+            images=images,
+            prompt=prompt,
+            max_new_tokens=n_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature or 0.3,
+            seed=None if seed is None else parse_number("seed", seed, int),
+            think=parse_flag("think", fields.get("think")),
+        )
         return self._submit(understand_key(adapter), payload, image_cost(images)), len(ids)
 
     def chat_response(self, fields: dict, content, prompt_tokens: int, completion_tokens: int) -> dict:
@@ -331,10 +192,15 @@ class ImageAPI:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": fields.get("model") or self.base_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }  # fmt: skip
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
 
 # ---------------------------------------------------------------------- HTTP
@@ -438,12 +304,19 @@ def create_app(api: ImageAPI, api_key: str | None = None):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise APIError(400, "send multipart/form-data with image[] files and a prompt")
         try:
-            form = await request.form(max_files=api.limits.max_images, max_fields=64,
-                                      max_part_size=4 * api.limits.max_prompt_chars + 1024)  # fmt: skip
+            form = await request.form(
+                max_files=api.limits.max_images,
+                max_fields=64,
+                max_part_size=4 * api.limits.max_prompt_chars + 1024,
+            )
         except Exception as e:  # too many files or fields, a text field over the limit, a malformed body
             if "maximum size" in str(e):
-                raise APIError(400, f"a text field is too long: the prompt may have at most "
-                                    f"{api.limits.max_prompt_chars:,} characters", "prompt") from None  # fmt: skip
+                raise APIError(
+                    400,
+                    f"a text field is too long: the prompt may have at most "
+                    f"{api.limits.max_prompt_chars:,} characters",
+                    "prompt",
+                ) from None
             raise APIError(400, f"cannot read the form: {getattr(e, 'detail', e)}") from None
         fields, refs = {}, []
         for name, value in form.multi_items():
@@ -475,8 +348,13 @@ def create_app(api: ImageAPI, api_key: str | None = None):
                 {**{k: v for k, v in fields.items() if k != "messages"}, "prompt": text}, refs
             )
             await wait(jobs)
-            parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_b64(api._result(j).image)}}
-                     for j in jobs]  # fmt: skip
+            parts = [
+                {
+                    "type": "image_url",
+                    "image_url": {"url": "data:image/png;base64," + png_b64(api._result(j).image)},
+                }
+                for j in jobs
+            ]
             return api.chat_response(fields, parts, prompt_tokens, 0)
         for name in ("height", "width", "size", *SAMPLING_FIELDS):
             if fields.get(name) is not None:
@@ -552,8 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         inner = app.app  # the FastAPI app inside the body-size limit
         gr.mount_gradio_app(inner, build_app(DemoServer(pipe, batcher, limits)), path="/web")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding to %s: anyone who can reach this machine can use the API%s", args.host,
-                    "" if api_key else " (no --api_key)")  # fmt: skip
+        log.warning(
+            "binding to %s: anyone who can reach this machine can use the API%s",
+            args.host,
+            "" if api_key else " (no --api_key)",
+        )
     log.info(
         "serving %s on http://%s:%d/v1 (models: %s)", base_id, args.host, args.port, ", ".join(api.models)
     )

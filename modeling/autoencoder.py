@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from modeling.errors import CheckpointError, check_finite
+from modeling.errors import CheckpointError, check_finite, check_state_keys, first_keys
 
 logger = logging.getLogger(__name__)
 
@@ -309,11 +309,6 @@ def infer_ae_params(state_dict: dict[str, torch.Tensor]) -> AutoEncoderParams:
     )
 
 
-def _list(keys: list[str], limit: int = 10) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_autoencoder(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> AutoEncoder:
@@ -341,27 +336,11 @@ def load_autoencoder(
     with torch.device("meta"):
         model = AutoEncoder(params)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{k} (file {list(state[k].shape)}, model {list(expected[k])})"
-        for k in set(expected) & set(state)
-        if state[k].shape != expected[k]
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_list(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch: {_list(mismatched)}")
-    if problems:
-        raise CheckpointError(
-            f"autoencoder checkpoint {path} does not match the inferred {params}: " + "; ".join(problems)
-        )
+    found = {k: v.shape for k, v in state.items()}
+    check_state_keys(f"autoencoder checkpoint {path} does not match the inferred {params}", expected, found)
     bad_dtype = sorted(k for k, v in state.items() if not v.is_floating_point())
     if bad_dtype:
-        raise CheckpointError(f"autoencoder checkpoint {path}: non-floating tensors {_list(bad_dtype)}")
+        raise CheckpointError(f"autoencoder checkpoint {path}: non-floating tensors {first_keys(bad_dtype)}")
 
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)

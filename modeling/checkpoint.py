@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from modeling.autoencoder import AutoEncoder, load_autoencoder
 from modeling.bagel import Bagel
 from modeling.config import MOT_LAYER, SCONE_CONFIG_FILE, BagelConfig, LLMConfig
-from modeling.errors import CheckpointError, check_finite
+from modeling.errors import CheckpointError, check_finite, check_state_keys
 from modeling.siglip import SiglipVisionConfig
 from modeling.tokenizer import TOKENIZER_FILES, SpecialTokenIds, load_tokenizer
 from modeling.weight_formats import check_supported, quantize_weight, quantized_keys, split_weights
@@ -199,24 +199,10 @@ def load_bagel_weights(
         raise CheckpointError(f"cannot read weights file {path}: {e}") from e
     with f:
         keys = set(f.keys())
-        missing = sorted(set(expected) - keys - set(RECOMPUTABLE))
-        unexpected = sorted(keys - set(expected))
-        mismatched = []
-        for k in sorted(keys & set(expected)):
-            shape = list(f.get_slice(k).get_shape())
-            if shape != list(expected[k]):
-                mismatched.append(f"{k} (file {shape}, model {list(expected[k])})")
-        if missing or unexpected or mismatched:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing keys: {', '.join(missing[:8])}")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:8])}")
-            if mismatched:
-                parts.append(f"{len(mismatched)} shape mismatches: {'; '.join(mismatched[:8])}")
-            raise CheckpointError(
-                f"{path} does not match the model built from the configs: " + " | ".join(parts)
-            )
+        found = {k: f.get_slice(k).get_shape() for k in keys}
+        check_state_keys(
+            f"{path} does not match the model built from the configs", expected, found, RECOMPUTABLE
+        )
         state = {}
         for k in keys:
             try:
@@ -277,7 +263,11 @@ def load_pretrained(
     load_bagel_weights(model, weights_path, device, dtype, quantize)
     model.eval()
     log.info(
-        "loaded %s (%s) on %s as %s%s", folder, os.path.basename(weights_path), device, dtype,
+        "loaded %s (%s) on %s as %s%s",
+        folder,
+        os.path.basename(weights_path),
+        device,
+        dtype,
         f", {quantize} decoder weights" if quantize else "",
-    )  # fmt: skip
+    )
     return LoadedModel(model, vae, tokenizer, special_ids, config, folder, weights_path)

@@ -64,9 +64,6 @@ class LLMConfig:
             )
         return cfg
 
-    def to_json_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass
 class BagelConfig:
@@ -114,10 +111,6 @@ class BagelConfig:
             if not isinstance(raw["generation_only"], bool):
                 raise ValueError(f"{where}: 'generation_only' must be true or false")
             self.extra["generation_only"] = raw["generation_only"]
-
-    @property
-    def vae_downsample(self) -> int:
-        return self.vae.downsample
 
     @property
     def latent_downsample(self) -> int:

@@ -56,9 +56,6 @@ class KVCache:
             out.values[i] = None if v is None else (v.clone() if clone else v)
         return out
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
-
 
 @dataclass
 class Segment:

@@ -259,8 +259,11 @@ def attach_adapter(
     """Attach an adapter read with ``read_adapter`` (strict, as ``load_adapter``; ``name`` for messages).
     Checked against the model before anything is attached, so a misfit leaves the model as it was."""
     mods = targeted(model, config.target_modules)
-    expected = {f"{n}.lora_{ab}.weight": (config.r, m.in_features) if ab == "A" else (m.out_features, config.r)
-                for n, m in mods.items() for ab in "AB"}  # fmt: skip
+    expected = {
+        f"{n}.lora_{ab}.weight": (config.r, m.in_features) if ab == "A" else (m.out_features, config.r)
+        for n, m in mods.items()
+        for ab in "AB"
+    }
     if set(state) != set(expected):
         extra, absent = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
         raise ValueError(

@@ -206,8 +206,3 @@ class Qwen2MoTForCausalLM(nn.Module):
     def final_norm(self, x: torch.Tensor, route: Routing) -> torch.Tensor:
         """``norm`` on und rows, ``norm_moe_gen`` on gen rows."""
         return _routed(x, route, self.model.norm, self.model.norm_moe_gen, x.shape[1])
-
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, route: Routing, plan) -> torch.Tensor:
-        """Packed decoder forward: x [N, H] embeddings, position_ids [N] -> final-normed hidden [N, H]."""
-        x = self.run_layers(x, self.rope(position_ids, x.dtype), route, plan)
-        return self.final_norm(x, route)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data.data_config import build_groups
+from data.data_config import ModelGeometry, build_groups
 from data.data_state import FORMAT, DataStateTracker
 from data.packed_dataset import build_dataloader, build_packed_dataset
 from data.parquet_io import DataConfigError, make_parquet_info
@@ -36,7 +36,7 @@ BUDGET = dict(
     text_cond_dropout_prob=0.2,
     vit_cond_dropout_prob=0.2,
     vae_cond_dropout_prob=0.2,
-    max_latent_size=64,
+    geometry=ModelGeometry(max_latent_size=64),
 )
 
 

@@ -28,13 +28,7 @@ def check_data(data: DataSection, model_path: str, rank: int, world_size: int) -
 
     folder = check_model_folder(model_path)
     cfg = build_config(folder, pick_weights_file(folder, None))
-    geometry = ModelGeometry(
-        cfg.max_latent_size,
-        latent_downsample(folder, cfg),
-        cfg.vit_max_num_patch_per_side,
-        cfg.vit.patch_size,
-        cfg.interpolate_pos,
-    )
+    geometry = ModelGeometry.of(cfg, latent_downsample(folder, cfg))
     groups = build_groups(
         data.dataset_config_file,
         None,  # no tokenizer needed to list and check the data
@@ -80,10 +74,10 @@ class ParquetSource:
     counted, so a resume continues exactly after the last trained pack)."""
 
     def __init__(self, data: DataSection, loaded, info, data_status):
+        from data.data_config import ModelGeometry
         from data.data_state import DataStateTracker
         from data.packed_dataset import build_dataloader, build_packed_dataset
 
-        cfg = loaded.config
         self.dataset = build_packed_dataset(
             data.dataset_config_file,
             loaded.tokenizer,
@@ -100,11 +94,7 @@ class ParquetSource:
             text_cond_dropout_prob=data.text_cond_dropout_prob,
             vit_cond_dropout_prob=data.vit_cond_dropout_prob,
             vae_cond_dropout_prob=data.vae_cond_dropout_prob,
-            max_latent_size=cfg.max_latent_size,
-            vit_patch_size=cfg.vit.patch_size,
-            max_num_patch_per_side=cfg.vit_max_num_patch_per_side,
-            vae_image_downsample=cfg.latent_downsample,
-            interpolate_pos=cfg.interpolate_pos,
+            geometry=ModelGeometry.of(loaded.config),
             data_root=data.data_root,
             data_state=data_status,
         )

@@ -122,9 +122,14 @@ def build_model(cfg: TrainConfig, weights: ModelWeights, info: DistInfo, dtype: 
     """Load weights, choose what trains, checkpoint activations, shard. Returns (LoadedModel, start point)."""
     c, par = cfg.checkpoint, cfg.parallel
     start = resolve_start(
-        cfg.model.model_path, c.checkpoint_dir, c.auto_resume, c.resume_from, c.resume_model_only,
-        c.finetune_from_ema, lora=weights.is_lora,
-    )  # fmt: skip
+        cfg.model.model_path,
+        c.checkpoint_dir,
+        c.auto_resume,
+        c.resume_from,
+        c.resume_model_only,
+        c.finetune_from_ema,
+        lora=weights.is_lora,
+    )
     logger.info("start: %s", start.reason)
     from_rank0 = info.world_size > 1 and par.load_weights_on_rank0  # a 1-rank group has no one to send to
     loaded, full_state = load_model_for_rank(cfg.model.model_path, start.weights_path, info, from_rank0)
@@ -256,14 +261,24 @@ class PackRunner:
                     )
             set_gradient_sync(self.model, a == accum - 1)
             terms = flow_matching_losses(
-                self.model, seq, latent, generator=g, use_semantic_mask=obj.use_semantic_mask,
-                timestep_shift=obj.timestep_shift, participation=self.participation,
-            )  # fmt: skip
+                self.model,
+                seq,
+                latent,
+                generator=g,
+                use_semantic_mask=obj.use_semantic_mask,
+                timestep_shift=obj.timestep_shift,
+                participation=self.participation,
+            )
             try:
                 part = pack_loss(
-                    terms, seq, *global_counts, info.world_size, obj.mse_weight, obj.ce_weight,
+                    terms,
+                    seq,
+                    *global_counts,
+                    info.world_size,
+                    obj.mse_weight,
+                    obj.ce_weight,
                     obj.ce_loss_reweighting,
-                )  # fmt: skip
+                )
             except RuntimeError as e:
                 raise RuntimeError(f"step {step}: {e}") from None
             mse_sum += part.mse
@@ -352,10 +367,19 @@ def train(cfg: TrainConfig) -> dict:
 
     def save(step: int) -> None:
         ckpt.save_checkpoint(
-            cfg.checkpoint.checkpoint_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
-            train_state={**state, **facts}, data_status=data.state_dict(), model_folder=loaded.folder,
-            rank=info.rank, ema=ema, lora=weights.adapter_config, config=config,
-        )  # fmt: skip
+            cfg.checkpoint.checkpoint_dir,
+            step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            train_state={**state, **facts},
+            data_status=data.state_dict(),
+            model_folder=loaded.folder,
+            rank=info.rank,
+            ema=ema,
+            lora=weights.adapter_config,
+            config=config,
+        )
 
     tput = Throughput()
     accum, world, total = opt.gradient_accumulation_steps, info.world_size, opt.total_steps
@@ -387,23 +411,17 @@ def train(cfg: TrainConfig) -> dict:
         tput.add(1, n_tok, flops)
 
         if step % cfg.metrics.log_every == 0 or step == total - 1:
-            rec = {
-                "mse": mse_g,
-                "ce": ce_g,
-                "loss": mse_g * obj.mse_weight + ce_g * obj.ce_weight,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": n_tok,
-                "mse_tokens": n_mse,
-                "ce_tokens": n_ce,
-                "nonfinite_skipped": state["nonfinite_skipped"],
-                "peak_mem_gib": peak_memory_gib(info.device),
-                **tput.rates(peak * world),
-                # counters of every rank (and its data workers), not only rank 0's
-                **sum_counters({**_data_counters(data), **(cache.counters() if cache is not None else {})}),
-                **stats,
-            }
-            mlog.log(step, rec)
+            losses = {"mse": mse_g, "ce": ce_g, "loss": mse_g * obj.mse_weight + ce_g * obj.ce_weight}
+            counts = {"tokens": n_tok, "mse_tokens": n_mse, "ce_tokens": n_ce}
+            counts["nonfinite_skipped"] = state["nonfinite_skipped"]
+            # counters of every rank (and its data workers), not only rank 0's
+            counters = sum_counters(
+                {**_data_counters(data), **(cache.counters() if cache is not None else {})}
+            )
+            rates = {"peak_mem_gib": peak_memory_gib(info.device), **tput.rates(peak * world)}
+            mlog.log(
+                step, {**losses, "lr": lr, "grad_norm": grad_norm, **counts, **rates, **counters, **stats}
+            )
             tput.reset()
         save_due = save_due or (step > 0 and step % cfg.checkpoint.save_every == 0) or step == total - 1
         # after a skipped step, before a save and every check_finite_every steps: are the weights broken?

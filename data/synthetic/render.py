@@ -176,7 +176,8 @@ def unit_polygon(shape: str) -> list[tuple[float, float]]:
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + NOVEL_SHAPES}")
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], fill) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], fill) -> None:
+    """``shape`` filling ``box`` (x0, y0, x1, y1) with ``fill``; also used by ``data/tiny_data.py``."""
     x0, y0, x1, y1 = box
     if shape == "circle":
         draw.ellipse(box, fill=fill)
@@ -198,7 +199,7 @@ def shape_mask(shape: str, width: int, height: int, blur: float = 0.0) -> np.nda
     cw, ch = width + 2 * pad, height + 2 * pad
     canvas = Image.new("L", (cw * ss, ch * ss), 0)
     box = (pad * ss, pad * ss, (pad + width) * ss - 1, (pad + height) * ss - 1)
-    _draw_shape(ImageDraw.Draw(canvas), shape, box, 255)
+    draw_shape(ImageDraw.Draw(canvas), shape, box, 255)
     if blur > 0:
         canvas = canvas.filter(ImageFilter.GaussianBlur(blur * ss))
     mask = np.asarray(canvas.resize((cw, ch), Image.BOX)) >= 128
@@ -289,7 +290,7 @@ def render_image(size: int, background: Background, placements: list[Placement] 
         box = (x0 * ss - ox, y0 * ss - oy, x1 * ss - 1 - ox, y1 * ss - 1 - oy)
         layer_size = (int(math.ceil(box[2])) + 2, int(math.ceil(box[3])) + 2)
         mask = Image.new("L", layer_size, 0)
-        _draw_shape(ImageDraw.Draw(mask), placement.subject.shape, box, 255)
+        draw_shape(ImageDraw.Draw(mask), placement.subject.shape, box, 255)
         img.paste(_pattern_layer(placement.subject, box, layer_size), (ox, oy), mask)
     return img.resize((size, size), Image.BOX)
 

@@ -150,9 +150,14 @@ class BatchRunner:
         for r in todo:
             self.state["tries"][r.key] = self.state["tries"].get(r.key, 0) + 1
         self.state["batches"].append(
-            {"id": batch.id, "input_file_id": upload.id, "keys": [r.key for r in todo],
-             "submitted": time.time(), "status": batch.status}
-        )  # fmt: skip
+            {
+                "id": batch.id,
+                "input_file_id": upload.id,
+                "keys": [r.key for r in todo],
+                "submitted": time.time(),
+                "status": batch.status,
+            }
+        )
         self._save()
         self.client.usage.add(requests=len(todo))
         report.submitted, report.submitted_requests = batch.id, len(todo)

@@ -174,17 +174,30 @@ class FakeJudgeServer:
         with self._lock:
             file_id = f"file-{len(self.files)}"
             self.files[file_id] = data
-        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                "filename": "upload.jsonl", "purpose": "batch", "status": "processed"}  # fmt: skip
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": "upload.jsonl",
+            "purpose": "batch",
+            "status": "processed",
+        }
 
     def _create_batch(self, req: dict) -> dict:
         with self._lock:
             batch_id = f"batch-{len(self.batches)}"
             self.batches[batch_id] = {
-                "id": batch_id, "object": "batch", "endpoint": req["endpoint"], "input_file_id": req["input_file_id"],
-                "completion_window": req["completion_window"], "status": "in_progress", "created_at": int(time.time()),
-                "output_file_id": None, "error_file_id": None,
-            }  # fmt: skip
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": req["endpoint"],
+                "input_file_id": req["input_file_id"],
+                "completion_window": req["completion_window"],
+                "status": "in_progress",
+                "created_at": int(time.time()),
+                "output_file_id": None,
+                "error_file_id": None,
+            }
             return self.batches[batch_id]
 
     def finish_batches(self) -> int:
@@ -197,8 +210,15 @@ class FakeJudgeServer:
                 with self._lock:
                     self.requests.append(item["body"])
                 reply = self.responder(item["body"])
-                out = {"id": f"req-{n}", "custom_id": item["custom_id"], "error": None,
-                       "response": {"status_code": reply.status, "body": reply.body(item["body"].get("model", ""))}}  # fmt: skip
+                out = {
+                    "id": f"req-{n}",
+                    "custom_id": item["custom_id"],
+                    "error": None,
+                    "response": {
+                        "status_code": reply.status,
+                        "body": reply.body(item["body"].get("model", "")),
+                    },
+                }
                 (ok if reply.status == 200 else failed).append(json.dumps(out) + "\n")
                 n += 1
             with self._lock:

@@ -108,8 +108,11 @@ def to_markdown(summary: dict) -> str:
         lines += [f"Scored {cov['scored_cases']} of the benchmark's {cov['benchmark_cases']} cases."]
         bad = {k: len(cov.get(k, [])) for k in ("missing", "extra", "edited", "malformed") if cov.get(k)}
         if bad:
-            lines += ["**Results files do not match the benchmark:** " + ", ".join(f"{n} {k}" for k, n in bad.items())
-                      + " (listed in summary.json, meta.coverage)."]  # fmt: skip
+            lines += [
+                "**Results files do not match the benchmark:** "
+                + ", ".join(f"{n} {k}" for k, n in bad.items())
+                + " (listed in summary.json, meta.coverage)."
+            ]
         lines += [""]
     if meta.get("protocol") == "authors":
         lines += [

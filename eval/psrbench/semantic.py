@@ -180,8 +180,11 @@ def make_judge_client(
     extra = {}
     if authors_request is not None:
         temperature, seed, max_tokens = authors_request.temperature, None, authors_request.max_tokens
-        extra = {"image_format": authors_request.image_format, "image_first": authors_request.image_first,
-                 "retry_unparseable": False}  # fmt: skip
+        extra = {
+            "image_format": authors_request.image_format,
+            "image_first": authors_request.image_first,
+            "retry_unparseable": False,
+        }
     return JudgeClient(
         model=model,
         base_url=base_url,
