@@ -41,6 +41,7 @@ from eval.judge.cache import LiveLedgerFile, atomic_write_text
 from eval.judge.client import JudgeClient, JudgeFatalError, JudgeResult
 from eval.judge.images import load_reference, load_rgb
 from eval.judge.prompts import PromptSet
+from eval.judge.provenance import judge_record, provenance_markdown
 
 log = logging.getLogger(__name__)
 
@@ -535,21 +536,19 @@ def run_cli(
         log.info("judge usage: %s", json.dumps(usage))
     if result is None:
         return code
+    settings = {"base_url": args.base_url, "temperature": args.temperature, "seed": args.seed}
+    settings.update(image_format=args.image_format, max_tokens=args.max_tokens)
+    judge = judge_record(args.judge_model, client.served_models, args.protocol, prompts.sources, **settings)
     extra = {
-        "judge": {
-            "model": args.judge_model,
-            "base_url": args.base_url,
-            "temperature": args.temperature,
-            "seed": args.seed,
-            "image_format": args.image_format,
-            "max_tokens": args.max_tokens,
-        },
+        "judge": judge,
         "protocol": args.protocol,
         **({"authors_upstream": protocol.upstream} if protocol else {}),
         "prompts": prompts.sources,
         "invalid_cases": [str(p) for p in problems],
     }
-    md = write_outputs(result, output_dir, method=args.method, extra=extra)
+    md = write_outputs(
+        result, output_dir, method=args.method, extra=extra, extra_markdown=provenance_markdown(judge)
+    )
     print(md)
     failed = result["cases"]["failed"]
     if failed or problems:

@@ -4,15 +4,15 @@
 # hpsv3 package or a GPU). One report per sampling round: {RESULTS_DIR}/round{i}/eval/summary.{md,csv,json}.
 #
 # Start the judge first (either server works; the model name must match --judge_model):
-#   vllm serve Qwen/Qwen2.5-VL-32B-Instruct --port 17140 --api-key psr --max-model-len 16384
-#   python -m sglang.launch_server --model-path Qwen/Qwen2.5-VL-32B-Instruct --port 17140 --api-key psr \
+#   vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 17140 --api-key psr --max-model-len 16384
+#   python -m sglang.launch_server --model-path Qwen/Qwen2.5-VL-7B-Instruct --port 17140 --api-key psr \
 #       --chat-template qwen2-vl --mem-fraction-static 0.85
 #   export PSR_JUDGE_API_KEY=psr
 # Without a judge server pass: --metrics sc position aesthetics. The PSR scripts' scoring: --protocol authors
 set -euo pipefail
 DATA_ROOT=${DATA_ROOT:-./datasets/PSRBench}
 RESULTS_DIR=${RESULTS_DIR:-./results/psrbench/Scone}
-JUDGE_MODEL=${JUDGE_MODEL:-Qwen/Qwen2.5-VL-32B-Instruct}
+JUDGE_MODEL=${JUDGE_MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}
 JUDGE_URL=${JUDGE_URL:-http://127.0.0.1:17140/v1}
 shopt -s nullglob
 rounds=("$RESULTS_DIR"/round*/)

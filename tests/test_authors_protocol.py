@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from eval import authors_protocol, omnicontext, sconeeval
 from eval.authors_protocol import AuthorsProtocolError, Upstream, load_judge_protocol, module_strings
-from eval.judge.fake_server import FakeJudgeServer, Reply, prompt_text
+from tests.fake_judge_server import FakeJudgeServer, Reply, prompt_text
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 RUBRICS = {

@@ -9,7 +9,7 @@ import threading
 from PIL import Image
 
 from eval import sconeeval
-from eval.judge.fake_server import FakeJudgeServer, Reply, prompt_text
+from tests.fake_judge_server import FakeJudgeServer, Reply, prompt_text
 
 CASES = [
     {"key": "c1", "task_type": "composition_single", "instruction": "on a table", "input_images": ["a.png"]},

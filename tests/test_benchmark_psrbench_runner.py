@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.psrbench.synthetic import make_synthetic_psrbench
 from inference import benchmark
 from tests.conftest import CHECKPOINT
+from tests.synthetic_psrbench import make_synthetic_psrbench
 
 
 @pytest.fixture(scope="module")

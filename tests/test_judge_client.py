@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from eval.judge.client import JudgeClient, JudgeFatalError, JudgeJob
-from eval.judge.fake_server import FakeJudgeServer, Reply, ScriptedResponder, image_urls, prompt_text
 from eval.judge.images import resize_reference
 from eval.judge.parsing import parse_binary, parse_score_json, parse_score_reason
+from tests.fake_judge_server import FakeJudgeServer, Reply, ScriptedResponder, image_urls, prompt_text
 
 KEY = "sk-test-SECRET-123456"
 SCORE = '{"score": 7, "reasoning": "fine"}'

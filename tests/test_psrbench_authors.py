@@ -17,12 +17,12 @@ from PIL import Image
 from data.psrbench_cases import case_output_path, write_results_json
 from eval import authors_protocol
 from eval.authors_protocol import Upstream
-from eval.judge.fake_server import FakeJudgeServer, Reply, prompt_text
 from eval.psrbench import evaluate
 from eval.psrbench.detection import Box, caption_for
 from eval.psrbench.position import position_alignment
 from eval.psrbench.subject_consistency import subject_consistency
-from eval.psrbench.synthetic import make_synthetic_psrbench
+from tests.fake_judge_server import FakeJudgeServer, Reply, prompt_text
+from tests.synthetic_psrbench import make_synthetic_psrbench
 
 
 # ----------------------------------------------------------------------------- planted world
@@ -305,4 +305,17 @@ def test_semantic_request_is_the_authors_and_scores_are_read_as_theirs(tmp_path,
     assert summary["meta"]["protocol"] == "authors" and summary["meta"]["judge_temperature"] == 0.2
     assert summary["meta"]["judge_model"] == "Qwen/Qwen2.5-VL-7B-Instruct"  # the name in their scripts
     assert "AUTHORS' PROTOCOL" in (out / "eval" / "summary.md").read_text()
+    judge = summary["meta"]["judge"]  # provenance: requested and answering model, protocol, prompt hashes
+    assert (
+        judge["served_models"] == {"Qwen/Qwen2.5-VL-7B-Instruct": 3} and judge["protocol"] == "authors"
+    )  # used replies
+    assert "answered by Qwen/Qwen2.5-VL-7B-Instruct (3)" in (out / "eval" / "summary.md").read_text()
     shutil.rmtree(out / "eval")
+    # the request settings are the authors' under their protocol: a flag that would change them is refused
+    for flag, value in (("--judge_temperature", "0.5"), ("--judge_max_tokens", "64")):
+        code = evaluate.main(["--data_root", str(root), "--results_dir", str(out), "--metrics", "semantic",
+                              "--subsets", "Attribute", "Three", "--protocol", "authors",
+                              "--authors_repo", str(psr_standin), flag, value,
+                              "--judge_base_url", "http://127.0.0.1:9/v1", "--no_progress"])  # fmt: skip
+        assert code == 2, flag
+        assert not (out / "eval" / "summary.json").exists()

@@ -14,7 +14,7 @@ from data.psrbench_cases import (
     resolve_result_path,
     write_results_json,
 )
-from eval.psrbench.synthetic import make_synthetic_psrbench
+from tests.synthetic_psrbench import make_synthetic_psrbench
 
 
 def _write(root: Path, subset: str, records: list) -> None:

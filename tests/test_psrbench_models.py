@@ -13,7 +13,7 @@ from eval.psrbench.detection import GroundingDinoDetector
 from eval.psrbench.evaluate import main as evaluate_main
 from eval.psrbench.features import DinoFeatureExtractor, dino_preprocess
 from eval.psrbench.subject_consistency import subject_consistency
-from eval.psrbench.synthetic import make_synthetic_psrbench
+from tests.synthetic_psrbench import make_synthetic_psrbench
 
 transformers = pytest.importorskip("transformers")
 

@@ -22,7 +22,7 @@ from eval.psrbench.semantic import (
     parse_bracket_score,
     semantic_alignment,
 )
-from eval.psrbench.synthetic import make_synthetic_psrbench
+from tests.synthetic_psrbench import make_synthetic_psrbench
 
 
 class ScriptedServer:

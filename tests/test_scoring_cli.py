@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from eval import omnicontext, sconeeval
-from eval.judge.fake_server import FakeJudgeServer, Reply, image_urls, prompt_text
+from tests.fake_judge_server import FakeJudgeServer, Reply, image_urls, prompt_text
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-cli-test-key"

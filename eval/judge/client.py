@@ -19,7 +19,7 @@ import os
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -33,6 +33,8 @@ from eval.judge.images import ImageLike, encode_image, file_bytes, image_hash, l
 
 log = logging.getLogger(__name__)
 
+NOT_REPORTED = "(not reported by the server)"
+NOT_RECORDED = "(cached before the answering model was recorded)"
 _QUOTA_CODES = {"insufficient_quota", "insufficient_user_quota", "billing_hard_limit_reached"}
 _OPTIONAL_PARAMS = ("seed", "temperature")
 
@@ -139,6 +141,10 @@ class JudgeClient:
         self.usage = UsageLedger()
         self._sem = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
+        # provenance: the `model` each reply says answered it (the name a server maps the request to, e.g.
+        # gpt-4.1 -> gpt-4.1-2025-04-14), counted over the replies the scores use (fresh and cached)
+        self.served_models: Counter[str] = Counter()
+        self._replied = threading.local()  # this thread's last reply's model, stored with its cache entry
         self._openai: openai.OpenAI | None = None
         self._dropped: set[str] = set()
         self._fatal: str | None = None
@@ -296,7 +302,13 @@ class JudgeClient:
             content = "".join(x for x in parts if isinstance(x, str))
         if not isinstance(content, str):
             raise _Retryable("malformed", f"reply has no text content: {str(choices[0])[:120]!r}")
+        served = getattr(resp, "model", None)
+        self._replied.model = served if isinstance(served, str) and served else NOT_REPORTED
         return content
+
+    def _count_served(self, model: str | None) -> None:
+        with self._lock:
+            self.served_models[model or NOT_RECORDED] += 1
 
     def _classify_status(self, e: openai.APIStatusError) -> NoReturn:
         status, code = e.status_code, getattr(e, "code", None)
@@ -359,8 +371,11 @@ class JudgeClient:
             self.usage.error("unparseable")
             log.warning("[%s] batch reply does not parse: %s", tag, e)
             return False
+        served = getattr(self._replied, "model", None)
+        self._count_served(served)
         if self.cache is not None:
-            self.cache.put(key, {"raw": raw, "model": self.model, "scoring_round": scoring_round, "tag": tag})
+            entry = {"raw": raw, "model": self.model, "served_model": served, "scoring_round": scoring_round}
+            self.cache.put(key, {**entry, "tag": tag})
         self.usage.add(successes=1)
         return True
 
@@ -404,6 +419,7 @@ class JudgeClient:
             try:
                 value = parse(entry["raw"])
                 self.usage.add(cache_hits=1)
+                self._count_served(entry.get("served_model"))
                 return JudgeResult(True, value, entry["raw"], None, 0, True)
             except (ValueError, KeyError, TypeError):
                 log.warning("[%s] cached reply no longer parses; asking again", tag)
@@ -442,10 +458,16 @@ class JudgeClient:
                 if not self.retry_unparseable:
                     break
             else:
+                served = getattr(self._replied, "model", None)
+                self._count_served(served)
                 if self.cache is not None:
-                    self.cache.put(
-                        key, {"raw": raw, "model": self.model, "scoring_round": scoring_round, "tag": tag}
-                    )
+                    entry = {
+                        "raw": raw,
+                        "model": self.model,
+                        "served_model": served,
+                        "scoring_round": scoring_round,
+                    }
+                    self.cache.put(key, {**entry, "tag": tag})
                 self.usage.add(successes=1)
                 return JudgeResult(True, value, raw, None, attempts, False)
             if attempts < max_attempts:

@@ -1,7 +1,7 @@
 r"""PSRBench evaluation CLI: subject consistency, position alignment, semantic alignment, aesthetics.
 
     python -m eval.psrbench.evaluate --data_root PSRBench --results_dir outputs/psrbench \\
-        --judge_base_url http://127.0.0.1:17140/v1 --judge_model Qwen/Qwen2.5-VL-32B-Instruct
+        --judge_base_url http://127.0.0.1:17140/v1 --judge_model Qwen/Qwen2.5-VL-7B-Instruct
 
 Reads `{results_dir}/{subset}.json` (subset records + `result_path`, written by the runner through
 `data.psrbench_cases.write_results_json`), resolves relative result paths against `--result_root`
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from data.psrbench_cases import (
     resolve_result_path,
 )
 from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
+from eval.judge.provenance import judge_record
 from eval.psrbench.aesthetics import hpsv3_scores
 from eval.psrbench.detection import BOX_THRESHOLD, DEFAULT_DETECTOR, TEXT_THRESHOLD, CachedDetector, Detector
 from eval.psrbench.features import DEFAULT_FEATURE_MODEL
@@ -44,7 +46,8 @@ from eval.psrbench.semantic import (
 from eval.psrbench.subject_consistency import FeatureExtractor, open_image, subject_consistency
 
 log = logging.getLogger("eval.psrbench")
-DEFAULT_JUDGE_MODEL = "Qwen/Qwen2.5-VL-32B-Instruct"
+DEFAULT_JUDGE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the model the PSR authors' requests name
+DEFAULT_MAX_TOKENS = 1400
 
 METRICS = ("sc", "position", "semantic", "aesthetics")
 
@@ -238,8 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--judge_api_key_env", default="PSR_JUDGE_API_KEY", help="env var holding the server's key"
     )
-    p.add_argument("--judge_temperature", type=float, default=DEFAULT_TEMPERATURE)
-    p.add_argument("--judge_max_tokens", type=int, default=1400)
+    p.add_argument(
+        "--judge_temperature",
+        type=float,
+        default=None,
+        help=f"default {DEFAULT_TEMPERATURE}; with --protocol authors the authors' files set it (refused here)",
+    )
+    p.add_argument(
+        "--judge_max_tokens",
+        type=int,
+        default=None,
+        help=f"default {DEFAULT_MAX_TOKENS}; with --protocol authors the authors' files set it (refused here)",
+    )
     p.add_argument("--judge_max_retries", type=int, default=5)
     p.add_argument("--judge_concurrency", type=int, default=8)
     p.add_argument("--judge_timeout", type=float, default=180.0)
@@ -295,8 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     templates, authors_request, authors_sources = None, None, None
     if "semantic" in metrics:
         if args.protocol == "authors":
-            if args.prompt_dir:
-                log.error("--prompt_dir: the prompts come from the authors' files with --protocol authors")
+            clash = [
+                f"--{k}"
+                for k in ("prompt_dir", "judge_temperature", "judge_max_tokens")
+                if getattr(args, k) is not None
+            ]
+            if clash:
+                log.error("%s: set by the authors' files with --protocol authors", ", ".join(clash))
                 return 2
             try:
                 templates, authors_request, authors_sources = load_psr_protocol(
@@ -307,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         else:
             templates = load_prompt_templates(args.prompt_dir)
+            args.judge_temperature = (
+                DEFAULT_TEMPERATURE if args.judge_temperature is None else args.judge_temperature
+            )
+            args.judge_max_tokens = (
+                DEFAULT_MAX_TOKENS if args.judge_max_tokens is None else args.judge_max_tokens
+            )
         # the model the requests name, recorded in the report: the flag, else the protocol's default
         args.judge_model = args.judge_model or (
             authors_request.model if authors_request else DEFAULT_JUDGE_MODEL
@@ -356,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_dir": args.prompt_dir or "bundled (eval/psrbench/prompts)",
         "judge_usage": client.usage.as_dict() if client else None,
         "protocol": args.protocol,
+        "judge": _judge_provenance(args, client, templates, authors_request) if client else None,
         "authors_files": authors_sources,
         "box_rule": "upstream" if args.protocol == "authors" else "general",
         "coverage": coverage,
@@ -370,6 +395,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     incomplete = any(coverage[k] for k in ("missing", "extra", "edited", "malformed"))
     return 1 if incomplete else 0
+
+
+def _judge_provenance(args: argparse.Namespace, client, templates: dict[str, str], authors_request) -> dict:
+    """The report's record of the semantic judge (eval/judge/provenance.py)."""
+    sources = {
+        s: {"sha256": hashlib.sha256(t.encode("utf-8")).hexdigest()} for s, t in (templates or {}).items()
+    }
+    temperature = authors_request.temperature if authors_request else args.judge_temperature
+    max_tokens = authors_request.max_tokens if authors_request else args.judge_max_tokens
+    return judge_record(
+        args.judge_model,
+        client.served_models,
+        args.protocol,
+        sources,
+        base_url=args.judge_base_url,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
 
 
 if __name__ == "__main__":

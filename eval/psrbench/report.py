@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from data.psrbench_cases import SUBSETS
+from eval.judge.provenance import provenance_markdown
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -161,6 +162,8 @@ def to_markdown(summary: dict) -> str:
     for k in ("detector", "feature_model", "judge_model", "judge_base_url", "box_rule"):
         if meta.get(k) is not None:
             lines.append(f"- {k}: {meta[k]}")
+    if meta.get("judge"):
+        lines.append(provenance_markdown(meta["judge"]).strip())
     return "\n".join(lines) + "\n"
 
 

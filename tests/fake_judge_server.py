@@ -33,6 +33,7 @@ class Reply:
     headers: dict = field(default_factory=dict)
     raw: bytes | None = None  # sent as the body verbatim (a proxy's HTML page, malformed JSON)
     content_type: str = "application/json"
+    served_model: str | None = None  # the `model` the reply names (default: the requested one)
 
     def body(self, model: str) -> dict:
         if self.status != 200:
@@ -43,7 +44,7 @@ class Reply:
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": model,
+            "model": self.served_model or model,
             "choices": [
                 {
                     "index": 0,
