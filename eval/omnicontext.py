@@ -16,28 +16,28 @@ from PIL import Image
 from data.benchmark_cases import BenchmarkCase
 from eval.authors_protocol import OMNICONTEXT_UPSTREAMS
 from eval.judge.client import JudgeResult
-from eval.judge.parsing import parse_score_json, parse_score_reason
 from eval.judge.prompts import PromptSet
-from eval.scoring import Call, add_common_args, run_cli
+from eval.judge.rules import JudgingRules
+from eval.scoring import Call
+from eval.scoring_cli import add_common_args, run_cli
 
 
 def build_calls(
-    case: BenchmarkCase, refs: list[Image.Image], output: Image.Image, prompts: PromptSet
+    case: BenchmarkCase, refs: list[Image.Image], output: Image.Image, prompts: PromptSet, rules: JudgingRules
 ) -> list[Call]:
     images = [*refs, output]
-    # PF never uses a scene variant (as the benchmark authors); SC does for scene task types
-    sc_name = "omnicontext_sc_scene" if "scene" in case.task_type else "omnicontext_sc"
+    # PF never uses a scene variant (as the benchmark authors); SC does for scene cases (rules.scene_rubric)
+    sc_name = "omnicontext_sc_scene" if rules.scene_rubric["omnicontext"](case) else "omnicontext_sc"
     return [
-        Call("PF", prompts.render("omnicontext_pf", instruction=case.instruction), images, parse_score_json),
-        Call("SC", prompts.render(sc_name, instruction=case.instruction), images, parse_score_json),
+        Call("PF", prompts.render("omnicontext_pf", instruction=case.instruction), images, rules.parse_score),
+        Call("SC", prompts.render(sc_name, instruction=case.instruction), images, rules.parse_score),
     ]
 
 
 def make_record(case: BenchmarkCase, results: dict[str, JudgeResult]) -> dict:
     rec = {}
     for name in ("PF", "SC"):
-        score, reason = parse_score_reason(results[name].raw)
-        rec[f"{name}_score"], rec[f"{name}_score_reason"] = score, reason
+        rec[f"{name}_score"], rec[f"{name}_score_reason"] = results[name].value
     return rec
 
 

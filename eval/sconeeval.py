@@ -16,48 +16,40 @@ from PIL import Image
 from data.benchmark_cases import BenchmarkCase
 from eval.aggregation import SCONEEVAL
 from eval.judge.client import JudgeResult
-from eval.judge.parsing import parse_binary, parse_score_json, parse_score_reason
 from eval.judge.prompts import PromptSet
-from eval.scoring import Call, add_common_args, run_cli
-
-
-def uses_scene_rubric(case: BenchmarkCase) -> bool:
-    return "scene" in case.task_type or "S" in case.case_type
+from eval.judge.rules import JudgingRules
+from eval.scoring import Call
+from eval.scoring_cli import add_common_args, run_cli
 
 
 def build_calls(
-    case: BenchmarkCase, refs: list[Image.Image], output: Image.Image, prompts: PromptSet
+    case: BenchmarkCase, refs: list[Image.Image], output: Image.Image, prompts: PromptSet, rules: JudgingRules
 ) -> list[Call]:
     images = [*refs, output]
     n = len(refs)
-    sc_name = "sconeeval_sc_scene" if uses_scene_rubric(case) else "sconeeval_sc"
+    sc_name = "sconeeval_sc_scene" if rules.scene_rubric["sconeeval"](case) else "sconeeval_sc"
+    pf = prompts.render("sconeeval_pf", instruction=case.instruction, num_references=n)
     calls = [
-        Call(
-            "PF",
-            prompts.render("sconeeval_pf", instruction=case.instruction, num_references=n),
-            images,
-            parse_score_json,
-        ),
+        Call("PF", pf, images, rules.parse_score),
         Call(
             "SC",
             prompts.render(sc_name, instruction=case.instruction, num_references=n),
             images,
-            parse_score_json,
+            rules.parse_score,
         ),
     ]
     if case.task_type in SCONEEVAL.dis_task_types:
         for i, subjects in enumerate(case.subject_list):
             for j, subject in enumerate(subjects):
                 prompt = prompts.render("sconeeval_dis", subject=subject)
-                calls.append(Call(f"DIS/{i}/{j}", prompt, [refs[i], output], parse_binary))
+                calls.append(Call(f"DIS/{i}/{j}", prompt, [refs[i], output], rules.parse_presence))
     return calls
 
 
 def make_record(case: BenchmarkCase, results: dict[str, JudgeResult]) -> dict:
     rec = {}
     for name in ("PF", "SC"):
-        score, reason = parse_score_reason(results[name].raw)
-        rec[f"{name}_score"], rec[f"{name}_score_reason"] = score, reason
+        rec[f"{name}_score"], rec[f"{name}_score_reason"] = results[name].value
     if case.task_type in SCONEEVAL.dis_task_types:
         rec["DIS_pred"] = [
             [results[f"DIS/{i}/{j}"].value for j in range(len(subjects))]

@@ -12,13 +12,9 @@ Layout written to `--output_dir`:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import signal
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,28 +24,16 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from data.benchmark_cases import BenchmarkCase, CaseProblem, input_image_paths, read_cases
-from eval.aggregation import aggregate, get_benchmark, write_outputs
-from eval.authors_protocol import (
-    AuthorsProtocol,
-    AuthorsProtocolError,
-    add_protocol_args,
-    load_judge_protocol,
-)
-from eval.judge.batch import BatchRunner, Request
-from eval.judge.cache import LiveLedgerFile, atomic_write_text
-from eval.judge.client import JudgeClient, JudgeFatalError, JudgeResult
-from eval.judge.images import load_reference, load_rgb
+from data.benchmark_cases import BenchmarkCase, input_image_paths
+from eval.aggregation import aggregate, get_benchmark
+from eval.judge.batch import Request
+from eval.judge.cache import atomic_write_text
+from eval.judge.client import JudgeClient, JudgeResult
+from eval.judge.images import load_rgb
 from eval.judge.prompts import PromptSet
-from eval.judge.provenance import judge_record, provenance_markdown
+from eval.judge.rules import OURS, JudgingRules
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED_CASES, EXIT_FATAL, EXIT_PENDING = 0, 1, 2, 3
-
-
-class _BatchPending(Exception):
-    """--batch_api: a submitted batch has not finished yet."""
 
 
 @dataclass
@@ -62,8 +46,8 @@ class Call:
     parse: Callable[[str], Any]
 
 
-# build_calls(case, refs (resized, RGB), output image, prompts) -> calls
-CallBuilder = Callable[[BenchmarkCase, list[Image.Image], Image.Image, PromptSet], list[Call]]
+# build_calls(case, refs (prepared, RGB), output image, prompts, rules) -> calls
+CallBuilder = Callable[[BenchmarkCase, list[Image.Image], Image.Image, PromptSet, JudgingRules], list[Call]]
 # make_record(case, {call name: JudgeResult}) -> record fields (PF_score, SC_score, DIS_pred, reasons...)
 RecordMaker = Callable[[BenchmarkCase, dict[str, JudgeResult]], dict]
 
@@ -88,12 +72,12 @@ def round_dirs(result_dir: Path, rounds: int | None) -> list[tuple[int, Path]]:
 
 
 def read_case_images(
-    case: BenchmarkCase, benchmark_dir: Path, image_dir: Path
+    case: BenchmarkCase, benchmark_dir: Path, image_dir: Path, rules: JudgingRules = OURS
 ) -> tuple[list[Image.Image], Image.Image]:
     """(references prepared as the protocol does, the generated image) of one case in one round's folder.
     ValueError names what cannot be read (the case's "failed" reason)."""
     try:
-        refs = [load_reference(p) for p in input_image_paths(case, benchmark_dir)]
+        refs = [rules.prepare_reference(p) for p in input_image_paths(case, benchmark_dir)]
     except (OSError, ValueError) as e:
         raise ValueError(f"reference image: {e}") from None
     out_path = output_image_path(case, image_dir)
@@ -124,23 +108,39 @@ def _score_one(
     prompts: PromptSet,
     build_calls: CallBuilder,
     make_record: RecordMaker,
+    rules: JudgingRules = OURS,
 ) -> dict:
-    """Judge one case of one group -> record (always has key/task_type; "failed" when it did not work)."""
+    """Judge one case of one group -> record (always has key/task_type; "failed" when it did not work).
+    With ``rules.sends`` > 1 every request is sent that many times and the last usable reply is kept."""
     base = {"key": case.key, "task_type": case.task_type, "instruction": case.instruction}
     if case.subject_label is not None:
         base["subject_label"] = case.subject_label
     base["output_image_path"] = str(output_image_path(case, image_dir))
     try:
-        refs, output = read_case_images(case, benchmark_dir, image_dir)
+        refs, output = read_case_images(case, benchmark_dir, image_dir, rules)
     except ValueError as e:
         return {**base, "failed": str(e)}
+    calls = build_calls(case, refs, output, prompts, rules)
     results: dict[str, JudgeResult] = {}
-    for call in build_calls(case, refs, output, prompts):
-        tag = call_tag(rnd, scoring, case, call)
-        res = client.judge(call.prompt, call.images, call.parse, scoring_round=scoring, tag=tag)
-        if not res.ok:
+    errors: dict[str, JudgeResult] = {}
+    for k in range(rules.sends):
+        # one try of the protocol: with several sends (OmniGen2's loop without a break) every request of the
+        # case is sent, then the replies are read in order and a reply that cannot be read ends this try's
+        # reading; a later try's readable reply replaces an earlier one. One send: stop at the first failure.
+        reading = True
+        for call in calls:
+            tag = call_tag(rnd, scoring, case, call)
+            res = client.judge(call.prompt, call.images, call.parse, scoring_round=scoring, tag=tag, send=k)
+            if reading and res.ok:
+                results[call.name] = res
+            elif not res.ok:
+                errors[call.name], reading = res, False
+                if rules.sends == 1:
+                    break
+    for call in calls:
+        if call.name not in results:
+            res = errors[call.name] if call.name in errors else next(iter(errors.values()))
             return {**base, "failed": f"{call.name}: {res.error} (after {res.attempts} attempt(s))"}
-        results[call.name] = res
     return {**base, **make_record(case, results)}
 
 
@@ -175,19 +175,21 @@ def iter_calls(
     build_calls: CallBuilder,
     rounds: int | None = None,
     scorings: int = 1,
+    rules: JudgingRules = OURS,
 ):
-    """Every judge call ``score_benchmark`` makes, as (tag, scoring pass, call), in its order; a case whose
-    images cannot be read yields ``(None, scorings, None)`` (it makes no call)."""
+    """Every judge request ``score_benchmark`` makes, as (tag, scoring pass, send, call), in its order; a
+    case whose images cannot be read yields ``(None, scorings, 0, None)`` (it makes no request)."""
     for rnd, image_dir in round_dirs(result_dir, rounds):
         for case in cases:
             try:
-                refs, output = read_case_images(case, benchmark_dir, image_dir)
+                refs, output = read_case_images(case, benchmark_dir, image_dir, rules)
             except ValueError:
-                yield None, scorings, None
+                yield None, scorings, 0, None
                 continue
             for s in range(scorings):
-                for call in build_calls(case, refs, output, prompts):
-                    yield call_tag(rnd, s, case, call), s, call
+                for call in build_calls(case, refs, output, prompts, rules):
+                    for k in range(rules.sends):
+                        yield call_tag(rnd, s, case, call), s, k, call
 
 
 def plan_requests(
@@ -200,14 +202,16 @@ def plan_requests(
     rounds: int | None = None,
     scorings: int = 1,
     completion_tokens: int = 200,
+    rules: JudgingRules = OURS,
 ) -> RequestPlan:
     """What ``score_benchmark`` would send, without sending anything: the same calls, minus cache hits.
     Text tokens are estimated at 4 characters per token, replies at ``completion_tokens`` each."""
     plan = RequestPlan()
-    for _tag, s, call in iter_calls(cases, benchmark_dir, result_dir, prompts, build_calls, rounds, scorings):
+    calls = iter_calls(cases, benchmark_dir, result_dir, prompts, build_calls, rounds, scorings, rules)
+    for _tag, s, k, call in calls:
         if call is None:
             plan.skipped_cases += s
-        elif client.is_cached(call.prompt, call.images, s):
+        elif client.is_cached(call.prompt, call.images, s, send=k):
             plan.cached += 1
         else:
             plan.requests += 1
@@ -216,12 +220,15 @@ def plan_requests(
     return plan
 
 
-def batch_requests(cases, benchmark_dir, result_dir, client, prompts, build_calls, rounds=None, scorings=1):
+def batch_requests(
+    cases, benchmark_dir, result_dir, client, prompts, build_calls, rounds=None, scorings=1, rules=OURS
+):
     """The Batch API requests of a scoring run (eval/judge/batch.py), one per distinct judgement."""
     out = {}
-    for tag, s, call in iter_calls(cases, benchmark_dir, result_dir, prompts, build_calls, rounds, scorings):
+    calls = iter_calls(cases, benchmark_dir, result_dir, prompts, build_calls, rounds, scorings, rules)
+    for tag, s, k, call in calls:
         if call is not None:
-            key, body = client.prepare(call.prompt, call.images, s)
+            key, body = client.prepare(call.prompt, call.images, s, send=k)
             out.setdefault(key, Request(key, body, call.parse, s, tag))
     return list(out.values())
 
@@ -239,6 +246,7 @@ def score_benchmark(
     rounds: int | None = None,
     scorings: int = 1,
     progress: bool = True,
+    rules: JudgingRules = OURS,
 ) -> dict:
     """Judge every (round, scoring, case) and aggregate. Raises JudgeFatalError on quota/auth stops
     (after cancelling pending work; finished judgements are cached)."""
@@ -250,7 +258,9 @@ def score_benchmark(
     # cases run concurrently; the client's semaphore bounds the requests actually in flight
     with ThreadPoolExecutor(max_workers=client.max_concurrency) as pool:
         futures = [
-            pool.submit(_score_one, client, c, benchmark_dir, d, r, s, prompts, build_calls, make_record)
+            pool.submit(
+                _score_one, client, c, benchmark_dir, d, r, s, prompts, build_calls, make_record, rules
+            )
             for r, d, s, c in units
         ]
         try:
@@ -270,303 +280,3 @@ def score_benchmark(
         lines = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in recs)
         atomic_write_text(output_dir / f"round{r}" / f"scoring{s}" / "score.jsonl", lines)
     return aggregate(groups, bench)
-
-
-# ----------------------------------------------------------------------------- CLI
-def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
-    p.add_argument(
-        "--benchmark_dir", required=True, help=f"folder with data.jsonl and images ({default_dir})"
-    )
-    p.add_argument("--metadata_file", default=None, help="default: {benchmark_dir}/data.jsonl")
-    p.add_argument(
-        "--result_dir", required=True, help="generated images: round{i}/{task_type}/{key}.png or flat"
-    )
-    p.add_argument("--output_dir", required=True, help="where scores, per-case records and the cache go")
-    p.add_argument("--method", default="Scone", help="row name in the leaderboard table")
-    p.add_argument("--rounds", type=int, default=None, help="sampling rounds to read (default: autodetect)")
-    p.add_argument("--scorings", type=int, default=1, help="independent judging passes per round (paper: 3)")
-    add_protocol_args(p, "the authors' repository (Ryann-Ran/Scone or VectorSpaceLab/OmniGen2)")
-    p.add_argument(
-        "--judge_model",
-        default=None,
-        help="e.g. gpt-4.1-2025-04-14 (pin a snapshot); default gpt-4.1, or the authors' with --protocol authors",
-    )
-    p.add_argument("--base_url", default=None, help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
-    p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the key")
-    p.add_argument("--max_concurrency", type=int, default=8)
-    p.add_argument("--max_retries", type=int, default=5)
-    p.add_argument("--timeout", type=float, default=180.0)
-    p.add_argument(
-        "--temperature", type=float, default=None, help="default 0; negative: do not send a temperature"
-    )
-    p.add_argument("--seed", type=int, default=None, help="default 0; negative: do not send a seed")
-    p.add_argument("--max_tokens", type=int, default=None, help="default 1400")
-    p.add_argument("--backoff_base", type=float, default=1.0)
-    p.add_argument("--backoff_max", type=float, default=60.0)
-    p.add_argument(
-        "--retry_after_max",
-        type=float,
-        default=300.0,
-        help="longest wait a server's Retry-After may ask for (it overrides --backoff_max up to this)",
-    )
-    p.add_argument(
-        "--image_format",
-        choices=("png", "jpeg"),
-        default=None,
-        help="default png; jpeg = upstream's encoding",
-    )
-    p.add_argument("--cache_dir", default=None, help="default: {output_dir}/judge_cache")
-    p.add_argument("--prompt_dir", default=None, help="folder with template files overriding eval/prompts/")
-    p.add_argument("--task_types", nargs="*", default=None, help="only these task types (default: all)")
-    p.add_argument("--no_progress", action="store_true")
-    p.add_argument(
-        "--dry_run",
-        action="store_true",
-        help="print the requests a run would send (cached ones excluded), their estimated tokens and cost; "
-        "send nothing",
-    )
-    p.add_argument("--price_input", type=float, default=2.0, help="USD per 1M input tokens (--dry_run)")
-    p.add_argument("--price_output", type=float, default=8.0, help="USD per 1M output tokens (--dry_run)")
-    p.add_argument(
-        "--completion_tokens", type=int, default=200, help="assumed reply length for --dry_run's estimate"
-    )
-    p.add_argument(
-        "--batch_api",
-        action="store_true",
-        help="judge through the OpenAI Batch API (half price, within 24 h): each run collects finished "
-        "batches and submits what is missing; exit code 3 while a batch runs, then the tables",
-    )
-    p.add_argument(
-        "--batch_max_submissions",
-        type=int,
-        default=3,
-        help="--batch_api: batches a judgement is sent in before it counts as failed",
-    )
-
-
-_OURS = {"judge_model": "gpt-4.1", "temperature": 0.0, "seed": 0, "max_tokens": 1400, "image_format": "png"}
-
-
-def _prompts_and_protocol(args: argparse.Namespace, bench: str) -> tuple[PromptSet, AuthorsProtocol | None]:
-    """The prompt set and, with ``--protocol authors``, the authors' protocol; fills in the request
-    settings left unset on the command line (``args`` is updated, so that scores.json records them)."""
-    if args.protocol == "ours":
-        for k, v in _OURS.items():
-            if getattr(args, k) is None:
-                setattr(args, k, v)
-        return PromptSet(bench, args.prompt_dir), None
-    clash = [
-        f"--{k}"
-        for k in ("temperature", "seed", "max_tokens", "image_format", "prompt_dir")
-        if getattr(args, k) is not None
-    ]
-    if clash:
-        raise ValueError(f"{', '.join(clash)}: set by the authors' files with --protocol authors")
-    protocol = load_judge_protocol(
-        bench,
-        getattr(args, "authors_upstream", None),
-        args.authors_repo,
-        args.authors_cache,
-        args.authors_url,
-    )
-    req = protocol.request
-    if args.judge_model is None:
-        args.judge_model = req.model
-    elif args.judge_model != req.model:
-        log.warning("--judge_model %s replaces the authors' %s in the requests", args.judge_model, req.model)
-    # the authors' client sends neither temperature nor seed when its files name none (-1 = "not sent")
-    args.temperature = -1.0 if req.temperature is None else float(req.temperature)
-    args.seed = -1
-    args.max_tokens, args.image_format = req.max_tokens, req.image_format
-    for role, src in protocol.sources.items():
-        log.info("authors' %s: %s (sha256 %s)", role, src["file"], src["sha256"][:12])
-    return PromptSet.from_texts(bench, protocol.templates, protocol.sources), protocol
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def run_cli(
-    args: argparse.Namespace,
-    build_calls: CallBuilder,
-    make_record: RecordMaker,
-    case_filter: Callable[[BenchmarkCase], str | None] | None = None,
-) -> int:
-    """Common main(): read cases, judge, write outputs, print the table; returns the exit code."""
-    bench = get_benchmark(args.benchmark)
-    benchmark_dir = Path(args.benchmark_dir)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    cases, problems = read_cases(args.metadata_file or benchmark_dir / "data.jsonl")
-    kept: list[BenchmarkCase] = []
-    for c in cases:
-        reason = None
-        if c.task_type not in bench.task_types:
-            reason = f"unknown task_type {c.task_type!r}"
-        elif args.task_types and c.task_type not in args.task_types:
-            continue
-        elif case_filter is not None:
-            reason = case_filter(c)
-            if reason == "skip":
-                continue
-        if reason:
-            problems.append(CaseProblem(c.uid, reason))
-        else:
-            kept.append(c)
-    for p in problems:
-        log.error("invalid case %s", p)
-    try:
-        prompts, protocol = _prompts_and_protocol(args, bench.name)
-    except (FileNotFoundError, ValueError, AuthorsProtocolError) as e:
-        log.error("%s", e)
-        return EXIT_FATAL
-    client = JudgeClient(
-        model=args.judge_model,
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-        cache_dir=args.cache_dir or output_dir / "judge_cache",
-        max_concurrency=args.max_concurrency,
-        max_retries=args.max_retries,
-        timeout=args.timeout,
-        temperature=None if args.temperature < 0 else args.temperature,
-        seed=None if args.seed < 0 else args.seed,
-        max_tokens=args.max_tokens,
-        backoff_base=args.backoff_base,
-        backoff_max=args.backoff_max,
-        retry_after_max=args.retry_after_max,
-        image_format=args.image_format,
-        jpeg_quality=protocol.request.jpeg_quality if protocol else 75,
-        body_style="requests" if protocol else "sdk",  # the authors' client posts with `requests`
-    )
-    if args.dry_run:
-        plan = plan_requests(
-            kept,
-            benchmark_dir,
-            Path(args.result_dir),
-            client,
-            prompts,
-            build_calls,
-            args.rounds,
-            args.scorings,
-            args.completion_tokens,
-        )
-        cost = plan.cost(args.price_input, args.price_output)
-        print(
-            f"dry run ({args.judge_model}): {plan.requests} request(s) to send, {plan.cached} cached, "
-            f"{plan.skipped_cases} case(s) without images; about {plan.prompt_tokens} input + "
-            f"{plan.completion_tokens} output tokens = ${cost:.2f} at ${args.price_input}/"
-            f"${args.price_output} per 1M (retries not included)"
-        )
-        return EXIT_OK
-    started = time.time()
-    code = EXIT_OK
-    recovered = LiveLedgerFile.recover(output_dir)
-    if recovered:
-        log.warning(
-            "%d interrupted run(s) found: their judge usage is now in %s",
-            recovered,
-            output_dir / "usage.jsonl",
-        )
-
-    def ledger_line() -> dict:
-        return {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()}
-
-    live = LiveLedgerFile(output_dir, ledger_line).start()
-    # SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so that the ledger line below is written
-    previous = (
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        if threading.current_thread() is threading.main_thread()
-        else None
-    )
-    try:
-        if args.batch_api:
-            requests = batch_requests(
-                kept,
-                benchmark_dir,
-                Path(args.result_dir),
-                client,
-                prompts,
-                build_calls,
-                args.rounds,
-                args.scorings,
-            )
-            report = BatchRunner(client, output_dir, args.batch_max_submissions).run(requests)
-            log.info(
-                "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted%s, %d batch(es) "
-                "running, %d given up",
-                report.collected,
-                report.rejected,
-                report.submitted_requests,
-                f" as {report.submitted}" if report.submitted else "",
-                len(report.pending_batches),
-                report.given_up,
-            )
-            if not report.done:
-                raise _BatchPending
-            client.offline = f"no valid Batch API reply after {args.batch_max_submissions} submission(s)"
-        result = score_benchmark(
-            bench.name,
-            kept,
-            benchmark_dir,
-            Path(args.result_dir),
-            output_dir,
-            client,
-            prompts,
-            build_calls,
-            make_record,
-            rounds=args.rounds,
-            scorings=args.scorings,
-            progress=not args.no_progress,
-        )
-    except JudgeFatalError as e:
-        log.error("scoring stopped: %s. Finished judgements are cached; rerun the same command to resume.", e)
-        result, code = None, EXIT_FATAL
-    except _BatchPending:
-        log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
-        result, code = None, EXIT_PENDING
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        client.close()
-        usage = ledger_line()
-        with open(output_dir / "usage.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(usage) + "\n")
-        live.close()
-        log.info("judge usage: %s", json.dumps(usage))
-    if result is None:
-        return code
-    settings = {"base_url": args.base_url, "temperature": args.temperature, "seed": args.seed}
-    settings.update(image_format=args.image_format, max_tokens=args.max_tokens)
-    judge = judge_record(args.judge_model, client.served_models, args.protocol, prompts.sources, **settings)
-    extra = {
-        "judge": judge,
-        "protocol": args.protocol,
-        **({"authors_upstream": protocol.upstream} if protocol else {}),
-        "prompts": prompts.sources,
-        "invalid_cases": [str(p) for p in problems],
-    }
-    md = write_outputs(
-        result, output_dir, method=args.method, extra=extra, extra_markdown=provenance_markdown(judge)
-    )
-    print(md)
-    failed = result["cases"]["failed"]
-    if failed or problems:
-        log.error(
-            "%d judged case(s) failed and %d invalid case(s) were not scored; see %s/scores.json",
-            failed,
-            len(problems),
-            output_dir,
-        )
-        for tb in result["groups"]:
-            for fl in tb["failures"]:
-                log.error(
-                    "  round%d/scoring%d %s/%s: %s",
-                    tb["round"],
-                    tb["scoring"],
-                    fl["task_type"],
-                    fl["key"],
-                    fl["reason"],
-                )
-        code = EXIT_FAILED_CASES
-    return code

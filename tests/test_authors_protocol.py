@@ -117,9 +117,11 @@ def standins(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the authors' request, rebuilt
-def authors_image(path: Path, resize: bool) -> str:
-    """Their scorer: open, RGB, downscale (stored orientation); their client: EXIF-transpose, RGB, JPEG."""
-    img = Image.open(path).convert("RGB")
+def authors_image(path: Path, resize: bool, decoded: bool = False) -> str:
+    """Scone's scorer: open, RGB, downscale (stored orientation); their client: EXIF-transpose, RGB, JPEG.
+    ``decoded``: OmniGen2's, whose loader (datasets) decodes with the EXIF orientation applied and keeps the
+    stored mode through the downscale (PIL premultiplies RGBA, resizes palettes NEAREST)."""
+    img = ImageOps.exif_transpose(Image.open(path)) if decoded else Image.open(path).convert("RGB")
     if resize:
         w, h = img.size
         if w * h > 1024 * 1024:
@@ -138,12 +140,16 @@ def authors_payload(prompt: str, images: list[str]) -> dict:
     return {"model": "gpt-4.1", "messages": [{"role": "user", "content": content}], "max_tokens": 1400}
 
 
-def authors_requests(bench: Path, res: Path, cases: list[dict], rubric: dict[str, str]) -> list[str]:
+def authors_requests(
+    bench: Path, res: Path, cases: list[dict], rubric: dict[str, str], upstream: str = "scone"
+) -> list[str]:
     out = []
     for c in cases:
-        refs = [authors_image(bench / p, resize=True) for p in c["input_images"]]
+        refs = [
+            authors_image(bench / p, resize=True, decoded=upstream == "omnigen2") for p in c["input_images"]
+        ]
         gen = authors_image(res / c["task_type"] / f"{c['key']}.png", resize=False)
-        scene = "scene" in c["task_type"] or "S" in c.get("case_type", "")
+        scene = "scene" in c["task_type"] or (upstream == "scone" and "S" in c.get("case_type", ""))
         pf = (CONTEXT + rubric["pf"]).replace("<instruction>", c["instruction"])
         sc = (CONTEXT + rubric["sc_scene" if scene else "sc"]).replace("<instruction>", c["instruction"])
         out += [json.dumps(authors_payload(pf, refs + [gen])), json.dumps(authors_payload(sc, refs + [gen]))]
@@ -221,6 +227,9 @@ def test_omnicontext_follows_the_chosen_upstream(tmp_path, standins, upstream):
     cases = [
         {"key": "o1", "task_type": "single_object", "instruction": "on a desk", "input_images": ["a.jpg"]},
         {"key": "o2", "task_type": "scene_object", "instruction": "in the room", "input_images": ["b.png", "a.jpg"]},
+        # Scone's scorer also picks the scene rubric from case_type "S"; OmniGen2's only from the task type
+        {"key": "o3", "task_type": "single_object", "case_type": "S", "instruction": "on a beach",
+         "input_images": ["b.png"]},
     ]  # fmt: skip
     bench, res = make_bench(tmp_path, cases)
     with FakeJudgeServer(reply) as srv:
@@ -235,7 +244,10 @@ def test_omnicontext_follows_the_chosen_upstream(tmp_path, standins, upstream):
         r = "_prompts_0shot_in_context_generation_rule_"
         rubric = {"pf": OMNIGEN2_RUBRICS[r + "PF_Single_and_Multiple"],
                   "sc": OMNIGEN2_RUBRICS[r + "SC_Single_and_Multiple"], "sc_scene": OMNIGEN2_RUBRICS[r + "SC_Scene"]}  # fmt: skip
-    assert sorted(b.decode() for b in srv.bodies) == authors_requests(bench, res, cases, rubric)
+    expected = authors_requests(bench, res, cases, rubric, upstream)
+    if upstream == "omnigen2":  # their retry loop has no break: every request is sent three times
+        expected = sorted(expected * 3)
+    assert sorted(b.decode() for b in srv.bodies) == expected
 
 
 def test_unknown_hash_and_clashing_flags_are_errors(tmp_path, standins, caplog):

@@ -19,13 +19,18 @@ from pathlib import Path
 from modeling.files import give_default_mode
 
 
-def cache_key(model: str, prompt: str, image_hashes: list[str], scoring_round: int) -> str:
-    """sha256 over (model, prompt, image content hashes in order, scoring round)."""
-    material = json.dumps(
-        {"model": model, "prompt": prompt, "images": list(image_hashes), "scoring_round": int(scoring_round)},
-        sort_keys=True,
-        ensure_ascii=False,
-    )
+def cache_key(model: str, prompt: str, image_hashes: list[str], scoring_round: int, send: int = 0) -> str:
+    """sha256 over (model, prompt, image content hashes in order, scoring round[, send index when > 0: a
+    protocol that sends the same request several times keeps every answer])."""
+    fields = {
+        "model": model,
+        "prompt": prompt,
+        "images": list(image_hashes),
+        "scoring_round": int(scoring_round),
+    }
+    if send:
+        fields["send"] = int(send)
+    material = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 

@@ -354,12 +354,14 @@ class JudgeClient:
         raise _ItemFailure(msg)
 
     # ---------------------------------------------------------------- public API
-    def prepare(self, prompt: str, images: list[ImageLike], scoring_round: int = 0) -> tuple[str, dict]:
+    def prepare(
+        self, prompt: str, images: list[ImageLike], scoring_round: int = 0, send: int = 0
+    ) -> tuple[str, dict]:
         """(cache key, request body) of one judgement, exactly as ``judge`` would send it: for requests
         answered elsewhere (the Batch API, eval/judge/batch.py)."""
         rgb, hashes = self._pixels(images)
         body = self._body(prompt, self._image_urls(images, rgb, hashes), scoring_round)
-        return cache_key(self.model, prompt, hashes, scoring_round), body
+        return cache_key(self.model, prompt, hashes, scoring_round, send), body
 
     def accept(
         self, key: str, raw: str, parse: Callable[[str], Any], scoring_round: int = 0, tag: str = ""
@@ -389,12 +391,12 @@ class JudgeClient:
         except (_Retryable, _ItemFailure, openai.APIError, ValueError, TypeError) as e:
             raise ValueError(f"not a usable chat completion: {e}") from None
 
-    def is_cached(self, prompt: str, images: list[ImageLike], scoring_round: int = 0) -> bool:
+    def is_cached(self, prompt: str, images: list[ImageLike], scoring_round: int = 0, send: int = 0) -> bool:
         """Whether ``judge`` would answer this from the disk cache (no request)."""
         if self.cache is None:
             return False
         _, hashes = self._pixels(images)
-        return self.cache.get(cache_key(self.model, prompt, hashes, scoring_round)) is not None
+        return self.cache.get(cache_key(self.model, prompt, hashes, scoring_round, send)) is not None
 
     def judge(
         self,
@@ -404,9 +406,11 @@ class JudgeClient:
         *,
         scoring_round: int = 0,
         tag: str = "",
+        send: int = 0,
     ) -> JudgeResult:
         """Ask the judge about `images` (PIL / path / bytes) with `prompt`; `parse(reply)` must return the
-        value or raise ValueError (-> retry, then ok=False). Raises JudgeFatalError to stop the run."""
+        value or raise ValueError (-> retry, then ok=False). ``send`` > 0: the same request sent again by a
+        protocol that asks several times (its own cache entry). Raises JudgeFatalError to stop the run."""
         if self._fatal is not None:
             raise JudgeFatalError(self._fatal)
         try:
@@ -414,7 +418,7 @@ class JudgeClient:
         except (OSError, TypeError, ValueError) as e:
             self.usage.add(failures=1)
             return JudgeResult(False, None, None, f"image error: {e}", 0, False)
-        key = cache_key(self.model, prompt, hashes, scoring_round)
+        key = cache_key(self.model, prompt, hashes, scoring_round, send)
         if self.cache is not None and (entry := self.cache.get(key)) is not None:
             try:
                 value = parse(entry["raw"])

@@ -18,9 +18,10 @@ ImageLike = Union[Image.Image, str, os.PathLike, bytes]
 _FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg")}
 
 
-def load_rgb(image: ImageLike, orient: bool = True) -> Image.Image:
-    """Open `image` (PIL image, file path or encoded bytes), apply EXIF orientation, convert to RGB.
-    ``orient=False`` keeps the stored orientation (and the EXIF data, so that it can be applied later)."""
+def open_image(image: ImageLike, orient: bool = True, mode: str | None = "RGB") -> Image.Image:
+    """Open `image` (PIL image, file path or encoded bytes), apply EXIF orientation, convert to ``mode``
+    (None: keep the stored mode, e.g. RGBA or a palette). ``orient=False`` keeps the stored orientation (and
+    the EXIF data, so that it can be applied later)."""
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, bytes):
@@ -30,12 +31,19 @@ def load_rgb(image: ImageLike, orient: bool = True) -> Image.Image:
         if not path.is_file():
             raise FileNotFoundError(f"judge image not found: {path}")
         with Image.open(path) as f:
-            return (ImageOps.exif_transpose(f) if orient else f).convert("RGB")
+            f.load()
+            img = ImageOps.exif_transpose(f) if orient else f.copy()
+            return img.convert(mode) if mode else img
     else:
         raise TypeError(f"unsupported judge image type {type(image).__name__}")
     if orient:
         img = ImageOps.exif_transpose(img)
-    return img.convert("RGB")
+    return img.convert(mode) if mode else img
+
+
+def load_rgb(image: ImageLike, orient: bool = True) -> Image.Image:
+    """Open `image` as RGB (``open_image``)."""
+    return open_image(image, orient, "RGB")
 
 
 def file_bytes(image: ImageLike) -> bytes:
@@ -91,3 +99,11 @@ def load_reference(image: ImageLike) -> Image.Image:
     client applies it when encoding). Rotating first would resample other pixels."""
     img = resize_reference(load_rgb(image, orient=False))
     return ImageOps.exif_transpose(img).convert("RGB")
+
+
+def load_reference_decoded(image: ImageLike) -> Image.Image:
+    """A reference image as OmniContext's original evaluator (VectorSpaceLab/OmniGen2) prepares it: its data
+    loader decodes the image with the EXIF orientation applied and in its stored mode, the downscaling
+    (``resize_reference``) runs in that mode (PIL premultiplies RGBA by its alpha, so transparent pixels turn
+    black; palette images are resized NEAREST), and only the client converts to RGB."""
+    return resize_reference(open_image(image, orient=True, mode=None)).convert("RGB")

@@ -1,0 +1,74 @@
+"""The judging rules of one protocol, chosen once per run: how a reference image is prepared, which SC
+rubric a case gets, how replies are read, and how many times each request is sent.
+
+``OURS`` is this project's protocol. With ``--protocol authors`` the rules are those of the upstream
+evaluator followed (eval/authors_protocol.py holds their prompts and request settings), quirks included:
+
+* ``scone`` (Ryann-Ran/Scone, SconeEval and its OmniContext copy): the scene SC rubric when the task type
+  names a scene *or* the record's ``case_type`` contains "S" (for OmniContext too); replies read by their
+  parser (eval/judge/authors_parsing.py: the first standalone 0/1 of a presence reply).
+* ``omnigen2`` (VectorSpaceLab/OmniGen2, OmniContext's original evaluator): references decoded with their
+  EXIF orientation and resized in their stored mode; every PF/SC request sent three times per judging
+  pass (their retry loop has no ``break``), the last usable reply kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from data.benchmark_cases import BenchmarkCase
+from eval.judge.authors_parsing import authors_presence, authors_score_reason
+from eval.judge.images import ImageLike, load_reference, load_reference_decoded
+from eval.judge.parsing import parse_binary, parse_score_reason
+
+
+def scene_by_task_type(case: BenchmarkCase) -> bool:
+    return "scene" in case.task_type
+
+
+def scene_by_task_or_case_type(case: BenchmarkCase) -> bool:
+    return "scene" in case.task_type or "S" in case.case_type
+
+
+@dataclass(frozen=True)
+class JudgingRules:
+    name: str
+    prepare_reference: Callable[[ImageLike], Image.Image]
+    parse_score: Callable[[str], tuple[float, str]]  # PF/SC reply -> (score in [0, 10], reasoning)
+    parse_presence: Callable[[str], int]  # presence reply -> 0 / 1
+    scene_rubric: dict[str, Callable[[BenchmarkCase], bool]]  # benchmark -> does this case get scene SC?
+    sends: int = 1  # times each request is sent per judging pass; the last usable reply is kept
+
+
+OURS = JudgingRules(
+    "ours",
+    load_reference,
+    parse_score_reason,
+    parse_binary,
+    {"omnicontext": scene_by_task_type, "sconeeval": scene_by_task_or_case_type},
+)
+AUTHORS = {
+    "scone": JudgingRules(
+        "scone",
+        load_reference,
+        authors_score_reason,
+        authors_presence,
+        {"omnicontext": scene_by_task_or_case_type, "sconeeval": scene_by_task_or_case_type},
+    ),
+    "omnigen2": JudgingRules(
+        "omnigen2",
+        load_reference_decoded,
+        authors_score_reason,
+        authors_presence,
+        {"omnicontext": scene_by_task_type},
+        sends=3,
+    ),
+}
+
+
+def judging_rules(protocol: str, upstream: str | None) -> JudgingRules:
+    """``OURS``, or the rules of the upstream ``--protocol authors`` follows."""
+    return OURS if protocol == "ours" else AUTHORS[upstream or "scone"]

@@ -1,0 +1,348 @@
+"""The command line shared by the judge-based benchmark scorers (eval/sconeeval.py, eval/omnicontext.py): flags,
+the protocol and its rules chosen once, the judge client, dry runs, the Batch API, the usage ledger, the
+provenance and the tables. The scoring itself is eval/scoring.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from data.benchmark_cases import BenchmarkCase, CaseProblem, read_cases
+from eval.aggregation import get_benchmark, write_outputs
+from eval.authors_protocol import (
+    AuthorsProtocol,
+    AuthorsProtocolError,
+    add_protocol_args,
+    load_judge_protocol,
+)
+from eval.judge.batch import BatchRunner
+from eval.judge.cache import LiveLedgerFile
+from eval.judge.client import JudgeClient, JudgeFatalError
+from eval.judge.prompts import PromptSet
+from eval.judge.provenance import judge_record, provenance_markdown
+from eval.judge.rules import judging_rules
+from eval.scoring import (
+    CallBuilder,
+    RecordMaker,
+    batch_requests,
+    plan_requests,
+    score_benchmark,
+)
+
+log = logging.getLogger("eval.scoring")
+
+EXIT_OK, EXIT_FAILED_CASES, EXIT_FATAL, EXIT_PENDING = 0, 1, 2, 3
+
+
+class _BatchPending(Exception):
+    """--batch_api: a submitted batch has not finished yet."""
+
+
+def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
+    p.add_argument(
+        "--benchmark_dir", required=True, help=f"folder with data.jsonl and images ({default_dir})"
+    )
+    p.add_argument("--metadata_file", default=None, help="default: {benchmark_dir}/data.jsonl")
+    p.add_argument(
+        "--result_dir", required=True, help="generated images: round{i}/{task_type}/{key}.png or flat"
+    )
+    p.add_argument("--output_dir", required=True, help="where scores, per-case records and the cache go")
+    p.add_argument("--method", default="Scone", help="row name in the leaderboard table")
+    p.add_argument("--rounds", type=int, default=None, help="sampling rounds to read (default: autodetect)")
+    p.add_argument("--scorings", type=int, default=1, help="independent judging passes per round (paper: 3)")
+    add_protocol_args(p, "the authors' repository (Ryann-Ran/Scone or VectorSpaceLab/OmniGen2)")
+    p.add_argument(
+        "--judge_model",
+        default=None,
+        help="e.g. gpt-4.1-2025-04-14 (pin a snapshot); default gpt-4.1, or the authors' with --protocol authors",
+    )
+    p.add_argument("--base_url", default=None, help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    p.add_argument("--max_concurrency", type=int, default=8)
+    p.add_argument("--max_retries", type=int, default=5)
+    p.add_argument("--timeout", type=float, default=180.0)
+    p.add_argument(
+        "--temperature", type=float, default=None, help="default 0; negative: do not send a temperature"
+    )
+    p.add_argument("--seed", type=int, default=None, help="default 0; negative: do not send a seed")
+    p.add_argument("--max_tokens", type=int, default=None, help="default 1400")
+    p.add_argument("--backoff_base", type=float, default=1.0)
+    p.add_argument("--backoff_max", type=float, default=60.0)
+    p.add_argument(
+        "--retry_after_max",
+        type=float,
+        default=300.0,
+        help="longest wait a server's Retry-After may ask for (it overrides --backoff_max up to this)",
+    )
+    p.add_argument(
+        "--image_format",
+        choices=("png", "jpeg"),
+        default=None,
+        help="default png; jpeg = upstream's encoding",
+    )
+    p.add_argument("--cache_dir", default=None, help="default: {output_dir}/judge_cache")
+    p.add_argument("--prompt_dir", default=None, help="folder with template files overriding eval/prompts/")
+    p.add_argument("--task_types", nargs="*", default=None, help="only these task types (default: all)")
+    p.add_argument("--no_progress", action="store_true")
+    p.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print the requests a run would send (cached ones excluded), their estimated tokens and cost; "
+        "send nothing",
+    )
+    p.add_argument("--price_input", type=float, default=2.0, help="USD per 1M input tokens (--dry_run)")
+    p.add_argument("--price_output", type=float, default=8.0, help="USD per 1M output tokens (--dry_run)")
+    p.add_argument(
+        "--completion_tokens", type=int, default=200, help="assumed reply length for --dry_run's estimate"
+    )
+    p.add_argument(
+        "--batch_api",
+        action="store_true",
+        help="judge through the OpenAI Batch API (half price, within 24 h): each run collects finished "
+        "batches and submits what is missing; exit code 3 while a batch runs, then the tables",
+    )
+    p.add_argument(
+        "--batch_max_submissions",
+        type=int,
+        default=3,
+        help="--batch_api: batches a judgement is sent in before it counts as failed",
+    )
+
+
+_OURS = {"judge_model": "gpt-4.1", "temperature": 0.0, "seed": 0, "max_tokens": 1400, "image_format": "png"}
+
+
+def _prompts_and_protocol(args: argparse.Namespace, bench: str) -> tuple[PromptSet, AuthorsProtocol | None]:
+    """The prompt set and, with ``--protocol authors``, the authors' protocol; fills in the request
+    settings left unset on the command line (``args`` is updated, so that scores.json records them)."""
+    if args.protocol == "ours":
+        for k, v in _OURS.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+        return PromptSet(bench, args.prompt_dir), None
+    clash = [
+        f"--{k}"
+        for k in ("temperature", "seed", "max_tokens", "image_format", "prompt_dir")
+        if getattr(args, k) is not None
+    ]
+    if clash:
+        raise ValueError(f"{', '.join(clash)}: set by the authors' files with --protocol authors")
+    protocol = load_judge_protocol(
+        bench,
+        getattr(args, "authors_upstream", None),
+        args.authors_repo,
+        args.authors_cache,
+        args.authors_url,
+    )
+    req = protocol.request
+    if args.judge_model is None:
+        args.judge_model = req.model
+    elif args.judge_model != req.model:
+        log.warning("--judge_model %s replaces the authors' %s in the requests", args.judge_model, req.model)
+    # the authors' client sends neither temperature nor seed when its files name none (-1 = "not sent")
+    args.temperature = -1.0 if req.temperature is None else float(req.temperature)
+    args.seed = -1
+    args.max_tokens, args.image_format = req.max_tokens, req.image_format
+    for role, src in protocol.sources.items():
+        log.info("authors' %s: %s (sha256 %s)", role, src["file"], src["sha256"][:12])
+    return PromptSet.from_texts(bench, protocol.templates, protocol.sources), protocol
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_cli(
+    args: argparse.Namespace,
+    build_calls: CallBuilder,
+    make_record: RecordMaker,
+    case_filter: Callable[[BenchmarkCase], str | None] | None = None,
+) -> int:
+    """Common main(): read cases, judge, write outputs, print the table; returns the exit code."""
+    bench = get_benchmark(args.benchmark)
+    benchmark_dir = Path(args.benchmark_dir)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cases, problems = read_cases(args.metadata_file or benchmark_dir / "data.jsonl")
+    kept: list[BenchmarkCase] = []
+    for c in cases:
+        reason = None
+        if c.task_type not in bench.task_types:
+            reason = f"unknown task_type {c.task_type!r}"
+        elif args.task_types and c.task_type not in args.task_types:
+            continue
+        elif case_filter is not None:
+            reason = case_filter(c)
+            if reason == "skip":
+                continue
+        if reason:
+            problems.append(CaseProblem(c.uid, reason))
+        else:
+            kept.append(c)
+    for p in problems:
+        log.error("invalid case %s", p)
+    try:
+        prompts, protocol = _prompts_and_protocol(args, bench.name)
+    except (FileNotFoundError, ValueError, AuthorsProtocolError) as e:
+        log.error("%s", e)
+        return EXIT_FATAL
+    rules = judging_rules(args.protocol, protocol.upstream if protocol else None)
+    client = JudgeClient(
+        model=args.judge_model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        cache_dir=args.cache_dir or output_dir / "judge_cache",
+        max_concurrency=args.max_concurrency,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        temperature=None if args.temperature < 0 else args.temperature,
+        seed=None if args.seed < 0 else args.seed,
+        max_tokens=args.max_tokens,
+        backoff_base=args.backoff_base,
+        backoff_max=args.backoff_max,
+        retry_after_max=args.retry_after_max,
+        image_format=args.image_format,
+        jpeg_quality=protocol.request.jpeg_quality if protocol else 75,
+        body_style="requests" if protocol else "sdk",  # the authors' client posts with `requests`
+        retry_unparseable=rules.sends == 1,  # repeated sends are the protocol's own re-asking
+    )
+    if args.dry_run:
+        plan = plan_requests(
+            kept,
+            benchmark_dir,
+            Path(args.result_dir),
+            client,
+            prompts,
+            build_calls,
+            args.rounds,
+            args.scorings,
+            args.completion_tokens,
+            rules,
+        )
+        cost = plan.cost(args.price_input, args.price_output)
+        print(
+            f"dry run ({args.judge_model}): {plan.requests} request(s) to send, {plan.cached} cached, "
+            f"{plan.skipped_cases} case(s) without images; about {plan.prompt_tokens} input + "
+            f"{plan.completion_tokens} output tokens = ${cost:.2f} at ${args.price_input}/"
+            f"${args.price_output} per 1M (retries not included)"
+        )
+        return EXIT_OK
+    started = time.time()
+    code = EXIT_OK
+    recovered = LiveLedgerFile.recover(output_dir)
+    if recovered:
+        log.warning(
+            "%d interrupted run(s) found: their judge usage is now in %s",
+            recovered,
+            output_dir / "usage.jsonl",
+        )
+
+    def ledger_line() -> dict:
+        return {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()}
+
+    live = LiveLedgerFile(output_dir, ledger_line).start()
+    # SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so that the ledger line below is written
+    previous = (
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
+    try:
+        if args.batch_api:
+            requests = batch_requests(
+                kept,
+                benchmark_dir,
+                Path(args.result_dir),
+                client,
+                prompts,
+                build_calls,
+                args.rounds,
+                args.scorings,
+                rules,
+            )
+            report = BatchRunner(client, output_dir, args.batch_max_submissions).run(requests)
+            log.info(
+                "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted%s, %d batch(es) "
+                "running, %d given up",
+                report.collected,
+                report.rejected,
+                report.submitted_requests,
+                f" as {report.submitted}" if report.submitted else "",
+                len(report.pending_batches),
+                report.given_up,
+            )
+            if not report.done:
+                raise _BatchPending
+            client.offline = f"no valid Batch API reply after {args.batch_max_submissions} submission(s)"
+        result = score_benchmark(
+            bench.name,
+            kept,
+            benchmark_dir,
+            Path(args.result_dir),
+            output_dir,
+            client,
+            prompts,
+            build_calls,
+            make_record,
+            rounds=args.rounds,
+            scorings=args.scorings,
+            progress=not args.no_progress,
+            rules=rules,
+        )
+    except JudgeFatalError as e:
+        log.error("scoring stopped: %s. Finished judgements are cached; rerun the same command to resume.", e)
+        result, code = None, EXIT_FATAL
+    except _BatchPending:
+        log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
+        result, code = None, EXIT_PENDING
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        client.close()
+        usage = ledger_line()
+        with open(output_dir / "usage.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(usage) + "\n")
+        live.close()
+        log.info("judge usage: %s", json.dumps(usage))
+    if result is None:
+        return code
+    settings = {"base_url": args.base_url, "temperature": args.temperature, "seed": args.seed}
+    settings.update(image_format=args.image_format, max_tokens=args.max_tokens)
+    judge = judge_record(args.judge_model, client.served_models, args.protocol, prompts.sources, **settings)
+    extra = {
+        "judge": judge,
+        "protocol": args.protocol,
+        **({"authors_upstream": protocol.upstream} if protocol else {}),
+        "prompts": prompts.sources,
+        "invalid_cases": [str(p) for p in problems],
+    }
+    md = write_outputs(
+        result, output_dir, method=args.method, extra=extra, extra_markdown=provenance_markdown(judge)
+    )
+    print(md)
+    failed = result["cases"]["failed"]
+    if failed or problems:
+        log.error(
+            "%d judged case(s) failed and %d invalid case(s) were not scored; see %s/scores.json",
+            failed,
+            len(problems),
+            output_dir,
+        )
+        for tb in result["groups"]:
+            for fl in tb["failures"]:
+                log.error(
+                    "  round%d/scoring%d %s/%s: %s",
+                    tb["round"],
+                    tb["scoring"],
+                    fl["task_type"],
+                    fl["key"],
+                    fl["reason"],
+                )
+        code = EXIT_FAILED_CASES
+    return code
