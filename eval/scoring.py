@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from eval.judge.client import JudgeClient, JudgeResult
 from eval.judge.images import load_rgb
 from eval.judge.prompts import PromptSet
 from eval.judge.rules import OURS, JudgingRules
+from eval.judge.run_modes import RequestPlan, image_tokens
 
 log = logging.getLogger(__name__)
 
@@ -142,29 +142,6 @@ def _score_one(
             res = errors[call.name] if call.name in errors else next(iter(errors.values()))
             return {**base, "failed": f"{call.name}: {res.error} (after {res.attempts} attempt(s))"}
     return {**base, **make_record(case, results)}
-
-
-def image_tokens(width: int, height: int) -> int:
-    """OpenAI's documented count for a high-detail image: fit in 2048², shortest side to 768, then
-    85 + 170 per 512-px tile. An estimate for other servers."""
-    scale = min(1.0, 2048 / max(width, height))
-    w, h = width * scale, height * scale
-    scale = min(1.0, 768 / min(w, h))
-    w, h = w * scale, h * scale
-    return 85 + 170 * (math.ceil(w / 512) * math.ceil(h / 512))
-
-
-@dataclass
-class RequestPlan:
-    requests: int = 0  # requests a run would send now (not cached), one attempt each
-    cached: int = 0
-    skipped_cases: int = 0  # cases that cannot be judged (missing images): no request
-    prompt_tokens: int = 0  # estimated, of the requests to send
-    completion_tokens: int = 0
-
-    def cost(self, price_in: float, price_out: float) -> float:
-        """USD at list prices per million input / output tokens."""
-        return (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6
 
 
 def iter_calls(

@@ -27,6 +27,7 @@ from eval.judge.client import JudgeClient, JudgeFatalError
 from eval.judge.prompts import PromptSet
 from eval.judge.provenance import judge_record, provenance_markdown
 from eval.judge.rules import judging_rules
+from eval.judge.run_modes import add_run_mode_args, describe_plan
 from eval.scoring import (
     CallBuilder,
     RecordMaker,
@@ -90,29 +91,7 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--prompt_dir", default=None, help="folder with template files overriding eval/prompts/")
     p.add_argument("--task_types", nargs="*", default=None, help="only these task types (default: all)")
     p.add_argument("--no_progress", action="store_true")
-    p.add_argument(
-        "--dry_run",
-        action="store_true",
-        help="print the requests a run would send (cached ones excluded), their estimated tokens and cost; "
-        "send nothing",
-    )
-    p.add_argument("--price_input", type=float, default=2.0, help="USD per 1M input tokens (--dry_run)")
-    p.add_argument("--price_output", type=float, default=8.0, help="USD per 1M output tokens (--dry_run)")
-    p.add_argument(
-        "--completion_tokens", type=int, default=200, help="assumed reply length for --dry_run's estimate"
-    )
-    p.add_argument(
-        "--batch_api",
-        action="store_true",
-        help="judge through the OpenAI Batch API (half price, within 24 h): each run collects finished "
-        "batches and submits what is missing; exit code 3 while a batch runs, then the tables",
-    )
-    p.add_argument(
-        "--batch_max_submissions",
-        type=int,
-        default=3,
-        help="--batch_api: batches a judgement is sent in before it counts as failed",
-    )
+    add_run_mode_args(p)
 
 
 _OURS = {"judge_model": "gpt-4.1", "temperature": 0.0, "seed": 0, "max_tokens": 1400, "image_format": "png"}
@@ -225,13 +204,7 @@ def run_cli(
             args.completion_tokens,
             rules,
         )
-        cost = plan.cost(args.price_input, args.price_output)
-        print(
-            f"dry run ({args.judge_model}): {plan.requests} request(s) to send, {plan.cached} cached, "
-            f"{plan.skipped_cases} case(s) without images; about {plan.prompt_tokens} input + "
-            f"{plan.completion_tokens} output tokens = ${cost:.2f} at ${args.price_input}/"
-            f"${args.price_output} per 1M (retries not included)"
-        )
+        print(describe_plan(plan, args))
         return EXIT_OK
     started = time.time()
     code = EXIT_OK

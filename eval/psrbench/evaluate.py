@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from data.psrbench_cases import (
@@ -30,7 +33,9 @@ from data.psrbench_cases import (
     resolve_result_path,
 )
 from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
+from eval.judge.batch import BatchRunner, Request
 from eval.judge.provenance import judge_record
+from eval.judge.run_modes import RequestPlan, add_run_mode_args, describe_plan, image_tokens
 from eval.psrbench.aesthetics import hpsv3_scores
 from eval.psrbench.detection import BOX_THRESHOLD, DEFAULT_DETECTOR, TEXT_THRESHOLD, CachedDetector, Detector
 from eval.psrbench.features import DEFAULT_FEATURE_MODEL
@@ -42,6 +47,7 @@ from eval.psrbench.semantic import (
     load_prompt_templates,
     make_judge_client,
     semantic_alignment,
+    semantic_jobs,
 )
 from eval.psrbench.subject_consistency import FeatureExtractor, open_image, subject_consistency
 
@@ -262,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hpsv3_batch_size", type=int, default=8)
     add_protocol_args(p, "wang-shulei/PSR")
+    add_run_mode_args(p)
     p.add_argument("--upstream_compat", action="store_true", help=argparse.SUPPRESS)  # old name of authors
     p.add_argument("--no_progress", action="store_true")
     return p
@@ -289,19 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
 
     detector = features = client = None
-    if "sc" in metrics or "position" in metrics:
-        from eval.psrbench.detection import GroundingDinoDetector
-
-        detector = GroundingDinoDetector(
-            args.detector,
-            device=args.device,
-            box_threshold=args.box_threshold,
-            text_threshold=args.text_threshold,
-        )
-    if "sc" in metrics:
-        from eval.psrbench.features import DinoFeatureExtractor
-
-        features = DinoFeatureExtractor(args.feature_model, device=args.device)
     if args.upstream_compat:
         log.warning("--upstream_compat is now --protocol authors")
         args.protocol = "authors"
@@ -347,6 +341,44 @@ def main(argv: list[str] | None = None) -> int:
             max_tokens=args.judge_max_tokens,
             authors_request=authors_request,
         )
+    if client is not None and (args.dry_run or args.batch_api):
+        jobs = semantic_jobs(_semantic_items(cases, args.result_root), templates, protocol=args.protocol)
+        if args.dry_run:
+            print(describe_plan(plan_jobs(client, jobs, args.completion_tokens), args, args.judge_model))
+            return 0
+        requests = [
+            Request(*client.prepare(j.prompt, j.images, j.scoring_round), j.parse, j.scoring_round, j.tag)
+            for j in jobs
+        ]
+        report = BatchRunner(client, save_dir, args.batch_max_submissions).run(requests)
+        log.info(
+            "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted, %d batch(es) running",
+            report.collected,
+            report.rejected,
+            report.submitted_requests,
+            len(report.pending_batches),
+        )
+        if not report.done:
+            log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
+            _append_usage(save_dir, args.judge_model, client)
+            return 3
+        client.offline = f"no valid Batch API reply after {args.batch_max_submissions} submission(s)"
+    elif args.dry_run:
+        log.error("--dry_run counts judge requests: it needs the semantic metric (--metrics ... semantic)")
+        return 2
+    if "sc" in metrics or "position" in metrics:
+        from eval.psrbench.detection import GroundingDinoDetector
+
+        detector = GroundingDinoDetector(
+            args.detector,
+            device=args.device,
+            box_threshold=args.box_threshold,
+            text_threshold=args.text_threshold,
+        )
+    if "sc" in metrics:
+        from eval.psrbench.features import DinoFeatureExtractor
+
+        features = DinoFeatureExtractor(args.feature_model, device=args.device)
 
     records, skipped = run_evaluation(
         cases,
@@ -390,11 +422,45 @@ def main(argv: list[str] | None = None) -> int:
     log.info("PSRBench report:\n%s", to_markdown(summary))
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     if client is not None:
+        _append_usage(save_dir, args.judge_model, client)
         client.close()
     if "semantic" in skipped and skipped["semantic"].startswith("judge stopped"):
         return 2
     incomplete = any(coverage[k] for k in ("missing", "extra", "edited", "malformed"))
     return 1 if incomplete else 0
+
+
+def _append_usage(save_dir: Path, model: str, client) -> None:
+    """One line per run in ``save_dir/usage.jsonl``: the judge's requests, tokens, retries, cache hits."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    with open(save_dir / "usage.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": time.time(), "judge_model": model, **client.usage.as_dict()}) + "\n")
+
+
+def _semantic_items(cases: list[Case], result_root: str) -> list[tuple[Case, Path]]:
+    """(case, generated image) of every case the semantic metric judges (``run_evaluation``'s selection)."""
+    items = []
+    for c in cases:
+        if c.subset in SEMANTIC_PROMPTS:
+            _, image = _new_record(c, Path(result_root))
+            if image is not None:
+                items.append((c, image))
+    return items
+
+
+def plan_jobs(client, jobs: list, completion_tokens: int) -> RequestPlan:
+    """``--dry_run``: the requests of ``jobs`` not in the judge cache, and their estimated tokens."""
+    plan = RequestPlan()
+    for j in jobs:
+        if client.is_cached(j.prompt, j.images, j.scoring_round):
+            plan.cached += 1
+            continue
+        with Image.open(j.images[0]) as im:
+            size = im.size
+        plan.requests += 1
+        plan.prompt_tokens += len(j.prompt) // 4 + image_tokens(*size)
+        plan.completion_tokens += completion_tokens
+    return plan
 
 
 def _judge_provenance(args: argparse.Namespace, client, templates: dict[str, str], authors_request) -> dict:

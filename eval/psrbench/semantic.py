@@ -136,6 +136,20 @@ def semantic_alignment(
     Only cases of SEMANTIC_PROMPTS subsets are allowed. Raises JudgeFatalError when the server cannot be
     used at all (auth, unknown model, quota): nothing is scored rather than everything failing.
     """
+    jobs = semantic_jobs(items, templates, protocol=protocol, scoring_round=scoring_round)
+    results = client.judge_many(jobs, progress=progress)
+    return [_to_result(r, protocol == "authors") for r in results]
+
+
+def semantic_jobs(
+    items: list[tuple[Case, Path]],
+    templates: dict[str, str],
+    *,
+    protocol: str = "ours",
+    scoring_round: int = 0,
+) -> list:
+    """The judge requests (``JudgeJob``) of ``semantic_alignment``: for it, for ``--dry_run`` and for the
+    Batch API."""
     from eval.judge.client import JudgeJob
 
     jobs = []
@@ -147,8 +161,7 @@ def semantic_alignment(
         else:
             prompt, parse = build_prompt(templates[case.subset], case.instruction), parse_bracket_score
         jobs.append(JudgeJob(prompt, [image], parse, scoring_round=scoring_round, tag=case.uid))
-    results = client.judge_many(jobs, progress=progress)
-    return [_to_result(r, protocol == "authors") for r in results]
+    return jobs
 
 
 def make_judge_client(

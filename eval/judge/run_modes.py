@@ -1,0 +1,69 @@
+"""What every judge-based benchmark CLI offers besides a live run, in one vocabulary: ``--dry_run`` (the
+requests a run would send, cached ones excluded, with estimated tokens and cost) and ``--batch_api`` (the
+judgements through OpenAI's Batch API, eval/judge/batch.py)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+
+def add_run_mode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print the requests a run would send (cached ones excluded), their estimated tokens and cost; "
+        "send nothing",
+    )
+    p.add_argument("--price_input", type=float, default=2.0, help="USD per 1M input tokens (--dry_run)")
+    p.add_argument("--price_output", type=float, default=8.0, help="USD per 1M output tokens (--dry_run)")
+    p.add_argument(
+        "--completion_tokens", type=int, default=200, help="assumed reply length for --dry_run's estimate"
+    )
+    p.add_argument(
+        "--batch_api",
+        action="store_true",
+        help="judge through the OpenAI Batch API (half price, within 24 h): each run collects finished "
+        "batches and submits what is missing; exit code 3 while a batch runs, then the tables",
+    )
+    p.add_argument(
+        "--batch_max_submissions",
+        type=int,
+        default=3,
+        help="--batch_api: batches a judgement is sent in before it counts as failed",
+    )
+
+
+def image_tokens(width: int, height: int) -> int:
+    """OpenAI's documented count for a high-detail image: fit in 2048², shortest side to 768, then
+    85 + 170 per 512-px tile. An estimate for other servers."""
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    return 85 + 170 * (math.ceil(w / 512) * math.ceil(h / 512))
+
+
+@dataclass
+class RequestPlan:
+    requests: int = 0  # requests a run would send now (not cached), one attempt each
+    cached: int = 0
+    skipped_cases: int = 0  # cases that cannot be judged (missing images): no request
+    prompt_tokens: int = 0  # estimated, of the requests to send
+    completion_tokens: int = 0
+
+    def cost(self, price_in: float, price_out: float) -> float:
+        """USD at list prices per million input / output tokens."""
+        return (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6
+
+
+def describe_plan(plan: RequestPlan, args: argparse.Namespace, model: str | None = None) -> str:
+    """The dry run's one line: requests to send, cached, cases without images, tokens and cost."""
+    cost = plan.cost(args.price_input, args.price_output)
+    return (
+        f"dry run ({model or args.judge_model}): {plan.requests} request(s) to send, {plan.cached} cached, "
+        f"{plan.skipped_cases} case(s) without images; about {plan.prompt_tokens} input + "
+        f"{plan.completion_tokens} output tokens = ${cost:.2f} at ${args.price_input}/"
+        f"${args.price_output} per 1M (retries not included)"
+    )
