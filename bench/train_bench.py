@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from modeling.weight_formats import compute_dtype
 from train.losses import flow_matching_losses
 from train.metrics import attention_flop_coeff, dense_llm_params, guess_peak_tflops, step_flops
 from train.optim import build_optimizer, clip_grad_norm
@@ -80,7 +81,10 @@ def main(argv=None) -> None:
     p.add_argument("--num_layers", type=int, default=4, help="LLM layers for --preset 7b")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
-        "--dtype", choices=["bf16", "fp32"], default=None, help="autocast dtype (default bf16 on CUDA)"
+        "--dtype",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="autocast dtype (auto: bf16 on CUDA)",
     )
     p.add_argument("--image_size", type=int, default=64, help="VAE side of every image (multiple of 16)")
     p.add_argument("--vit_size", type=int, default=56, help="ViT side of every reference (multiple of 14)")
@@ -101,11 +105,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
-    dtype = (
-        torch.bfloat16
-        if (args.dtype or ("bf16" if device.type == "cuda" else "fp32")) == "bf16"
-        else torch.float32
-    )
+    dtype = compute_dtype(args.dtype, device.type)
 
     model, vae, cfg, special = (
         build_7b(args.num_layers, device) if args.preset == "7b" else build_tiny(device)

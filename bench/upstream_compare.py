@@ -46,7 +46,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bagel-tiny", "checkpoint")
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # resolved by the workers, after they import torch
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # for the upstream worker, which cannot import our package
 INSTRUCTION = "Put the object from image 1 next to the object from image 2 on a wooden table."
 
 
@@ -112,10 +112,11 @@ def worker_ours(folder: str, res: int, steps: int, dtype: str):
     import torch
 
     from inference.pipeline import SconePipeline
+    from modeling.weight_formats import FLOAT_FORMATS
 
     pipe = SconePipeline.from_pretrained(
         folder,
-        dtype=getattr(torch, DTYPES[dtype]),
+        dtype=FLOAT_FORMATS[dtype],
         vae_transform=(res, res, 16),
         vit_transform=(res, 224, 14),
     )

@@ -22,7 +22,7 @@ for dir in "${rounds[@]}"; do
         --data_root "$DATA_ROOT" \
         --results_dir "$dir" \
         --judge_model "$JUDGE_MODEL" \
-        --judge_base_url "$JUDGE_URL" \
+        --base_url "$JUDGE_URL" \
         --detector "${DETECTOR:-IDEA-Research/grounding-dino-tiny}" \
         --feature_model "${FEATURE_MODEL:-facebook/dino-vits16}" "$@"
 done

@@ -4,6 +4,7 @@ definition, inference/cli_common.py add_model_args), and they do what they say."
 from __future__ import annotations
 
 import argparse
+import re
 
 import numpy as np
 import pytest
@@ -98,3 +99,20 @@ def test_lora_on_the_command_line_applies_the_adapter(adapter, tmp_path):  # noq
     px = {n: np.asarray(Image.open(p), dtype=int) for n, p in paths.items()}
     assert np.abs(px["lora"] - px["base"]).max() > 2  # the adapter acts
     assert np.abs(px["off"] - px["base"]).max() <= 1  # at scale 0 it does nothing
+
+
+JUDGE_FLAGS = ("--judge_model", "--base_url", "--api_key_env", "--max_concurrency", "--max_retries", "--timeout",
+               "--cache_dir", "--temperature", "--max_tokens", "--prompt_dir", "--protocol", "--authors_repo",
+               "--dry_run", "--batch_api", "--batch_max_submissions", "--price_input", "--no_progress")  # fmt: skip
+
+
+@pytest.mark.parametrize("module", ["eval.sconeeval", "eval.omnicontext", "eval.psrbench.evaluate"])
+def test_judge_based_benchmarks_share_the_judge_flags(module, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(module).main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    missing = [f for f in JUDGE_FLAGS if not re.search(rf"(^|[\s,]){re.escape(f)}([\s,=]|$)", text, re.M)]
+    assert not missing, f"{module} lacks {missing}"

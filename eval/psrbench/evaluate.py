@@ -243,26 +243,46 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"model name the server serves (default {DEFAULT_JUDGE_MODEL}; with --protocol authors, the "
         "name in the authors' scripts)",
     )
-    p.add_argument("--judge_base_url", default="http://127.0.0.1:17140/v1", help="OpenAI-compatible server")
     p.add_argument(
-        "--judge_api_key_env", default="PSR_JUDGE_API_KEY", help="env var holding the server's key"
+        "--base_url",
+        "--judge_base_url",
+        dest="judge_base_url",
+        default="http://127.0.0.1:17140/v1",
+        help="OpenAI-compatible server",
     )
     p.add_argument(
+        "--api_key_env",
+        "--judge_api_key_env",
+        dest="judge_api_key_env",
+        default="PSR_JUDGE_API_KEY",
+        help="env var holding the server's key",
+    )
+    p.add_argument(
+        "--temperature",
         "--judge_temperature",
+        dest="judge_temperature",
         type=float,
         default=None,
         help=f"default {DEFAULT_TEMPERATURE}; with --protocol authors the authors' files set it (refused here)",
     )
     p.add_argument(
+        "--max_tokens",
         "--judge_max_tokens",
+        dest="judge_max_tokens",
         type=int,
         default=None,
         help=f"default {DEFAULT_MAX_TOKENS}; with --protocol authors the authors' files set it (refused here)",
     )
-    p.add_argument("--judge_max_retries", type=int, default=5)
-    p.add_argument("--judge_concurrency", type=int, default=8)
-    p.add_argument("--judge_timeout", type=float, default=180.0)
-    p.add_argument("--judge_cache_dir", default=None, help="default: {save_dir}/judge_cache")
+    p.add_argument("--max_retries", "--judge_max_retries", dest="judge_max_retries", type=int, default=5)
+    p.add_argument("--max_concurrency", "--judge_concurrency", dest="judge_concurrency", type=int, default=8)
+    p.add_argument("--timeout", "--judge_timeout", dest="judge_timeout", type=float, default=180.0)
+    p.add_argument(
+        "--cache_dir",
+        "--judge_cache_dir",
+        dest="judge_cache_dir",
+        default=None,
+        help="default: {save_dir}/judge_cache",
+    )
     p.add_argument(
         "--prompt_dir", default=None, help="folder with {attribute,action,...}.txt rubric templates"
     )
@@ -302,11 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     templates, authors_request, authors_sources = None, None, None
     if "semantic" in metrics:
         if args.protocol == "authors":
-            clash = [
-                f"--{k}"
-                for k in ("prompt_dir", "judge_temperature", "judge_max_tokens")
-                if getattr(args, k) is not None
-            ]
+            given = {
+                "prompt_dir": "--prompt_dir",
+                "judge_temperature": "--temperature",
+                "judge_max_tokens": "--max_tokens",
+            }
+            clash = [flag for k, flag in given.items() if getattr(args, k) is not None]
             if clash:
                 log.error("%s: set by the authors' files with --protocol authors", ", ".join(clash))
                 return 2
