@@ -21,7 +21,7 @@ import copy
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -45,6 +45,44 @@ from modeling.sequence import PackedSequence, SequenceBuilder
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PackingBudget:
+    """Token budget of one pack (upstream's names and defaults): a pack is yielded once it reaches
+    ``expected_num_tokens`` and never exceeds ``max_num_tokens``; longer samples are skipped; the overflow
+    buffer holds up to ``max_buffer_size`` samples and is drained first while a pack is shorter than
+    ``prefer_buffer_before``."""
+
+    expected_num_tokens: int = 32768
+    max_num_tokens: int = 36864
+    max_num_tokens_per_sample: int = 16384
+    prefer_buffer_before: int = 16384
+    max_buffer_size: int = 50
+
+    def __post_init__(self) -> None:
+        if not 0 < self.expected_num_tokens <= self.max_num_tokens:
+            raise DataConfigError(
+                f"need 0 < expected_num_tokens ({self.expected_num_tokens}) <= max_num_tokens "
+                f"({self.max_num_tokens})"
+            )
+        if not 0 < self.max_num_tokens_per_sample <= self.max_num_tokens:
+            # a sample longer than a whole pack would make the flush branch yield empty packs
+            raise DataConfigError(
+                f"need 0 < max_num_tokens_per_sample ({self.max_num_tokens_per_sample}) <= max_num_tokens "
+                f"({self.max_num_tokens})"
+            )
+        if self.max_buffer_size < 0:
+            raise DataConfigError(f"max_buffer_size must be >= 0, got {self.max_buffer_size}")
+
+
+@dataclass(frozen=True)
+class ConditionDropout:
+    """Probabilities of dropping a sample's text / ViT / VAE conditioning (classifier-free guidance)."""
+
+    text: float = 0.1
+    vit: float = 0.3
+    vae: float = 0.3
+
+
 class PackedDataset(torch.utils.data.IterableDataset):
     """IterableDataset of packs (one pack = one training step's batch on this rank).
 
@@ -63,25 +101,10 @@ class PackedDataset(torch.utils.data.IterableDataset):
         world_size: int,
         num_workers: int,
         data_seed: int,
-        expected_num_tokens: int = 32768,
-        max_num_tokens: int = 36864,
-        max_num_tokens_per_sample: int = 16384,
-        prefer_buffer_before: int = 16384,
-        max_buffer_size: int = 50,
+        budget: PackingBudget = PackingBudget(),
         data_state: dict | None = None,
     ):
         super().__init__()
-        if not 0 < expected_num_tokens <= max_num_tokens:
-            raise DataConfigError(
-                f"need 0 < expected_num_tokens ({expected_num_tokens}) <= max_num_tokens ({max_num_tokens})"
-            )
-        if not 0 < max_num_tokens_per_sample <= max_num_tokens:
-            # a sample longer than a whole pack would make the flush branch yield empty packs
-            raise DataConfigError(
-                f"need 0 < max_num_tokens_per_sample ({max_num_tokens_per_sample}) <= max_num_tokens ({max_num_tokens})"
-            )
-        if max_buffer_size < 0:
-            raise DataConfigError(f"max_buffer_size must be >= 0, got {max_buffer_size}")
         self.groups = groups
         self.packing = packing
         self.rank, self.world_size, self.num_workers, self.data_seed = (
@@ -90,11 +113,11 @@ class PackedDataset(torch.utils.data.IterableDataset):
             num_workers,
             data_seed,
         )
-        self.expected_num_tokens = expected_num_tokens
-        self.max_num_tokens = max_num_tokens
-        self.max_num_tokens_per_sample = max_num_tokens_per_sample
-        self.prefer_buffer_before = prefer_buffer_before
-        self.max_buffer_size = max_buffer_size
+        self.expected_num_tokens = budget.expected_num_tokens
+        self.max_num_tokens = budget.max_num_tokens
+        self.max_num_tokens_per_sample = budget.max_num_tokens_per_sample
+        self.prefer_buffer_before = budget.prefer_buffer_before
+        self.max_buffer_size = budget.max_buffer_size
         if data_state is not None and not isinstance(data_state, dict):
             raise DataConfigError(
                 f"data_state must be this rank's dict (data_status[rank]), got {type(data_state).__name__}"
@@ -277,14 +300,8 @@ def build_packed_dataset(
     world_size: int = 1,
     num_workers: int = 0,
     data_seed: int = 42,
-    expected_num_tokens: int = 32768,
-    max_num_tokens: int = 36864,
-    max_num_tokens_per_sample: int = 16384,
-    prefer_buffer_before: int = 16384,
-    max_buffer_size: int = 50,
-    text_cond_dropout_prob: float = 0.1,
-    vit_cond_dropout_prob: float = 0.3,
-    vae_cond_dropout_prob: float = 0.3,
+    budget: PackingBudget = PackingBudget(),
+    dropout: ConditionDropout = ConditionDropout(),
     geometry: ModelGeometry | None = None,
     data_root: str | None = None,
     data_state: dict | None = None,
@@ -308,9 +325,9 @@ def build_packed_dataset(
     check_groups(groups, geometry, num_workers)
     packing = PackingConfig.from_special_ids(
         special_ids,
-        text_cond_dropout_prob=text_cond_dropout_prob,
-        vit_cond_dropout_prob=vit_cond_dropout_prob,
-        vae_cond_dropout_prob=vae_cond_dropout_prob,
+        text_cond_dropout_prob=dropout.text,
+        vit_cond_dropout_prob=dropout.vit,
+        vae_cond_dropout_prob=dropout.vae,
         **asdict(geometry),
     )
     return PackedDataset(
@@ -320,11 +337,7 @@ def build_packed_dataset(
         world_size=world_size,
         num_workers=num_workers,
         data_seed=data_seed,
-        expected_num_tokens=expected_num_tokens,
-        max_num_tokens=max_num_tokens,
-        max_num_tokens_per_sample=max_num_tokens_per_sample,
-        prefer_buffer_before=prefer_buffer_before,
-        max_buffer_size=max_buffer_size,
+        budget=budget,
         data_state=data_state,
     )
 

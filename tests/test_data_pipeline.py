@@ -17,7 +17,7 @@ import torch
 
 from data.data_config import ModelGeometry, build_groups
 from data.data_state import FORMAT, DataStateTracker
-from data.packed_dataset import build_dataloader, build_packed_dataset
+from data.packed_dataset import ConditionDropout, PackingBudget, build_dataloader, build_packed_dataset
 from data.parquet_io import DataConfigError, make_parquet_info
 from data.sequence_packing import sample_length
 from data.sharding import shard_for_rank, shard_for_worker
@@ -28,14 +28,14 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "bagel-tiny")
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "data", "configs", "scone_tiny.yaml")
 # small budgets so that the overflow buffer, flushes and dropout all happen within a few packs
 BUDGET = dict(
-    expected_num_tokens=420,
-    max_num_tokens=420,
-    max_num_tokens_per_sample=300,
-    prefer_buffer_before=300,
-    max_buffer_size=2,
-    text_cond_dropout_prob=0.2,
-    vit_cond_dropout_prob=0.2,
-    vae_cond_dropout_prob=0.2,
+    budget=PackingBudget(
+        expected_num_tokens=420,
+        max_num_tokens=420,
+        max_num_tokens_per_sample=300,
+        prefer_buffer_before=300,
+        max_buffer_size=2,
+    ),
+    dropout=ConditionDropout(text=0.2, vit=0.2, vae=0.2),
     geometry=ModelGeometry(max_latent_size=64),
 )
 
@@ -73,8 +73,12 @@ def assert_same(a, b, path="batch"):
 
 
 def build(tok, data_root, **kw):
+    """``build_packed_dataset`` on the tiny mix with BUDGET; PackingBudget fields in ``kw`` replace its own."""
     tokenizer, ids, _ = tok
+    changes = {k: kw.pop(k) for k in list(kw) if k in PackingBudget.__dataclass_fields__}
     args = {**BUDGET, **kw}
+    if changes:
+        args["budget"] = dataclasses.replace(BUDGET["budget"], **changes)
     return build_packed_dataset(CONFIG, tokenizer, ids, data_root=data_root, **args)
 
 
@@ -117,9 +121,9 @@ def test_packs_respect_budgets_and_carry_state(tok, data_root):
     ds = build(tok, data_root)
     packs = list(itertools.islice(iter(ds), 12))
     for batch in packs:
-        assert 0 < batch.length <= BUDGET["max_num_tokens"]
+        assert 0 < batch.length <= BUDGET["budget"].max_num_tokens
         assert batch.length == sum(batch.sample_lens) == batch.position_ids.numel()
-        assert all(n <= BUDGET["max_num_tokens_per_sample"] for n in batch.sample_lens)
+        assert all(n <= BUDGET["budget"].max_num_tokens_per_sample for n in batch.sample_lens)
         assert len(batch.attention_masks()) == len(batch.sample_lens) == len(batch.split_lens)
         assert batch.meta["data_state"]["format"] == FORMAT
         # markers + text + vae + vit tokens tile the sequence exactly once
@@ -216,8 +220,7 @@ def test_corrupt_rows_are_counted_and_skipped(tok, tmp_path, caplog):
                       "image_transform_args": {"image_stride": 16, "max_image_size": 64, "min_image_size": 32},
                       "vit_image_transform_args": {"image_stride": 14, "max_image_size": 56, "min_image_size": 28},
                       "dataset_info": {"bad": {"data_dir": str(data_dir), "parquet_info_path": str(info)}}}}  # fmt: skip
-    ds = build_packed_dataset(config, tokenizer, ids, expected_num_tokens=10**5, max_num_tokens=10**5,
-                              max_num_tokens_per_sample=10**5)  # fmt: skip
+    ds = build_packed_dataset(config, tokenizer, ids, budget=PackingBudget(10**5, 10**5, 10**5))
     groups = ds.groups
     stats = Counter()
     with caplog.at_level(logging.WARNING):

@@ -76,7 +76,12 @@ class ParquetSource:
     def __init__(self, data: DataSection, loaded, info, data_status):
         from data.data_config import ModelGeometry
         from data.data_state import DataStateTracker
-        from data.packed_dataset import build_dataloader, build_packed_dataset
+        from data.packed_dataset import (
+            ConditionDropout,
+            PackingBudget,
+            build_dataloader,
+            build_packed_dataset,
+        )
 
         self.dataset = build_packed_dataset(
             data.dataset_config_file,
@@ -86,14 +91,16 @@ class ParquetSource:
             world_size=info.world_size,
             num_workers=data.num_workers,
             data_seed=data.data_seed,
-            expected_num_tokens=data.expected_num_tokens,
-            max_num_tokens=data.max_num_tokens,
-            max_num_tokens_per_sample=data.max_num_tokens_per_sample,
-            prefer_buffer_before=data.prefer_buffer_before,
-            max_buffer_size=data.max_buffer_size,
-            text_cond_dropout_prob=data.text_cond_dropout_prob,
-            vit_cond_dropout_prob=data.vit_cond_dropout_prob,
-            vae_cond_dropout_prob=data.vae_cond_dropout_prob,
+            budget=PackingBudget(
+                data.expected_num_tokens,
+                data.max_num_tokens,
+                data.max_num_tokens_per_sample,
+                data.prefer_buffer_before,
+                data.max_buffer_size,
+            ),
+            dropout=ConditionDropout(
+                data.text_cond_dropout_prob, data.vit_cond_dropout_prob, data.vae_cond_dropout_prob
+            ),
             geometry=ModelGeometry.of(loaded.config),
             data_root=data.data_root,
             data_state=data_status,
