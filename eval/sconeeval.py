@@ -68,6 +68,7 @@ def check_case(case: BenchmarkCase) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, "SconeEval")
+    p.set_defaults(authors_upstream="scone")  # SconeEval has one authors' evaluator (OmniContext has two)
     args = p.parse_args(argv)
     args.benchmark = "sconeeval"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -114,7 +114,7 @@ def _prompts_and_protocol(args: argparse.Namespace, bench: str) -> tuple[PromptS
         raise ValueError(f"{', '.join(clash)}: set by the authors' files with --protocol authors")
     protocol = load_judge_protocol(
         bench,
-        getattr(args, "authors_upstream", None),
+        args.authors_upstream,
         args.authors_repo,
         args.authors_cache,
         args.authors_url,
