@@ -22,7 +22,7 @@ from eval.authors_protocol import (
     load_judge_protocol,
 )
 from eval.judge.batch import BatchRunner
-from eval.judge.cache import LiveLedgerFile
+from eval.judge.cache import LiveLedgerFile, append_usage
 from eval.judge.client import JudgeClient, JudgeFatalError
 from eval.judge.prompts import PromptSet
 from eval.judge.provenance import judge_record, provenance_markdown
@@ -279,8 +279,7 @@ def run_cli(
             signal.signal(signal.SIGTERM, previous)
         client.close()
         usage = ledger_line()
-        with open(output_dir / "usage.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(usage) + "\n")
+        append_usage(output_dir, usage)
         live.close()
         log.info("judge usage: %s", json.dumps(usage))
     if result is None:

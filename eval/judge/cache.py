@@ -107,6 +107,13 @@ class UsageLedger:
         return d
 
 
+def append_usage(output_dir, entry: dict) -> None:
+    """Append one run's judge usage (requests, tokens, retries, cache hits) to ``output_dir/usage.jsonl``."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(output_dir) / "usage.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
 class LiveLedgerFile:
     """Keeps a run's usage ledger on disk while it runs, so that a killed run's spend is not lost.
 
@@ -132,8 +139,7 @@ class LiveLedgerFile:
             except (OSError, ValueError):
                 entry = {"unreadable_live_ledger": live.name}
             entry["interrupted"] = True
-            with open(Path(output_dir) / "usage.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
+            append_usage(output_dir, entry)
             live.unlink(missing_ok=True)
             n += 1
         return n

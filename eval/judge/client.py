@@ -306,6 +306,15 @@ class JudgeClient:
         self._replied.model = served if isinstance(served, str) and served else NOT_REPORTED
         return content
 
+    def _record_reply(self, key: str, raw: str, scoring_round: int, tag: str) -> None:
+        """A usable reply to this thread's last request: counted, with the model that answered it, and cached."""
+        served = getattr(self._replied, "model", None)
+        self._count_served(served)
+        if self.cache is not None:
+            entry = {"raw": raw, "model": self.model, "served_model": served, "scoring_round": scoring_round}
+            self.cache.put(key, {**entry, "tag": tag})
+        self.usage.add(successes=1)
+
     def _count_served(self, model: str | None) -> None:
         with self._lock:
             self.served_models[model or NOT_RECORDED] += 1
@@ -373,12 +382,7 @@ class JudgeClient:
             self.usage.error("unparseable")
             log.warning("[%s] batch reply does not parse: %s", tag, e)
             return False
-        served = getattr(self._replied, "model", None)
-        self._count_served(served)
-        if self.cache is not None:
-            entry = {"raw": raw, "model": self.model, "served_model": served, "scoring_round": scoring_round}
-            self.cache.put(key, {**entry, "tag": tag})
-        self.usage.add(successes=1)
+        self._record_reply(key, raw, scoring_round, tag)
         return True
 
     def reply_text(self, completion: dict) -> str:
@@ -462,17 +466,7 @@ class JudgeClient:
                 if not self.retry_unparseable:
                     break
             else:
-                served = getattr(self._replied, "model", None)
-                self._count_served(served)
-                if self.cache is not None:
-                    entry = {
-                        "raw": raw,
-                        "model": self.model,
-                        "served_model": served,
-                        "scoring_round": scoring_round,
-                    }
-                    self.cache.put(key, {**entry, "tag": tag})
-                self.usage.add(successes=1)
+                self._record_reply(key, raw, scoring_round, tag)
                 return JudgeResult(True, value, raw, None, attempts, False)
             if attempts < max_attempts:
                 self.usage.add(retries=1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import json
 import logging
 import sys
 import time
@@ -34,6 +33,7 @@ from data.psrbench_cases import (
 )
 from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
 from eval.judge.batch import BatchRunner, Request
+from eval.judge.cache import append_usage
 from eval.judge.provenance import judge_record
 from eval.judge.run_modes import RequestPlan, add_run_mode_args, describe_plan, image_tokens
 from eval.psrbench.aesthetics import hpsv3_scores
@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    started = time.time()
     metrics = tuple(args.metrics)
     save_dir = Path(args.save_dir) if args.save_dir else Path(args.results_dir) / "eval"
     benchmark = load_psrbench_cases(args.data_root, args.subsets)
@@ -381,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not report.done:
             log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
-            _append_usage(save_dir, args.judge_model, client)
+            append_usage(
+                save_dir, {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()}
+            )
             return 3
         client.offline = f"no valid Batch API reply after {args.batch_max_submissions} submission(s)"
     elif args.dry_run:
@@ -443,19 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("PSRBench report:\n%s", to_markdown(summary))
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     if client is not None:
-        _append_usage(save_dir, args.judge_model, client)
+        append_usage(save_dir, {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()})
         client.close()
     if "semantic" in skipped and skipped["semantic"].startswith("judge stopped"):
         return 2
     incomplete = any(coverage[k] for k in ("missing", "extra", "edited", "malformed"))
     return 1 if incomplete else 0
-
-
-def _append_usage(save_dir: Path, model: str, client) -> None:
-    """One line per run in ``save_dir/usage.jsonl``: the judge's requests, tokens, retries, cache hits."""
-    save_dir.mkdir(parents=True, exist_ok=True)
-    with open(save_dir / "usage.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"time": time.time(), "judge_model": model, **client.usage.as_dict()}) + "\n")
 
 
 def _semantic_items(cases: list[Case], result_root: str) -> list[tuple[Case, Path]]:
