@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +25,11 @@ from tqdm import tqdm
 
 from data.benchmark_cases import BenchmarkCase, input_image_paths
 from eval.aggregation import aggregate, get_benchmark
-from eval.judge.batch import Request
 from eval.judge.cache import atomic_write_text
-from eval.judge.client import JudgeClient, JudgeResult
+from eval.judge.client import JudgeClient, JudgeJob, JudgeResult
 from eval.judge.images import load_rgb
 from eval.judge.prompts import PromptSet
 from eval.judge.rules import OURS, JudgingRules
-from eval.judge.run_modes import RequestPlan, image_tokens
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +142,7 @@ def _score_one(
     return {**base, **make_record(case, results)}
 
 
-def iter_calls(
+def iter_jobs(
     cases: list[BenchmarkCase],
     benchmark_dir: Path,
     result_dir: Path,
@@ -153,61 +151,22 @@ def iter_calls(
     rounds: int | None = None,
     scorings: int = 1,
     rules: JudgingRules = OURS,
-):
-    """Every judge request ``score_benchmark`` makes, as (tag, scoring pass, send, call), in its order; a
-    case whose images cannot be read yields ``(None, scorings, 0, None)`` (it makes no request)."""
+) -> Iterator[JudgeJob | None]:
+    """Every judge request ``score_benchmark`` makes, in its order, as a ``JudgeJob``; ``None`` once per
+    judging pass of a case whose images cannot be read (it makes no request). For ``--dry_run`` and the
+    Batch API (eval/judge/run_modes.py, eval/judge/batch.py)."""
     for rnd, image_dir in round_dirs(result_dir, rounds):
         for case in cases:
             try:
                 refs, output = read_case_images(case, benchmark_dir, image_dir, rules)
             except ValueError:
-                yield None, scorings, 0, None
+                yield from [None] * scorings
                 continue
             for s in range(scorings):
                 for call in build_calls(case, refs, output, prompts, rules):
+                    tag = call_tag(rnd, s, case, call)
                     for k in range(rules.sends):
-                        yield call_tag(rnd, s, case, call), s, k, call
-
-
-def plan_requests(
-    cases: list[BenchmarkCase],
-    benchmark_dir: Path,
-    result_dir: Path,
-    client: JudgeClient,
-    prompts: PromptSet,
-    build_calls: CallBuilder,
-    rounds: int | None = None,
-    scorings: int = 1,
-    completion_tokens: int = 200,
-    rules: JudgingRules = OURS,
-) -> RequestPlan:
-    """What ``score_benchmark`` would send, without sending anything: the same calls, minus cache hits.
-    Text tokens are estimated at 4 characters per token, replies at ``completion_tokens`` each."""
-    plan = RequestPlan()
-    calls = iter_calls(cases, benchmark_dir, result_dir, prompts, build_calls, rounds, scorings, rules)
-    for _tag, s, k, call in calls:
-        if call is None:
-            plan.skipped_cases += s
-        elif client.is_cached(call.prompt, call.images, s, send=k):
-            plan.cached += 1
-        else:
-            plan.requests += 1
-            plan.prompt_tokens += len(call.prompt) // 4 + sum(image_tokens(*im.size) for im in call.images)
-            plan.completion_tokens += completion_tokens
-    return plan
-
-
-def batch_requests(
-    cases, benchmark_dir, result_dir, client, prompts, build_calls, rounds=None, scorings=1, rules=OURS
-):
-    """The Batch API requests of a scoring run (eval/judge/batch.py), one per distinct judgement."""
-    out = {}
-    calls = iter_calls(cases, benchmark_dir, result_dir, prompts, build_calls, rounds, scorings, rules)
-    for tag, s, k, call in calls:
-        if call is not None:
-            key, body = client.prepare(call.prompt, call.images, s, send=k)
-            out.setdefault(key, Request(key, body, call.parse, s, tag))
-    return list(out.values())
+                        yield JudgeJob(call.prompt, call.images, call.parse, scoring_round=s, tag=tag, send=k)
 
 
 def score_benchmark(

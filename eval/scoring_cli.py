@@ -21,20 +21,14 @@ from eval.authors_protocol import (
     add_protocol_args,
     load_judge_protocol,
 )
-from eval.judge.batch import BatchRunner
+from eval.judge.batch import BatchRunner, batch_requests
 from eval.judge.cache import LiveLedgerFile, append_usage
 from eval.judge.client import JudgeClient, JudgeFatalError
 from eval.judge.prompts import PromptSet
 from eval.judge.provenance import judge_record, provenance_markdown
 from eval.judge.rules import judging_rules
-from eval.judge.run_modes import add_run_mode_args, describe_plan
-from eval.scoring import (
-    CallBuilder,
-    RecordMaker,
-    batch_requests,
-    plan_requests,
-    score_benchmark,
-)
+from eval.judge.run_modes import add_run_mode_args, describe_plan, plan_requests
+from eval.scoring import CallBuilder, RecordMaker, iter_jobs, score_benchmark
 
 log = logging.getLogger("eval.scoring")
 
@@ -191,19 +185,11 @@ def run_cli(
         body_style="requests" if protocol else "sdk",  # the authors' client posts with `requests`
         retry_unparseable=rules.sends == 1,  # repeated sends are the protocol's own re-asking
     )
+    jobs = iter_jobs(
+        kept, benchmark_dir, Path(args.result_dir), prompts, build_calls, args.rounds, args.scorings, rules
+    )
     if args.dry_run:
-        plan = plan_requests(
-            kept,
-            benchmark_dir,
-            Path(args.result_dir),
-            client,
-            prompts,
-            build_calls,
-            args.rounds,
-            args.scorings,
-            args.completion_tokens,
-            rules,
-        )
+        plan = plan_requests(client, jobs, args.completion_tokens)
         print(describe_plan(plan, args))
         return EXIT_OK
     started = time.time()
@@ -228,17 +214,7 @@ def run_cli(
     )
     try:
         if args.batch_api:
-            requests = batch_requests(
-                kept,
-                benchmark_dir,
-                Path(args.result_dir),
-                client,
-                prompts,
-                build_calls,
-                args.rounds,
-                args.scorings,
-                rules,
-            )
+            requests = batch_requests(client, jobs)
             report = BatchRunner(client, output_dir, args.batch_max_submissions).run(requests)
             log.info(
                 "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted%s, %d batch(es) "

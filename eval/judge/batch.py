@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,17 @@ class Request:
     parse: Callable[[str], Any]
     scoring_round: int
     tag: str
+
+
+def batch_requests(client: JudgeClient, jobs: Iterable) -> list[Request]:
+    """The Batch API requests of ``jobs`` (``JudgeJob``; ``None`` entries make none), one per distinct
+    judgement, with the cache keys and bodies the live client would use."""
+    out: dict[str, Request] = {}
+    for job in jobs:
+        if job is not None:
+            key, body = client.prepare(job.prompt, job.images, job.scoring_round, send=job.send)
+            out.setdefault(key, Request(key, body, job.parse, job.scoring_round, job.tag))
+    return list(out.values())
 
 
 @dataclass

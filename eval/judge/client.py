@@ -64,6 +64,7 @@ class JudgeJob:
     parse: Callable[[str], Any]
     scoring_round: int = 0
     tag: str = ""
+    send: int = 0  # > 0: the same request sent again by a protocol that asks several times
 
 
 class _Retryable(Exception):
@@ -487,7 +488,13 @@ class JudgeClient:
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             futures = {
                 pool.submit(
-                    self.judge, j.prompt, j.images, j.parse, scoring_round=j.scoring_round, tag=j.tag
+                    self.judge,
+                    j.prompt,
+                    j.images,
+                    j.parse,
+                    scoring_round=j.scoring_round,
+                    tag=j.tag,
+                    send=j.send,
                 ): i
                 for i, j in enumerate(jobs)
             }

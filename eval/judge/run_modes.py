@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from PIL import Image
 
 
 def add_run_mode_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +59,31 @@ class RequestPlan:
     def cost(self, price_in: float, price_out: float) -> float:
         """USD at list prices per million input / output tokens."""
         return (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6
+
+
+def plan_requests(client, jobs: Iterable, completion_tokens: int = 200) -> RequestPlan:
+    """What a run would send, without sending anything: ``jobs`` (``JudgeJob``, or ``None`` for a case that
+    makes no request) minus cache hits. Text tokens are estimated at 4 characters per token, replies at
+    ``completion_tokens`` each."""
+    plan = RequestPlan()
+    for job in jobs:
+        if job is None:
+            plan.skipped_cases += 1
+        elif client.is_cached(job.prompt, job.images, job.scoring_round, send=job.send):
+            plan.cached += 1
+        else:
+            plan.requests += 1
+            plan.prompt_tokens += len(job.prompt) // 4 + sum(image_tokens(*_size(im)) for im in job.images)
+            plan.completion_tokens += completion_tokens
+    return plan
+
+
+def _size(image) -> tuple[int, int]:
+    """(width, height) of a PIL image, or of an image file read only as far as its header."""
+    if isinstance(image, Image.Image):
+        return image.size
+    with Image.open(image) as im:
+        return im.size
 
 
 def describe_plan(plan: RequestPlan, args: argparse.Namespace, model: str | None = None) -> str:

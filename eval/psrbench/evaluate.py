@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from data.psrbench_cases import (
@@ -32,10 +31,10 @@ from data.psrbench_cases import (
     resolve_result_path,
 )
 from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
-from eval.judge.batch import BatchRunner, Request
+from eval.judge.batch import BatchRunner, batch_requests
 from eval.judge.cache import append_usage
 from eval.judge.provenance import judge_record
-from eval.judge.run_modes import RequestPlan, add_run_mode_args, describe_plan, image_tokens
+from eval.judge.run_modes import add_run_mode_args, describe_plan, plan_requests
 from eval.psrbench.aesthetics import hpsv3_scores
 from eval.psrbench.detection import BOX_THRESHOLD, DEFAULT_DETECTOR, TEXT_THRESHOLD, CachedDetector, Detector
 from eval.psrbench.features import DEFAULT_FEATURE_MODEL
@@ -366,12 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     if client is not None and (args.dry_run or args.batch_api):
         jobs = semantic_jobs(_semantic_items(cases, args.result_root), templates, protocol=args.protocol)
         if args.dry_run:
-            print(describe_plan(plan_jobs(client, jobs, args.completion_tokens), args, args.judge_model))
+            print(describe_plan(plan_requests(client, jobs, args.completion_tokens), args, args.judge_model))
             return 0
-        requests = [
-            Request(*client.prepare(j.prompt, j.images, j.scoring_round), j.parse, j.scoring_round, j.tag)
-            for j in jobs
-        ]
+        requests = batch_requests(client, jobs)
         report = BatchRunner(client, save_dir, args.batch_max_submissions).run(requests)
         log.info(
             "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted, %d batch(es) running",
@@ -463,21 +459,6 @@ def _semantic_items(cases: list[Case], result_root: str) -> list[tuple[Case, Pat
             if image is not None:
                 items.append((c, image))
     return items
-
-
-def plan_jobs(client, jobs: list, completion_tokens: int) -> RequestPlan:
-    """``--dry_run``: the requests of ``jobs`` not in the judge cache, and their estimated tokens."""
-    plan = RequestPlan()
-    for j in jobs:
-        if client.is_cached(j.prompt, j.images, j.scoring_round):
-            plan.cached += 1
-            continue
-        with Image.open(j.images[0]) as im:
-            size = im.size
-        plan.requests += 1
-        plan.prompt_tokens += len(j.prompt) // 4 + image_tokens(*size)
-        plan.completion_tokens += completion_tokens
-    return plan
 
 
 def _judge_provenance(args: argparse.Namespace, client, templates: dict[str, str], authors_request) -> dict:
