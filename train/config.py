@@ -25,11 +25,16 @@ CHECKPOINT = "the checkpoint's value"  # an upstream flag that must equal what t
 IGNORED = "anything (accepted, unused)"
 
 
-def option(default: Any = MISSING, help: str = "", *, choices=None, must_equal: Any = MISSING, **kw):
+def option(
+    default: Any = MISSING, help: str = "", *, choices=None, must_equal: Any = MISSING, checkpoint=None, **kw
+):
     """A dataclass field that is also a ``--flag``: its help, its choices and, for upstream-only flags,
-    the value it must have (``must_equal``; ``CHECKPOINT`` or ``IGNORED`` for the two special cases)."""
+    the value it must have (``must_equal``; ``IGNORED``: anything) or, with ``checkpoint`` (a function of the
+    loaded ``BagelConfig``), the checkpoint's own value."""
     meta = {"help": help, "choices": choices}
-    if must_equal is not MISSING:
+    if checkpoint is not None:
+        meta.update(must_equal=CHECKPOINT, checkpoint=checkpoint)
+    elif must_equal is not MISSING:
         meta["must_equal"] = must_equal
     if isinstance(default, dict):
         return field(default_factory=lambda d=default: dict(d), metadata=meta, **kw)
@@ -287,22 +292,15 @@ class UpstreamSection:
     backward_prefetch: str = option(
         "BACKWARD_PRE", "FSDP1 setting; FSDP2 prefetches on its own", must_equal=IGNORED
     )
-    max_latent_size: int | None = option(None, "64 for released checkpoints", must_equal=CHECKPOINT)
-    latent_patch_size: int = option(2, must_equal=CHECKPOINT)
-    vit_patch_size: int = option(14, must_equal=CHECKPOINT)
-    vit_max_num_patch_per_side: int = option(70, must_equal=CHECKPOINT)
-    connector_act: str = option("gelu_pytorch_tanh", must_equal=CHECKPOINT)
-    interpolate_pos: bool = option(False, must_equal=CHECKPOINT)
-
-    # where a checkpoint's own config holds the value a flag must equal
-    CHECKPOINT_FIELDS = {
-        "max_latent_size": lambda c: c.max_latent_size,
-        "latent_patch_size": lambda c: c.latent_patch_size,
-        "vit_patch_size": lambda c: c.vit.patch_size,
-        "vit_max_num_patch_per_side": lambda c: c.vit_max_num_patch_per_side,
-        "connector_act": lambda c: c.connector_act,
-        "interpolate_pos": lambda c: c.interpolate_pos,
-    }
+    # geometry: the value the loaded checkpoint's own config holds
+    max_latent_size: int | None = option(
+        None, "64 for released checkpoints", checkpoint=lambda c: c.max_latent_size
+    )
+    latent_patch_size: int = option(2, checkpoint=lambda c: c.latent_patch_size)
+    vit_patch_size: int = option(14, checkpoint=lambda c: c.vit.patch_size)
+    vit_max_num_patch_per_side: int = option(70, checkpoint=lambda c: c.vit_max_num_patch_per_side)
+    connector_act: str = option("gelu_pytorch_tanh", checkpoint=lambda c: c.connector_act)
+    interpolate_pos: bool = option(False, checkpoint=lambda c: c.interpolate_pos)
 
     def validate(self) -> None:
         if not self.finetune_from_hf or self.llm_path or self.vae_path or self.vit_path:
@@ -319,10 +317,12 @@ class UpstreamSection:
     def check_against(self, config, model_path: str) -> None:
         """Geometry flags must agree with the loaded checkpoint's ``BagelConfig`` (they cannot change a
         trained model)."""
-        for name, read in self.CHECKPOINT_FIELDS.items():
-            want, have = getattr(self, name), read(config)
+        for f in fields(self):
+            if "checkpoint" not in f.metadata:
+                continue
+            want, have = getattr(self, f.name), f.metadata["checkpoint"](config)
             if want is not None and want != have:
-                raise SystemExit(f"--{name} {want} does not match the checkpoint in {model_path} ({have})")
+                raise SystemExit(f"--{f.name} {want} does not match the checkpoint in {model_path} ({have})")
 
 
 @dataclass
