@@ -32,7 +32,9 @@ def open_image(image: ImageLike, orient: bool = True, mode: str | None = "RGB") 
             raise FileNotFoundError(f"judge image not found: {path}")
         with Image.open(path) as f:
             f.load()
-            img = ImageOps.exif_transpose(f) if orient else f.copy()
+            if not orient:  # one new image out of the file: the conversion, or a copy in the stored mode
+                return f.convert(mode) if mode else f.copy()
+            img = ImageOps.exif_transpose(f)
             return img.convert(mode) if mode else img
     else:
         raise TypeError(f"unsupported judge image type {type(image).__name__}")
