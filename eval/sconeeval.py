@@ -39,10 +39,12 @@ def build_calls(
         ),
     ]
     if case.task_type in SCONEEVAL.dis_task_types:
+        # one presence request per (reference, subject), each sent after the previous reply was read
         for i, subjects in enumerate(case.subject_list):
             for j, subject in enumerate(subjects):
                 prompt = prompts.render("sconeeval_dis", subject=subject)
-                calls.append(Call(f"DIS/{i}/{j}", prompt, [refs[i], output], rules.parse_presence))
+                dis = Call(f"DIS/{i}/{j}", prompt, [refs[i], output], rules.parse_presence, batch=len(calls))
+                calls.append(dis)
     return calls
 
 

@@ -36,12 +36,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Call:
-    """One judge request of a case. `name` is "PF", "SC" or "DIS/<image>/<subject>"."""
+    """One judge request of a case. `name` is "PF", "SC" or "DIS/<image>/<subject>"; calls with the same
+    `batch` are sent together before their replies are read (PF and SC, as the authors' scorers do)."""
 
     name: str
     prompt: str
     images: list[Image.Image]
     parse: Callable[[str], Any]
+    batch: int = 0
 
 
 # build_calls(case, refs (prepared, RGB), output image, prompts, rules) -> calls
@@ -96,6 +98,50 @@ def call_tag(rnd: int, scoring: int, case: BenchmarkCase, call: Call) -> str:
     return f"round{rnd}/scoring{scoring}/{case.uid}/{call.name}"
 
 
+def _batches(calls: list[Call]) -> list[list[Call]]:
+    """Calls grouped by ``Call.batch`` in order: a batch is sent whole before its replies are read."""
+    out: list[list[Call]] = []
+    for call in calls:
+        if out and out[-1][0].batch == call.batch:
+            out[-1].append(call)
+        else:
+            out.append([call])
+    return out
+
+
+def send_case(
+    client: JudgeClient,
+    calls: list[Call],
+    tag: Callable[[Call], str],
+    scoring: int,
+    rules: JudgingRules = OURS,
+) -> tuple[dict[str, JudgeResult], dict[str, JudgeResult]]:
+    """The protocol's tries of one case -> ({call name: last readable reply}, {call name: last failure}).
+
+    In each try the batches are sent in order (every call of a batch before any reply is read); replies
+    are read in call order and an unreadable one ends the try (no later batch is sent). A try whose
+    replies all read ends the case unless ``rules.every_try`` (OmniGen2's loop without a ``break``)."""
+    results: dict[str, JudgeResult] = {}
+    errors: dict[str, JudgeResult] = {}
+    for k in range(rules.tries):
+        complete = True
+        for batch in _batches(calls):
+            replies = [
+                client.judge(c.prompt, c.images, c.parse, scoring_round=scoring, tag=tag(c), send=k)
+                for c in batch
+            ]
+            for call, res in zip(batch, replies):
+                if not res.ok:
+                    errors[call.name], complete = res, False
+                    break
+                results[call.name] = res
+            if not complete:
+                break
+        if complete and not rules.every_try:
+            break
+    return results, errors
+
+
 def _score_one(
     client: JudgeClient,
     case: BenchmarkCase,
@@ -108,8 +154,7 @@ def _score_one(
     make_record: RecordMaker,
     rules: JudgingRules = OURS,
 ) -> dict:
-    """Judge one case of one group -> record (always has key/task_type; "failed" when it did not work).
-    With ``rules.sends`` > 1 every request is sent that many times and the last usable reply is kept."""
+    """Judge one case of one group -> record (always has key/task_type; "failed" when it did not work)."""
     base = {"key": case.key, "task_type": case.task_type, "instruction": case.instruction}
     if case.subject_label is not None:
         base["subject_label"] = case.subject_label
@@ -119,25 +164,10 @@ def _score_one(
     except ValueError as e:
         return {**base, "failed": str(e)}
     calls = build_calls(case, refs, output, prompts, rules)
-    results: dict[str, JudgeResult] = {}
-    errors: dict[str, JudgeResult] = {}
-    for k in range(rules.sends):
-        # one try of the protocol: with several sends (OmniGen2's loop without a break) every request of the
-        # case is sent, then the replies are read in order and a reply that cannot be read ends this try's
-        # reading; a later try's readable reply replaces an earlier one. One send: stop at the first failure.
-        reading = True
-        for call in calls:
-            tag = call_tag(rnd, scoring, case, call)
-            res = client.judge(call.prompt, call.images, call.parse, scoring_round=scoring, tag=tag, send=k)
-            if reading and res.ok:
-                results[call.name] = res
-            elif not res.ok:
-                errors[call.name], reading = res, False
-                if rules.sends == 1:
-                    break
+    results, errors = send_case(client, calls, lambda c: call_tag(rnd, scoring, case, c), scoring, rules)
     for call in calls:
         if call.name not in results:
-            res = errors[call.name] if call.name in errors else next(iter(errors.values()))
+            res = errors.get(call.name) or next(iter(errors.values()))
             return {**base, "failed": f"{call.name}: {res.error} (after {res.attempts} attempt(s))"}
     return {**base, **make_record(case, results)}
 
@@ -152,9 +182,10 @@ def iter_jobs(
     scorings: int = 1,
     rules: JudgingRules = OURS,
 ) -> Iterator[JudgeJob | None]:
-    """Every judge request ``score_benchmark`` makes, in its order, as a ``JudgeJob``; ``None`` once per
-    judging pass of a case whose images cannot be read (it makes no request). For ``--dry_run`` and the
-    Batch API (eval/judge/run_modes.py, eval/judge/batch.py)."""
+    """Every judge request ``score_benchmark`` makes when every reply reads, in its order, as a ``JudgeJob``
+    (all tries with ``rules.every_try``, else the first); ``None`` once per judging pass of a case whose
+    images cannot be read (it makes no request). For ``--dry_run`` and the Batch API
+    (eval/judge/run_modes.py, eval/judge/batch.py)."""
     for rnd, image_dir in round_dirs(result_dir, rounds):
         for case in cases:
             try:
@@ -165,7 +196,7 @@ def iter_jobs(
             for s in range(scorings):
                 for call in build_calls(case, refs, output, prompts, rules):
                     tag = call_tag(rnd, s, case, call)
-                    for k in range(rules.sends):
+                    for k in range(rules.tries if rules.every_try else 1):
                         yield JudgeJob(call.prompt, call.images, call.parse, scoring_round=s, tag=tag, send=k)
 
 

@@ -166,6 +166,14 @@ def run_cli(
         log.error("%s", e)
         return EXIT_FATAL
     rules = judging_rules(args.protocol, protocol.upstream if protocol else None)
+    if args.batch_api and rules.tries > 1 and not rules.every_try:
+        # the Batch API asks again only the request whose reply did not read; this protocol would send the
+        # whole case again, so its numbers would not be the authors'
+        log.error(
+            "--batch_api cannot follow the %s protocol's whole-case re-sends: judge live (without --batch_api)",
+            rules.name,
+        )
+        return EXIT_FATAL
     client = JudgeClient(
         model=args.judge_model,
         base_url=args.base_url,
@@ -183,7 +191,7 @@ def run_cli(
         image_format=args.image_format,
         jpeg_quality=protocol.request.jpeg_quality if protocol else 75,
         body_style="requests" if protocol else "sdk",  # the authors' client posts with `requests`
-        retry_unparseable=rules.sends == 1,  # repeated sends are the protocol's own re-asking
+        retry_unparseable=rules.tries == 1,  # the protocol's own tries are its re-asking
     )
     jobs = iter_jobs(
         kept, benchmark_dir, Path(args.result_dir), prompts, build_calls, args.rounds, args.scorings, rules

@@ -162,3 +162,74 @@ def test_omnigen2_sends_each_request_three_times_and_keeps_the_last_readable(tmp
                    "--authors_repo", str(standins["omnigen2"]), "--authors_upstream", "omnigen2") == 0  # fmt: skip
         assert len(srv.requests) == 1
     assert json.loads((tmp_path / "out" / "round0" / "scoring0" / "score.jsonl").read_text()) == rec
+
+
+# ------------------------------------------------------------------ Scone's whole-case tries
+def their_scone_case(ask, dis_subjects):
+    """Scone's BenchScore.evaluate as documented: up to 3 tries; each sends PF and SC, reads both, then asks
+    each presence question in turn and reads it; any unreadable reply starts the next try with every
+    request again; the first try whose replies all read ends the loop. ask(kind) -> reply text."""
+    for _ in range(3):
+        try:
+            pf, sc = ask("PF"), ask("SC")
+            values = {"PF": their_score(pf), "SC": their_score(sc)}
+            values["DIS"] = [their_presence(ask(f"DIS/{s}")) for s in dis_subjects]
+            return values
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None  # their assertion fails: the case has no scores
+
+
+SCONE_SCRIPTS = {  # per request kind, the k-th time it is asked gets the k-th reply
+    "dis_unreadable_once": {"PF": ["7", "8"], "SC": ["6", "5"], "DIS/red": ["1", "1"], "DIS/blue": ["?", "0"]},
+    "sc_unreadable_twice": {"PF": ["7", "8", "9"], "SC": ["x", "y", "4"], "DIS/red": ["0"], "DIS/blue": ["1"]},
+    "never_readable": {"PF": ["x", "y", "z"], "SC": ["6", "6", "6"], "DIS/red": [], "DIS/blue": []},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SCONE_SCRIPTS)
+def test_scone_resends_the_whole_case_like_their_loop(tmp_path, standins, name):  # noqa: F811
+    script = SCONE_SCRIPTS[name]
+
+    def kind(payload):
+        text = prompt_text(payload)
+        if "Subject description" in text:
+            return "DIS/red" if "red" in text else "DIS/blue"
+        return "PF" if "Rate PF" in text else "SC"
+
+    asked = Counter()
+
+    def ask(k):
+        asked[k] += 1
+        return script[k][asked[k] - 1]
+
+    expected = their_scone_case(ask, ["red", "blue"])
+    expected_asked, seen = dict(asked), Counter()
+
+    def reply(payload):
+        k = kind(payload)
+        seen[k] += 1
+        return Reply(script[k][seen[k] - 1])
+
+    case = {"key": "d1", "task_type": "distinction_single_cross", "instruction": "a red cat",
+            "input_images": ["a.jpg"], "subject_list": [["red", "blue"]], "subject_label": [[1, 0]]}  # fmt: skip
+    bench, res = make_bench(tmp_path, [case])
+    with FakeJudgeServer(reply) as srv:
+        code = run(sconeeval.main, bench, res, tmp_path / "out", srv,
+                   "--protocol", "authors", "--authors_repo", str(standins["scone"]))  # fmt: skip
+    assert dict(seen) == expected_asked  # the same requests, the same number of times
+    rec = json.loads((tmp_path / "out" / "round0" / "scoring0" / "score.jsonl").read_text())
+    if expected is None:
+        assert code == 1 and "failed" in rec
+    else:
+        assert code == 0 and (rec["PF_score"], rec["SC_score"]) == (expected["PF"], expected["SC"])
+        assert rec["DIS_pred"] == [expected["DIS"]]
+
+
+def test_batch_api_refuses_scones_whole_case_resends(tmp_path, standins, caplog):  # noqa: F811
+    bench, res = make_bench(tmp_path, CASES[:1])
+    with FakeJudgeServer(lambda payload: Reply("7")) as srv:
+        code = run(sconeeval.main, bench, res, tmp_path / "out", srv, "--batch_api",
+                   "--protocol", "authors", "--authors_repo", str(standins["scone"]))  # fmt: skip
+        assert code == 2 and not srv.requests
+    assert "whole-case re-sends" in caplog.text

@@ -6,10 +6,17 @@ evaluator followed (eval/authors_protocol.py holds their prompts and request set
 
 * ``scone`` (Ryann-Ran/Scone, SconeEval and its OmniContext copy): the scene SC rubric when the task type
   names a scene *or* the record's ``case_type`` contains "S" (for OmniContext too); replies read by their
-  parser (eval/judge/authors_parsing.py: the first standalone 0/1 of a presence reply).
+  parser (eval/judge/authors_parsing.py: the first standalone 0/1 of a presence reply); a case gets up
+  to three tries, and a reply that cannot be read sends every request of the case again (their retry
+  loop covers the whole case and breaks after the first try whose replies all read).
 * ``omnigen2`` (VectorSpaceLab/OmniGen2, OmniContext's original evaluator): references decoded with their
   EXIF orientation and resized in their stored mode; every PF/SC request sent three times per judging
-  pass (their retry loop has no ``break``), the last usable reply kept.
+  pass (their retry loop has no ``break``), the last readable reply kept.
+
+In every try the requests of one batch (PF and SC) are all sent before their replies are read; replies
+are read in order, an unreadable one ends the try's reading (and no later batch is sent), and each request
+keeps the last readable reply any try got. Our own protocol has one try: the judge client asks again
+for an unreadable reply itself (``--max_retries``).
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ class JudgingRules:
     parse_score: Callable[[str], tuple[float, str]]  # PF/SC reply -> (score in [0, 10], reasoning)
     parse_presence: Callable[[str], int]  # presence reply -> 0 / 1
     scene_rubric: dict[str, Callable[[BenchmarkCase], bool]]  # benchmark -> does this case get scene SC?
-    sends: int = 1  # times each request is sent per judging pass; the last usable reply is kept
+    tries: int = 1  # times the requests of a case may be sent per judging pass (the authors' retry loop)
+    every_try: bool = False  # True: all tries are sent even after one whose replies all read (no break)
 
 
 OURS = JudgingRules(
@@ -57,6 +65,7 @@ AUTHORS = {
         authors_score_reason,
         authors_presence,
         {"omnicontext": scene_by_task_or_case_type, "sconeeval": scene_by_task_or_case_type},
+        tries=3,
     ),
     "omnigen2": JudgingRules(
         "omnigen2",
@@ -64,7 +73,8 @@ AUTHORS = {
         authors_score_reason,
         authors_presence,
         {"omnicontext": scene_by_task_type},
-        sends=3,
+        tries=3,
+        every_try=True,
     ),
 }
 
