@@ -93,8 +93,8 @@ class FakeJudgeServer:
     """Chat completions, plus the Batch API's files and batches endpoints: an uploaded batch stays
     ``in_progress`` until ``finish_batches()`` answers its lines with the responder."""
 
-    def __init__(self, responder: Callable[[dict], Reply]):
-        self.responder = responder
+    def __init__(self, responder: Callable[[dict], Reply], port: int = 0):
+        self.responder, self.port = responder, port  # port 0: any free port
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.requests: list[dict] = []
@@ -232,7 +232,7 @@ class FakeJudgeServer:
         return n
 
     def start(self) -> str:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
