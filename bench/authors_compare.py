@@ -132,10 +132,24 @@ def make_references(folder: Path, rng: np.random.Generator) -> list[str]:
     return names
 
 
-SCONEEVAL_TYPES = ["composition_single", "composition_multi", "distinction_single_cross",
-                   "distinction_single_intra", "distinction_multi_cross", "distinction_multi_intra"]  # fmt: skip
-OMNICONTEXT_TYPES = ["single_character", "single_object", "multi_character", "multi_object",
-                     "multi_character_object", "scene_character", "scene_object", "scene_character_object"]  # fmt: skip
+SCONEEVAL_TYPES = [
+    "composition_single",
+    "composition_multi",
+    "distinction_single_cross",
+    "distinction_single_intra",
+    "distinction_multi_cross",
+    "distinction_multi_intra",
+]
+OMNICONTEXT_TYPES = [
+    "single_character",
+    "single_object",
+    "multi_character",
+    "multi_object",
+    "multi_character_object",
+    "scene_character",
+    "scene_object",
+    "scene_character_object",
+]
 
 
 def make_cases(task_types: list[str], refs: list[str], per_type: int, rng: np.random.Generator) -> list[dict]:
@@ -145,9 +159,14 @@ def make_cases(task_types: list[str], refs: list[str], per_type: int, rng: np.ra
         for i in range(per_type):
             n = 1 if "single" in t else 2
             chosen = [refs[int(k)] for k in rng.choice(len(refs), n, replace=False)]
-            case = {"key": f"{t}_{i}", "task_type": t, "instruction": f"{t.replace('_', ' ')} number {i}",
-                    "instruction_language": "en", "input_images": chosen,
-                    "case_type": "2OS" if i % 2 else "1O"}  # fmt: skip
+            case = {
+                "key": f"{t}_{i}",
+                "task_type": t,
+                "instruction": f"{t.replace('_', ' ')} number {i}",
+                "instruction_language": "en",
+                "input_images": chosen,
+                "case_type": "2OS" if i % 2 else "1O",
+            }
             if t.startswith("distinction"):
                 case["subject_list"] = [[f"red thing {i}", f"blue thing {i}"] for _ in chosen]
                 case["subject_label"] = [[1, 0] for _ in chosen]
@@ -194,8 +213,17 @@ class Sides:
 
     def ours(self, module: str, argv: list[str]) -> None:
         env = {**os.environ, "OPENAI_API_KEY": "local", "PSR_JUDGE_API_KEY": "psr"}
-        cmd = [sys.executable, "-m", module, *argv, "--base_url", self.url, "--max_concurrency", "1",
-               "--no_progress"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            module,
+            *argv,
+            "--base_url",
+            self.url,
+            "--max_concurrency",
+            "1",
+            "--no_progress",
+        ]
         out = subprocess.run(cmd, cwd=self.repo_root, env=env, capture_output=True, text=True)
         if out.returncode not in (0, 1):
             raise RuntimeError(f"{module} failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -260,19 +288,53 @@ def compare_scone(sides: Sides, work: Path, bench: str, cases: list[dict], passe
     scripts = Path(args.scone_repo) / "eval" / "s2i" / "sconeeval"
     sides._fresh()
     for _ in range(passes):  # their test_score.py judges one pass per run (score_try1, 2, 3)
-        sides.theirs([str(scripts / "test_score.py"), "--benchmark", bench, "--result_dir", str(work / bench / "theirs_results"),
-                      "--model_name", MODEL, "--max_workers", "1", "--test_data", str(data / "data.jsonl"),
-                      "--test_image_dir", str(data), "--openai_url", f"{sides.url}/chat/completions",
-                      "--openai_key", "local", "--save_dir", str(work / bench / "theirs_scores")], cwd=scripts)  # fmt: skip
+        sides.theirs(
+            [
+                str(scripts / "test_score.py"),
+                "--benchmark",
+                bench,
+                "--result_dir",
+                str(work / bench / "theirs_results"),
+                "--model_name",
+                MODEL,
+                "--max_workers",
+                "1",
+                "--test_data",
+                str(data / "data.jsonl"),
+                "--test_image_dir",
+                str(data),
+                "--openai_url",
+                f"{sides.url}/chat/completions",
+                "--openai_key",
+                "local",
+                "--save_dir",
+                str(work / bench / "theirs_scores"),
+            ],
+            cwd=scripts,
+        )
     theirs_bodies = sides.bodies()
     score_dirs = [work / bench / "theirs_scores" / MODEL / f"score_try{i + 1}" for i in range(passes)]
     theirs_tables = their_tables(args.authors_python, scripts / "calculate_statistics.py", score_dirs, None)
     sides._fresh()
     module = "eval.sconeeval" if bench == "sconeeval" else "eval.omnicontext"
     out = work / bench / "ours"
-    sides.ours(module, ["--benchmark_dir", str(data), "--result_dir", str(work / bench / "ours_results"),
-                        "--output_dir", str(out), "--scorings", str(passes), "--protocol", "authors",
-                        "--authors_repo", args.scone_repo])  # fmt: skip
+    sides.ours(
+        module,
+        [
+            "--benchmark_dir",
+            str(data),
+            "--result_dir",
+            str(work / bench / "ours_results"),
+            "--output_dir",
+            str(out),
+            "--scorings",
+            str(passes),
+            "--protocol",
+            "authors",
+            "--authors_repo",
+            args.scone_repo,
+        ],
+    )
     return _verdict(
         f"Scone {bench}, {passes} pass(es)", theirs_bodies, sides.bodies(), theirs_tables, out, len(cases)
     )
@@ -282,10 +344,24 @@ def compare_omnigen2(sides: Sides, work: Path, cases: list[dict]) -> dict:
     args = sides.args
     data = work / "omnigen2" / "data"
     sides._fresh()
-    sides.theirs(["omnicontext/test_omnicontext_score.py", "--result_dir", str(work / "omnigen2" / "theirs"),
-                  "--openai_url", f"{sides.url}/chat/completions", "--openai_key", "local",
-                  "--test_data", str(data / "hf"), "--model_name", MODEL, "--max_workers", "1"],
-                 cwd=Path(args.omnigen2_repo))  # fmt: skip
+    sides.theirs(
+        [
+            "omnicontext/test_omnicontext_score.py",
+            "--result_dir",
+            str(work / "omnigen2" / "theirs"),
+            "--openai_url",
+            f"{sides.url}/chat/completions",
+            "--openai_key",
+            "local",
+            "--test_data",
+            str(data / "hf"),
+            "--model_name",
+            MODEL,
+            "--max_workers",
+            "1",
+        ],
+        cwd=Path(args.omnigen2_repo),
+    )
     theirs_bodies = sides.bodies()
     stats = Path(args.omnigen2_repo) / "omnicontext" / "calculate_statistics.py"
     theirs_tables = their_tables(
@@ -293,9 +369,23 @@ def compare_omnigen2(sides: Sides, work: Path, cases: list[dict]) -> dict:
     )
     sides._fresh()
     out = work / "omnigen2" / "ours"
-    sides.ours("eval.omnicontext", ["--benchmark_dir", str(data), "--result_dir", str(work / "omnigen2" / "ours_results"),
-                                    "--output_dir", str(out), "--protocol", "authors", "--authors_upstream", "omnigen2",
-                                    "--authors_repo", args.omnigen2_repo])  # fmt: skip
+    sides.ours(
+        "eval.omnicontext",
+        [
+            "--benchmark_dir",
+            str(data),
+            "--result_dir",
+            str(work / "omnigen2" / "ours_results"),
+            "--output_dir",
+            str(out),
+            "--protocol",
+            "authors",
+            "--authors_upstream",
+            "omnigen2",
+            "--authors_repo",
+            args.omnigen2_repo,
+        ],
+    )
     return _verdict("OmniGen2 OmniContext", theirs_bodies, sides.bodies(), theirs_tables, out, len(cases))
 
 
@@ -305,26 +395,58 @@ def compare_psr(sides: Sides, work: Path, results: Path, data_root: Path) -> dic
     sides._fresh()
     theirs_tables = {}
     for subset, stem in SEMANTIC_PROMPTS.items():
-        stdout = sides.theirs([str(scripts / f"{stem}-alignment.py"), "--json_path", str(results / f"{subset}.json"),
-                               "--data_root", str(data_root)], cwd=scripts)  # fmt: skip
+        stdout = sides.theirs(
+            [
+                str(scripts / f"{stem}-alignment.py"),
+                "--json_path",
+                str(results / f"{subset}.json"),
+                "--data_root",
+                str(data_root),
+            ],
+            cwd=scripts,
+        )
         line = [x for x in stdout.splitlines() if x.startswith("final score:")][-1]
         theirs_tables[f"{subset}.semantic"] = float(line.split(":", 1)[1])
     theirs_bodies = sides.bodies()
     sides._fresh()
     out = work / "psr" / "ours"
-    sides.ours("eval.psrbench.evaluate", ["--data_root", str(data_root), "--results_dir", str(results),
-                                          "--save_dir", str(out), "--metrics", "semantic", "--protocol", "authors",
-                                          "--authors_repo", args.psr_repo, "--subsets", *SEMANTIC_PROMPTS])  # fmt: skip
+    sides.ours(
+        "eval.psrbench.evaluate",
+        [
+            "--data_root",
+            str(data_root),
+            "--results_dir",
+            str(results),
+            "--save_dir",
+            str(out),
+            "--metrics",
+            "semantic",
+            "--protocol",
+            "authors",
+            "--authors_repo",
+            args.psr_repo,
+            "--subsets",
+            *SEMANTIC_PROMPTS,
+        ],
+    )
     summary = json.loads((out / "summary.json").read_text())
     ours = {f"{s}.semantic": summary["subsets"][s]["semantic"] for s in SEMANTIC_PROMPTS}
     worst, missing = table_diff(theirs_tables, ours)
     return _bodies_verdict("PSR semantic alignment", theirs_bodies, sides.bodies()) | {
-        "numbers": len(theirs_tables), "max_abs_diff": worst, "missing": missing}  # fmt: skip
+        "numbers": len(theirs_tables),
+        "max_abs_diff": worst,
+        "missing": missing,
+    }
 
 
 def _bodies_verdict(name: str, theirs: Counter, ours: Counter) -> dict:
-    return {"upstream": name, "requests_theirs": sum(theirs.values()), "requests_ours": sum(ours.values()),
-            "distinct_bodies": len(theirs), "bodies_identical": theirs == ours}  # fmt: skip
+    return {
+        "upstream": name,
+        "requests_theirs": sum(theirs.values()),
+        "requests_ours": sum(ours.values()),
+        "distinct_bodies": len(theirs),
+        "bodies_identical": theirs == ours,
+    }
 
 
 def _verdict(
@@ -337,8 +459,12 @@ def _verdict(
         worst, missing = max(worst, w), missing + m
     failed = json.loads((out / "scores.json").read_text())["cases"]["failed"]
     return _bodies_verdict(name, theirs_bodies, ours_bodies) | {
-        "numbers": sum(len(t) for t in theirs_tables), "max_abs_diff": worst, "missing": missing,
-        "our_failed_cases": failed, "cases": n}  # fmt: skip
+        "numbers": sum(len(t) for t in theirs_tables),
+        "max_abs_diff": worst,
+        "missing": missing,
+        "our_failed_cases": failed,
+        "cases": n,
+    }
 
 
 def build(work: Path) -> dict:
@@ -370,8 +496,10 @@ def build(work: Path) -> dict:
         for i in range(4):
             n = SUBSET_SUBJECTS[subset]
             cats = [f"thing{(i + k) % 5}" for k in range(n)]
-            rec = {"instruction": f"{subset.lower()} case {i}: " + ", ".join(cats),
-                   "input_path": [f"subjects/{refs[(i + k) % len(refs)]}" for k in range(n)]}  # fmt: skip
+            rec = {
+                "instruction": f"{subset.lower()} case {i}: " + ", ".join(cats),
+                "input_path": [f"subjects/{refs[(i + k) % len(refs)]}" for k in range(n)],
+            }
             rec.update({f"category{k + 1}": c for k, c in enumerate(cats)})
             records.append(rec)
             out = results / subset / f"{i}.png"
@@ -434,9 +562,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         same = r["bodies_identical"] and not r["missing"] and r["max_abs_diff"] <= 1e-9
         ok &= same
-        print(f"| {r['upstream']} | {r['requests_theirs']} / {r['requests_ours']} | {r['distinct_bodies']} | "
-              f"{'yes' if r['bodies_identical'] else 'NO'} | {r['numbers']}"
-              f"{' (missing: ' + ', '.join(r['missing'][:5]) + ')' if r['missing'] else ''} | {r['max_abs_diff']:.2e} |")  # fmt: skip
+        print(
+            f"| {r['upstream']} | {r['requests_theirs']} / {r['requests_ours']} | {r['distinct_bodies']} | "
+            f"{'yes' if r['bodies_identical'] else 'NO'} | {r['numbers']}"
+            f"{' (missing: ' + ', '.join(r['missing'][:5]) + ')' if r['missing'] else ''} | {r['max_abs_diff']:.2e} |"
+        )
     (work / "comparison.json").write_text(json.dumps(rows, indent=1))
     return 0 if ok and all(math.isfinite(r["max_abs_diff"]) for r in rows) else 1
 

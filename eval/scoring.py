@@ -223,7 +223,7 @@ def score_benchmark(
     records: list[dict | None] = [None] * len(units)
     bar = tqdm(total=len(units), desc=f"score {bench.name}", disable=not progress, dynamic_ncols=True)
     # cases run concurrently; the client's semaphore bounds the requests actually in flight
-    with ThreadPoolExecutor(max_workers=client.max_concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=client.settings.max_concurrency) as pool:
         futures = [
             pool.submit(
                 _score_one, client, c, benchmark_dir, d, r, s, prompts, build_calls, make_record, rules

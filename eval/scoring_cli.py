@@ -28,6 +28,7 @@ from eval.judge.prompts import PromptSet
 from eval.judge.provenance import judge_record, provenance_markdown
 from eval.judge.rules import judging_rules
 from eval.judge.run_modes import add_run_mode_args, describe_plan, plan_requests
+from eval.judge.settings import REQUEST_FLAGS, JudgeSettings, add_judge_args, settings_from_args
 from eval.scoring import CallBuilder, RecordMaker, iter_jobs, score_benchmark
 
 log = logging.getLogger("eval.scoring")
@@ -52,60 +53,25 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--rounds", type=int, default=None, help="sampling rounds to read (default: autodetect)")
     p.add_argument("--scorings", type=int, default=1, help="independent judging passes per round (paper: 3)")
     add_protocol_args(p, "the authors' repository (Ryann-Ran/Scone or VectorSpaceLab/OmniGen2)")
-    p.add_argument(
-        "--judge_model",
-        default=None,
-        help="e.g. gpt-4.1-2025-04-14 (pin a snapshot); default gpt-4.1, or the authors' with --protocol authors",
-    )
-    p.add_argument("--base_url", default=None, help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
-    p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the key")
-    p.add_argument("--max_concurrency", type=int, default=8)
-    p.add_argument("--max_retries", type=int, default=5)
-    p.add_argument("--timeout", type=float, default=180.0)
-    p.add_argument(
-        "--temperature", type=float, default=None, help="default 0; negative: do not send a temperature"
-    )
-    p.add_argument("--seed", type=int, default=None, help="default 0; negative: do not send a seed")
-    p.add_argument("--max_tokens", type=int, default=None, help="default 1400")
-    p.add_argument("--backoff_base", type=float, default=1.0)
-    p.add_argument("--backoff_max", type=float, default=60.0)
-    p.add_argument(
-        "--retry_after_max",
-        type=float,
-        default=300.0,
-        help="longest wait a server's Retry-After may ask for (it overrides --backoff_max up to this)",
-    )
-    p.add_argument(
-        "--image_format",
-        choices=("png", "jpeg"),
-        default=None,
-        help="default png; jpeg = upstream's encoding",
-    )
-    p.add_argument("--cache_dir", default=None, help="default: {output_dir}/judge_cache")
+    add_judge_args(p)
     p.add_argument("--prompt_dir", default=None, help="folder with template files overriding eval/prompts/")
     p.add_argument("--task_types", nargs="*", default=None, help="only these task types (default: all)")
     p.add_argument("--no_progress", action="store_true")
     add_run_mode_args(p)
 
 
-_OURS = {"judge_model": "gpt-4.1", "temperature": 0.0, "seed": 0, "max_tokens": 1400, "image_format": "png"}
+OURS_REQUEST = JudgeSettings()  # gpt-4.1, temperature 0, seed 0 (+ pass), max_tokens 1400, PNG
 
 
-def _prompts_and_protocol(args: argparse.Namespace, bench: str) -> tuple[PromptSet, AuthorsProtocol | None]:
-    """The prompt set and, with ``--protocol authors``, the authors' protocol; fills in the request
-    settings left unset on the command line (``args`` is updated, so that scores.json records them)."""
+def _prompts_and_protocol(
+    args: argparse.Namespace, bench: str
+) -> tuple[PromptSet, AuthorsProtocol | None, JudgeSettings]:
+    """The prompt set, with ``--protocol authors`` the authors' protocol, and the judge settings: the
+    protocol's request with the flags given on the command line (flags the authors' files set are errors)."""
     if args.protocol == "ours":
-        for k, v in _OURS.items():
-            if getattr(args, k) is None:
-                setattr(args, k, v)
-        return PromptSet(bench, args.prompt_dir), None
-    clash = [
-        f"--{k}"
-        for k in ("temperature", "seed", "max_tokens", "image_format", "prompt_dir")
-        if getattr(args, k) is not None
-    ]
-    if clash:
-        raise ValueError(f"{', '.join(clash)}: set by the authors' files with --protocol authors")
+        return PromptSet(bench, args.prompt_dir), None, settings_from_args(args, OURS_REQUEST)
+    if args.prompt_dir is not None:
+        raise ValueError("--prompt_dir: set by the authors' files with --protocol authors")
     protocol = load_judge_protocol(
         bench,
         args.authors_upstream,
@@ -114,17 +80,22 @@ def _prompts_and_protocol(args: argparse.Namespace, bench: str) -> tuple[PromptS
         args.authors_url,
     )
     req = protocol.request
-    if args.judge_model is None:
-        args.judge_model = req.model
-    elif args.judge_model != req.model:
+    if args.judge_model is not None and args.judge_model != req.model:
         log.warning("--judge_model %s replaces the authors' %s in the requests", args.judge_model, req.model)
-    # the authors' client sends neither temperature nor seed when its files name none (-1 = "not sent")
-    args.temperature = -1.0 if req.temperature is None else float(req.temperature)
-    args.seed = -1
-    args.max_tokens, args.image_format = req.max_tokens, req.image_format
+    # the authors' client sends neither temperature nor seed when its files name none, and posts with `requests`
+    request = JudgeSettings(
+        model=req.model,
+        temperature=req.temperature,
+        seed=None,
+        max_tokens=req.max_tokens,
+        image_format=req.image_format,
+        jpeg_quality=req.jpeg_quality,
+        body_style="requests",
+    )
+    settings = settings_from_args(args, request, fixed=tuple(REQUEST_FLAGS))
     for role, src in protocol.sources.items():
         log.info("authors' %s: %s (sha256 %s)", role, src["file"], src["sha256"][:12])
-    return PromptSet.from_texts(bench, protocol.templates, protocol.sources), protocol
+    return PromptSet.from_texts(bench, protocol.templates, protocol.sources), protocol, settings
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -161,7 +132,7 @@ def run_cli(
     for p in problems:
         log.error("invalid case %s", p)
     try:
-        prompts, protocol = _prompts_and_protocol(args, bench.name)
+        prompts, protocol, settings = _prompts_and_protocol(args, bench.name)
     except (FileNotFoundError, ValueError, AuthorsProtocolError) as e:
         log.error("%s", e)
         return EXIT_FATAL
@@ -174,31 +145,15 @@ def run_cli(
             rules.name,
         )
         return EXIT_FATAL
-    client = JudgeClient(
-        model=args.judge_model,
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-        cache_dir=args.cache_dir or output_dir / "judge_cache",
-        max_concurrency=args.max_concurrency,
-        max_retries=args.max_retries,
-        timeout=args.timeout,
-        temperature=None if args.temperature < 0 else args.temperature,
-        seed=None if args.seed < 0 else args.seed,
-        max_tokens=args.max_tokens,
-        backoff_base=args.backoff_base,
-        backoff_max=args.backoff_max,
-        retry_after_max=args.retry_after_max,
-        image_format=args.image_format,
-        jpeg_quality=protocol.request.jpeg_quality if protocol else 75,
-        body_style="requests" if protocol else "sdk",  # the authors' client posts with `requests`
-        retry_unparseable=rules.tries == 1,  # the protocol's own tries are its re-asking
-    )
+    # the protocol's own tries are its re-asking
+    settings = settings.with_(retry_unparseable=rules.tries == 1)
+    client = JudgeClient(settings, cache_dir=args.cache_dir or output_dir / "judge_cache")
     jobs = iter_jobs(
         kept, benchmark_dir, Path(args.result_dir), prompts, build_calls, args.rounds, args.scorings, rules
     )
     if args.dry_run:
         plan = plan_requests(client, jobs, args.completion_tokens)
-        print(describe_plan(plan, args))
+        print(describe_plan(plan, args, settings.model))
         return EXIT_OK
     started = time.time()
     code = EXIT_OK
@@ -211,7 +166,7 @@ def run_cli(
         )
 
     def ledger_line() -> dict:
-        return {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()}
+        return {"time": started, "judge_model": settings.model, **client.usage.as_dict()}
 
     live = LiveLedgerFile(output_dir, ledger_line).start()
     # SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so that the ledger line below is written
@@ -268,9 +223,7 @@ def run_cli(
         log.info("judge usage: %s", json.dumps(usage))
     if result is None:
         return code
-    settings = {"base_url": args.base_url, "temperature": args.temperature, "seed": args.seed}
-    settings.update(image_format=args.image_format, max_tokens=args.max_tokens)
-    judge = judge_record(args.judge_model, client.served_models, args.protocol, prompts.sources, **settings)
+    judge = judge_record(client.served_models, args.protocol, prompts.sources, settings)
     extra = {
         "judge": judge,
         "protocol": args.protocol,

@@ -217,7 +217,8 @@ def test_sconeeval_requests_equal_the_authors(tmp_path, standins):
     assert ours == authors_requests(bench, res, CASES, rubric)  # same keys, order, text and image bytes
     scores = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert scores["protocol"] == "authors" and scores["authors_upstream"] == "scone"
-    assert scores["judge"]["temperature"] == -1 and scores["judge"]["image_format"] == "jpeg"
+    assert scores["judge"]["temperature"] is None and scores["judge"]["seed"] is None  # not sent
+    assert scores["judge"]["image_format"] == "jpeg" and scores["judge"]["body_style"] == "requests"
     src = scores["prompts"]["sconeeval_pf"]["prompts"]
     assert src["file"].startswith("Ryann-Ran/Scone@0123456:") and len(src["sha256"]) == 64
 

@@ -13,6 +13,7 @@ from PIL import Image
 from eval.judge.client import JudgeClient, JudgeFatalError, JudgeJob
 from eval.judge.images import resize_reference
 from eval.judge.parsing import parse_binary, parse_score_json, parse_score_reason
+from eval.judge.settings import JudgeSettings
 from tests.fake_judge_server import FakeJudgeServer, Reply, ScriptedResponder, image_urls, prompt_text
 
 KEY = "sk-test-SECRET-123456"
@@ -23,12 +24,11 @@ def _img(color=(200, 10, 10), size=(24, 16)):
     return Image.new("RGB", size, color)
 
 
-def _client(server, tmp_path=None, **kw):
-    opts = dict(base_url=server.base_url, api_key=KEY, backoff_base=0.001, backoff_max=0.01, timeout=5.0)
-    if tmp_path is not None:
-        opts["cache_dir"] = tmp_path / "cache"
+def _client(server, tmp_path=None, api_key=KEY, **kw):
+    opts = dict(base_url=server.base_url, backoff_base=0.001, backoff_max=0.01, timeout=5.0)
     opts.update(kw)
-    return JudgeClient(**opts)
+    cache = tmp_path / "cache" if tmp_path is not None else None
+    return JudgeClient(JudgeSettings(**opts), api_key=api_key, cache_dir=cache)
 
 
 # ----------------------------------------------------------------------------- parsers
@@ -142,9 +142,8 @@ def test_retry_then_success(first, kind):
 
 
 def test_connection_error_is_retried_then_reported():
-    c = JudgeClient(
-        base_url="http://127.0.0.1:9/v1", api_key=KEY, max_retries=2, backoff_base=0.001, timeout=1
-    )
+    settings = JudgeSettings(base_url="http://127.0.0.1:9/v1", max_retries=2, backoff_base=0.001, timeout=1)
+    c = JudgeClient(settings, api_key=KEY)
     r = c.judge("p", [_img()], parse_score_json)
     assert not r.ok and r.attempts == 3 and "connection" in r.error
     assert c.usage.as_dict()["errors"] == {"connection": 3}
@@ -284,12 +283,16 @@ def test_missing_key_is_fatal_only_when_a_call_is_needed(tmp_path, monkeypatch):
     with FakeJudgeServer(ScriptedResponder(default=lambda p: Reply(SCORE))) as srv:
         warm = _client(srv, tmp_path)
         assert warm.judge("p", [_img()], parse_score_json).ok
-        cold = JudgeClient(base_url=srv.base_url, api_key_env="MY_JUDGE_KEY", cache_dir=tmp_path / "cache")
+        cold = JudgeClient(
+            JudgeSettings(base_url=srv.base_url, api_key_env="MY_JUDGE_KEY"), cache_dir=tmp_path / "cache"
+        )
         assert cold.judge("p", [_img()], parse_score_json).cached  # cached: no key needed
         with pytest.raises(JudgeFatalError, match="MY_JUDGE_KEY"):
             cold.judge("other prompt", [_img()], parse_score_json)
         monkeypatch.setenv("MY_JUDGE_KEY", KEY)
-        env = JudgeClient(base_url=srv.base_url, api_key_env="MY_JUDGE_KEY", backoff_base=0.001)
+        env = JudgeClient(
+            JudgeSettings(base_url=srv.base_url, api_key_env="MY_JUDGE_KEY", backoff_base=0.001)
+        )
         assert env.judge("other prompt", [_img()], parse_score_json).ok
         assert srv.headers[-1]["Authorization"] == f"Bearer {KEY}"
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from data.psrbench_cases import case_output_path, load_psrbench_cases, write_results_json
 from eval.judge.client import JudgeClient
+from eval.judge.settings import JudgeSettings
 from eval.psrbench.detection import Box
 from eval.psrbench.evaluate import run_evaluation
 from eval.psrbench.report import summarize, to_markdown
@@ -84,7 +85,9 @@ class ScriptedServer:
 
 
 def client_for(url, **kw):
-    c = JudgeClient(model="Qwen/Qwen2.5-VL-7B-Instruct", base_url=url, api_key="psr", max_retries=2, **kw)
+    c = JudgeClient(
+        JudgeSettings(model="Qwen/Qwen2.5-VL-7B-Instruct", base_url=url, max_retries=2, **kw), api_key="psr"
+    )
     c._sleep = lambda s: None  # no real backoff waits in tests
     return c
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from eval.judge.cache import JudgeCache, UsageLedger, cache_key
 from eval.judge.images import ImageLike, encode_image, file_bytes, image_hash, load_rgb
+from eval.judge.settings import JudgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -95,52 +96,21 @@ class JudgeClient:
 
     def __init__(
         self,
-        model: str = "gpt-4.1",
-        base_url: str | None = None,
+        settings: JudgeSettings | None = None,
+        *,
         api_key: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
         cache_dir: str | os.PathLike | None = None,
-        max_concurrency: int = 8,
-        max_retries: int = 5,
-        timeout: float = 180.0,
-        temperature: float | None = 0.0,
-        seed: int | None = 0,
-        max_tokens: int | None = 1400,
-        backoff_base: float = 1.0,
-        backoff_max: float = 60.0,
-        retry_after_max: float = 300.0,
-        extra_body: dict | None = None,
-        image_format: str = "png",
-        jpeg_quality: int = 75,
-        image_first: bool = False,
-        retry_unparseable: bool = True,
-        body_style: str = "sdk",
         offline: str | None = None,
     ):
-        if max_concurrency < 1 or max_retries < 0:
-            raise ValueError("max_concurrency must be >= 1 and max_retries >= 0")
-        self.model, self.base_url = model, base_url
-        self._api_key, self.api_key_env = api_key, api_key_env
-        self.max_concurrency, self.max_retries, self.timeout = max_concurrency, max_retries, timeout
-        self.temperature, self.seed, self.max_tokens = temperature, seed, max_tokens
-        self.backoff_base, self.backoff_max, self.retry_after_max = backoff_base, backoff_max, retry_after_max
-        if image_format not in ("png", "jpeg", "file"):
-            raise ValueError(f"image_format must be png, jpeg or file, got {image_format!r}")
-        self.extra_body, self.image_format = dict(extra_body or {}), image_format
-        # "file": each image's own file bytes, labelled image/png (PSRBench's authors' client does that)
-        self.jpeg_quality, self.image_first = jpeg_quality, image_first
-        # False: a reply the parser rejects fails at once (authors' protocols that never re-ask)
-        self.retry_unparseable = retry_unparseable
-        # "sdk": the openai SDK's request body; "requests": {"model", "messages", ...} in that order, serialised
-        # as `requests.post(json=...)` does (the SconeEval/OmniContext authors' client), byte for byte
-        if body_style not in ("sdk", "requests"):
-            raise ValueError(f"body_style must be sdk or requests, got {body_style!r}")
-        self.body_style = body_style
-        # a reason: answer only from the cache, an uncached judgement fails with it (no request is sent)
+        """``api_key``: the key itself (tests, local servers); otherwise read from ``settings.api_key_env``
+        when the first request is made. ``offline``: a reason; answer only from the cache, an uncached
+        judgement fails with it (no request is sent)."""
+        self.settings = settings or JudgeSettings()
+        self._api_key = api_key
         self.offline = offline
         self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
         self.usage = UsageLedger()
-        self._sem = threading.BoundedSemaphore(max_concurrency)
+        self._sem = threading.BoundedSemaphore(self.settings.max_concurrency)
         self._lock = threading.Lock()
         # provenance: the `model` each reply says answered it (the name a server maps the request to, e.g.
         # gpt-4.1 -> gpt-4.1-2025-04-14), counted over the replies the scores use (fresh and cached)
@@ -157,17 +127,19 @@ class JudgeClient:
         """The openai client, built on first use so that a fully cached rerun needs no key at all."""
         with self._lock:
             if self._openai is None:
-                key = self._api_key or (os.environ.get(self.api_key_env) if self.api_key_env else None)
+                key = self._api_key or (
+                    os.environ.get(self.settings.api_key_env) if self.settings.api_key_env else None
+                )
                 if not key:
                     self._set_fatal(
-                        f"no API key: set the environment variable {self.api_key_env} "
+                        f"no API key: set the environment variable {self.settings.api_key_env} "
                         "(or pass --api_key_env NAME of a variable that holds it)"
                     )
                     raise JudgeFatalError(self._fatal)
                 self._key_for_redaction = key
                 # retries are ours (classified, jittered, ledgered), so the SDK's own are off
                 self._openai = openai.OpenAI(
-                    api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+                    api_key=key, base_url=self.settings.base_url, timeout=self.settings.timeout, max_retries=0
                 )
             return self._openai
 
@@ -188,12 +160,12 @@ class JudgeClient:
     def _pixels(self, images: list[ImageLike]) -> tuple[list, list[str]]:
         """(RGB images, their content hashes as cache-key parts: format + pixels)."""
         rgb = [load_rgb(im) for im in images]
-        return rgb, [f"{self.image_format}:{image_hash(im)}" for im in rgb]
+        return rgb, [f"{self.settings.image_format}:{image_hash(im)}" for im in rgb]
 
     def _image_urls(self, images: list[ImageLike], rgb: list, hashes: list[str]) -> list[str]:
         """Data URLs of the images: re-encoded from their pixels, or (``"file"``) their files as stored,
         memoised by the file's own hash (two files with the same pixels may differ in bytes)."""
-        if self.image_format == "file":
+        if self.settings.image_format == "file":
             raws = [file_bytes(im) for im in images]
             return [self._data_url(b, "file:" + hashlib.sha256(b).hexdigest()) for b in raws]
         return [self._data_url(im, h) for im, h in zip(rgb, hashes)]
@@ -208,7 +180,7 @@ class JudgeClient:
         if isinstance(img, bytes):  # image_format "file": sent as stored
             url = f"data:image/png;base64,{base64.b64encode(img).decode('ascii')}"
         else:
-            url = encode_image(img, self.image_format, self.jpeg_quality)
+            url = encode_image(img, self.settings.image_format, self.settings.jpeg_quality)
         with self._lock:
             self._urls[digest] = url
             while len(self._urls) > 32:
@@ -218,37 +190,42 @@ class JudgeClient:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter, capped at ``backoff_max``; a server's Retry-After is honoured
         over that cap, up to ``retry_after_max`` (a server asking for an hour does not stall the run)."""
-        delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        delay = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter: concurrent workers do not retry in lockstep
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.retry_after_max))
+            delay = max(delay, min(retry_after, self.settings.retry_after_max))
         return delay
 
     # ---------------------------------------------------------------- one HTTP attempt
     def _content(self, prompt: str, urls: list[str]) -> list[dict]:
         text = [{"type": "text", "text": prompt}]
         pictures = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
-        return pictures + text if self.image_first else text + pictures
+        return pictures + text if self.settings.image_first else text + pictures
 
     def _options(self, scoring_round: int) -> dict[str, Any]:
         """The request's optional fields (max_tokens, temperature, seed, extra_body)."""
         kwargs: dict[str, Any] = {}
-        if self.max_tokens is not None:  # None: let the server decide (PSRBench's VLM client sends none)
-            kwargs["max_tokens"] = self.max_tokens
-        if self.temperature is not None and "temperature" not in self._dropped:
-            kwargs["temperature"] = self.temperature
-        if self.seed is not None and "seed" not in self._dropped:
+        if (
+            self.settings.max_tokens is not None
+        ):  # None: let the server decide (PSRBench's VLM client sends none)
+            kwargs["max_tokens"] = self.settings.max_tokens
+        if self.settings.temperature is not None and "temperature" not in self._dropped:
+            kwargs["temperature"] = self.settings.temperature
+        if self.settings.seed is not None and "seed" not in self._dropped:
             # a distinct seed per scoring round keeps the K judging passes independent samples
-            kwargs["seed"] = int(self.seed) + int(scoring_round)
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+            kwargs["seed"] = int(self.settings.seed) + int(scoring_round)
+        if self.settings.extra_body:
+            kwargs["extra_body"] = self.settings.extra_body
         return kwargs
 
     def _body(self, prompt: str, urls: list[str], scoring_round: int) -> dict:
         """The request as one JSON object: model, messages, then the options (extra_body merged in)."""
         options = self._options(scoring_round)
         extra = options.pop("extra_body", {})
-        body = {"model": self.model, "messages": [{"role": "user", "content": self._content(prompt, urls)}]}
+        body = {
+            "model": self.settings.model,
+            "messages": [{"role": "user", "content": self._content(prompt, urls)}],
+        }
         body.update(options, **extra)
         return body
 
@@ -257,13 +234,13 @@ class JudgeClient:
         client = self._client()
         self.usage.add(requests=1)
         try:
-            if self.body_style == "requests":
+            if self.settings.body_style == "requests":
                 body = self._body(prompt, urls, scoring_round)
                 resp = _post_raw(client, json.dumps(body, allow_nan=False).encode("utf-8"))
             else:
                 messages = [{"role": "user", "content": self._content(prompt, urls)}]
                 resp = client.chat.completions.create(
-                    model=self.model, messages=messages, **self._options(scoring_round)
+                    model=self.settings.model, messages=messages, **self._options(scoring_round)
                 )
         except openai.APITimeoutError as e:  # subclass of APIConnectionError: test it first
             raise _Retryable("timeout", f"timeout: {e}") from None
@@ -312,7 +289,12 @@ class JudgeClient:
         served = getattr(self._replied, "model", None)
         self._count_served(served)
         if self.cache is not None:
-            entry = {"raw": raw, "model": self.model, "served_model": served, "scoring_round": scoring_round}
+            entry = {
+                "raw": raw,
+                "model": self.settings.model,
+                "served_model": served,
+                "scoring_round": scoring_round,
+            }
             self.cache.put(key, {**entry, "tag": tag})
         self.usage.add(successes=1)
 
@@ -330,7 +312,7 @@ class JudgeClient:
             self._set_fatal(f"quota exhausted ({msg}); add credit or change the key, then rerun to resume")
             raise JudgeFatalError(self._fatal)
         if status in (401, 403):
-            self._set_fatal(f"authentication failed ({msg}); check {self.api_key_env}")
+            self._set_fatal(f"authentication failed ({msg}); check {self.settings.api_key_env}")
             raise JudgeFatalError(self._fatal)
         if status == 404:
             self._set_fatal(f"endpoint or model not found ({msg}); check --base_url and --judge_model")
@@ -371,7 +353,7 @@ class JudgeClient:
         answered elsewhere (the Batch API, eval/judge/batch.py)."""
         rgb, hashes = self._pixels(images)
         body = self._body(prompt, self._image_urls(images, rgb, hashes), scoring_round)
-        return cache_key(self.model, prompt, hashes, scoring_round, send), body
+        return cache_key(self.settings.model, prompt, hashes, scoring_round, send), body
 
     def accept(
         self, key: str, raw: str, parse: Callable[[str], Any], scoring_round: int = 0, tag: str = ""
@@ -401,7 +383,7 @@ class JudgeClient:
         if self.cache is None:
             return False
         _, hashes = self._pixels(images)
-        return self.cache.get(cache_key(self.model, prompt, hashes, scoring_round, send)) is not None
+        return self.cache.get(cache_key(self.settings.model, prompt, hashes, scoring_round, send)) is not None
 
     def judge(
         self,
@@ -423,7 +405,7 @@ class JudgeClient:
         except (OSError, TypeError, ValueError) as e:
             self.usage.add(failures=1)
             return JudgeResult(False, None, None, f"image error: {e}", 0, False)
-        key = cache_key(self.model, prompt, hashes, scoring_round, send)
+        key = cache_key(self.settings.model, prompt, hashes, scoring_round, send)
         if self.cache is not None and (entry := self.cache.get(key)) is not None:
             try:
                 value = parse(entry["raw"])
@@ -442,7 +424,7 @@ class JudgeClient:
             return JudgeResult(False, None, None, f"image error: {e}", 0, False)
 
         attempts, raw, error = 0, None, None
-        max_attempts = self.max_retries + 1
+        max_attempts = self.settings.max_retries + 1
         while attempts < max_attempts:
             if self._fatal is not None:
                 raise JudgeFatalError(self._fatal)
@@ -464,7 +446,7 @@ class JudgeClient:
             except ValueError as e:
                 error = f"unparseable reply: {e}"
                 self.usage.error("unparseable")
-                if not self.retry_unparseable:
+                if not self.settings.retry_unparseable:
                     break
             else:
                 self._record_reply(key, raw, scoring_round, tag)
@@ -484,8 +466,10 @@ class JudgeClient:
         if not jobs:
             return []
         results: list[JudgeResult | None] = [None] * len(jobs)
-        bar = tqdm(total=len(jobs), desc=f"judge {self.model}", disable=not progress, dynamic_ncols=True)
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+        bar = tqdm(
+            total=len(jobs), desc=f"judge {self.settings.model}", disable=not progress, dynamic_ncols=True
+        )
+        with ThreadPoolExecutor(max_workers=self.settings.max_concurrency) as pool:
             futures = {
                 pool.submit(
                     self.judge,

@@ -7,22 +7,24 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
+from eval.judge.settings import JudgeSettings
+
 log = logging.getLogger(__name__)
 
 
 def judge_record(
-    requested: str, served: Mapping[str, int], protocol: str, prompts: Mapping[str, dict], **settings
+    served: Mapping[str, int], protocol: str, prompts: Mapping[str, dict], settings: JudgeSettings
 ) -> dict:
-    """The ``judge`` entry of scores.json: the model name requested, the ``model`` the replies say answered
+    """The ``judge`` entry of a score file: the model name requested, the ``model`` the replies say answered
     them (with counts; fresh and cached replies), the protocol, each prompt's source and sha256, the date
-    (UTC) and the request settings."""
+    (UTC) and every judge setting (None: not sent)."""
     return {
-        "model": requested,
+        "model": settings.model,
         "served_models": dict(sorted(served.items())),
         "protocol": protocol,
         "prompt_sha256": {name: src.get("sha256") for name, src in sorted(prompts.items())},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        **settings,
+        **{k: v for k, v in settings.as_record().items() if k != "model"},
     }
 
 

@@ -86,11 +86,11 @@ def _size(image) -> tuple[int, int]:
         return im.size
 
 
-def describe_plan(plan: RequestPlan, args: argparse.Namespace, model: str | None = None) -> str:
+def describe_plan(plan: RequestPlan, args: argparse.Namespace, model: str) -> str:
     """The dry run's one line: requests to send, cached, cases without images, tokens and cost."""
     cost = plan.cost(args.price_input, args.price_output)
     return (
-        f"dry run ({model or args.judge_model}): {plan.requests} request(s) to send, {plan.cached} cached, "
+        f"dry run ({model}): {plan.requests} request(s) to send, {plan.cached} cached, "
         f"{plan.skipped_cases} case(s) without images; about {plan.prompt_tokens} input + "
         f"{plan.completion_tokens} output tokens = ${cost:.2f} at ${args.price_input}/"
         f"${args.price_output} per 1M (retries not included)"

@@ -1,7 +1,7 @@
 r"""PSRBench evaluation CLI: subject consistency, position alignment, semantic alignment, aesthetics.
 
     python -m eval.psrbench.evaluate --data_root PSRBench --results_dir outputs/psrbench \\
-        --judge_base_url http://127.0.0.1:17140/v1 --judge_model Qwen/Qwen2.5-VL-7B-Instruct
+        --base_url http://127.0.0.1:17140/v1 --judge_model Qwen/Qwen2.5-VL-7B-Instruct
 
 Reads `{results_dir}/{subset}.json` (subset records + `result_path`, written by the runner through
 `data.psrbench_cases.write_results_json`), resolves relative result paths against `--result_root`
@@ -33,26 +33,27 @@ from data.psrbench_cases import (
 from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
 from eval.judge.batch import BatchRunner, batch_requests
 from eval.judge.cache import append_usage
+from eval.judge.client import JudgeClient
 from eval.judge.provenance import judge_record
 from eval.judge.run_modes import add_run_mode_args, describe_plan, plan_requests
+from eval.judge.settings import REQUEST_FLAGS, add_judge_args, settings_from_args
 from eval.psrbench.aesthetics import hpsv3_scores
 from eval.psrbench.detection import BOX_THRESHOLD, DEFAULT_DETECTOR, TEXT_THRESHOLD, CachedDetector, Detector
 from eval.psrbench.features import DEFAULT_FEATURE_MODEL
 from eval.psrbench.position import position_alignment
 from eval.psrbench.report import summarize, to_markdown, write_report
 from eval.psrbench.semantic import (
-    DEFAULT_TEMPERATURE,
+    DEFAULT_BASE_URL,
     SEMANTIC_PROMPTS,
+    judge_settings,
     load_prompt_templates,
-    make_judge_client,
+    placeholder_key,
     semantic_alignment,
     semantic_jobs,
 )
 from eval.psrbench.subject_consistency import FeatureExtractor, open_image, subject_consistency
 
 log = logging.getLogger("eval.psrbench")
-DEFAULT_JUDGE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the model the PSR authors' requests name
-DEFAULT_MAX_TOKENS = 1400
 
 METRICS = ("sc", "position", "semantic", "aesthetics")
 
@@ -236,52 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature_model", default=DEFAULT_FEATURE_MODEL, help="DINO ViT folder or hub id")
     p.add_argument("--box_threshold", type=float, default=BOX_THRESHOLD)
     p.add_argument("--text_threshold", type=float, default=TEXT_THRESHOLD)
-    p.add_argument(
-        "--judge_model",
-        default=None,
-        help=f"model name the server serves (default {DEFAULT_JUDGE_MODEL}; with --protocol authors, the "
-        "name in the authors' scripts)",
-    )
-    p.add_argument(
-        "--base_url",
-        "--judge_base_url",
-        dest="judge_base_url",
-        default="http://127.0.0.1:17140/v1",
-        help="OpenAI-compatible server",
-    )
-    p.add_argument(
-        "--api_key_env",
-        "--judge_api_key_env",
-        dest="judge_api_key_env",
-        default="PSR_JUDGE_API_KEY",
-        help="env var holding the server's key",
-    )
-    p.add_argument(
-        "--temperature",
-        "--judge_temperature",
-        dest="judge_temperature",
-        type=float,
-        default=None,
-        help=f"default {DEFAULT_TEMPERATURE}; with --protocol authors the authors' files set it (refused here)",
-    )
-    p.add_argument(
-        "--max_tokens",
-        "--judge_max_tokens",
-        dest="judge_max_tokens",
-        type=int,
-        default=None,
-        help=f"default {DEFAULT_MAX_TOKENS}; with --protocol authors the authors' files set it (refused here)",
-    )
-    p.add_argument("--max_retries", "--judge_max_retries", dest="judge_max_retries", type=int, default=5)
-    p.add_argument("--max_concurrency", "--judge_concurrency", dest="judge_concurrency", type=int, default=8)
-    p.add_argument("--timeout", "--judge_timeout", dest="judge_timeout", type=float, default=180.0)
-    p.add_argument(
-        "--cache_dir",
-        "--judge_cache_dir",
-        dest="judge_cache_dir",
-        default=None,
-        help="default: {save_dir}/judge_cache",
-    )
+    add_judge_args(p, api_key_env="PSR_JUDGE_API_KEY", base_url=DEFAULT_BASE_URL)
     p.add_argument(
         "--prompt_dir", default=None, help="folder with {attribute,action,...}.txt rubric templates"
     )
@@ -319,53 +275,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.upstream_compat:
         log.warning("--upstream_compat is now --protocol authors")
         args.protocol = "authors"
-    templates, authors_request, authors_sources = None, None, None
+    templates, authors_request, authors_sources, settings = None, None, None, None
     if "semantic" in metrics:
-        if args.protocol == "authors":
-            given = {
-                "prompt_dir": "--prompt_dir",
-                "judge_temperature": "--temperature",
-                "judge_max_tokens": "--max_tokens",
-            }
-            clash = [flag for k, flag in given.items() if getattr(args, k) is not None]
-            if clash:
-                log.error("%s: set by the authors' files with --protocol authors", ", ".join(clash))
-                return 2
-            try:
+        try:
+            if args.protocol == "authors":
+                if args.prompt_dir is not None:
+                    raise ValueError("--prompt_dir: set by the authors' files with --protocol authors")
                 templates, authors_request, authors_sources = load_psr_protocol(
                     args.authors_repo, args.authors_cache, args.authors_url
                 )
-            except AuthorsProtocolError as e:
-                log.error("%s", e)
-                return 2
-        else:
-            templates = load_prompt_templates(args.prompt_dir)
-            args.judge_temperature = (
-                DEFAULT_TEMPERATURE if args.judge_temperature is None else args.judge_temperature
-            )
-            args.judge_max_tokens = (
-                DEFAULT_MAX_TOKENS if args.judge_max_tokens is None else args.judge_max_tokens
-            )
-        # the model the requests name, recorded in the report: the flag, else the protocol's default
-        args.judge_model = args.judge_model or (
-            authors_request.model if authors_request else DEFAULT_JUDGE_MODEL
-        )
-        client = make_judge_client(
-            args.judge_model,
-            args.judge_base_url,
-            api_key_env=args.judge_api_key_env,
-            cache_dir=args.judge_cache_dir or save_dir / "judge_cache",
-            max_concurrency=args.judge_concurrency,
-            max_retries=args.judge_max_retries,
-            timeout=args.judge_timeout,
-            temperature=args.judge_temperature,
-            max_tokens=args.judge_max_tokens,
-            authors_request=authors_request,
+                settings = settings_from_args(
+                    args, judge_settings(authors_request), fixed=tuple(REQUEST_FLAGS)
+                )
+            else:
+                templates = load_prompt_templates(args.prompt_dir)
+                settings = settings_from_args(args, judge_settings())
+        except (AuthorsProtocolError, ValueError) as e:
+            log.error("%s", e)
+            return 2
+        client = JudgeClient(
+            settings,
+            api_key=placeholder_key(settings.api_key_env),
+            cache_dir=args.cache_dir or save_dir / "judge_cache",
         )
     if client is not None and (args.dry_run or args.batch_api):
         jobs = semantic_jobs(_semantic_items(cases, args.result_root), templates, protocol=args.protocol)
         if args.dry_run:
-            print(describe_plan(plan_requests(client, jobs, args.completion_tokens), args, args.judge_model))
+            print(describe_plan(plan_requests(client, jobs, args.completion_tokens), args, settings.model))
             return 0
         requests = batch_requests(client, jobs)
         report = BatchRunner(client, save_dir, args.batch_max_submissions).run(requests)
@@ -378,9 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not report.done:
             log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
-            append_usage(
-                save_dir, {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()}
-            )
+            append_usage(save_dir, {"time": started, "judge_model": settings.model, **client.usage.as_dict()})
             return 3
         client.offline = f"no valid Batch API reply after {args.batch_max_submissions} submission(s)"
     elif args.dry_run:
@@ -424,15 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         "box_threshold": args.box_threshold,
         "text_threshold": args.text_threshold,
         "feature_model": args.feature_model if "sc" in metrics else None,
-        "judge_model": args.judge_model if client else None,
-        "judge_base_url": args.judge_base_url if client else None,
-        "judge_temperature": (authors_request.temperature if authors_request else args.judge_temperature)
-        if client
-        else None,
+        "judge_model": settings.model if client else None,
+        "judge_base_url": settings.base_url if client else None,
+        "judge_temperature": settings.temperature if client else None,
         "prompt_dir": args.prompt_dir or "bundled (eval/psrbench/prompts)",
         "judge_usage": client.usage.as_dict() if client else None,
         "protocol": args.protocol,
-        "judge": _judge_provenance(args, client, templates, authors_request) if client else None,
+        "judge": _judge_provenance(args.protocol, client, templates) if client else None,
         "authors_files": authors_sources,
         "box_rule": "upstream" if args.protocol == "authors" else "general",
         "coverage": coverage,
@@ -442,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("PSRBench report:\n%s", to_markdown(summary))
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     if client is not None:
-        append_usage(save_dir, {"time": started, "judge_model": args.judge_model, **client.usage.as_dict()})
+        append_usage(save_dir, {"time": started, "judge_model": settings.model, **client.usage.as_dict()})
         client.close()
     if "semantic" in skipped and skipped["semantic"].startswith("judge stopped"):
         return 2
@@ -461,22 +393,12 @@ def _semantic_items(cases: list[Case], result_root: str) -> list[tuple[Case, Pat
     return items
 
 
-def _judge_provenance(args: argparse.Namespace, client, templates: dict[str, str], authors_request) -> dict:
+def _judge_provenance(protocol: str, client: JudgeClient, templates: dict[str, str]) -> dict:
     """The report's record of the semantic judge (eval/judge/provenance.py)."""
     sources = {
         s: {"sha256": hashlib.sha256(t.encode("utf-8")).hexdigest()} for s, t in (templates or {}).items()
     }
-    temperature = authors_request.temperature if authors_request else args.judge_temperature
-    max_tokens = authors_request.max_tokens if authors_request else args.judge_max_tokens
-    return judge_record(
-        args.judge_model,
-        client.served_models,
-        args.protocol,
-        sources,
-        base_url=args.judge_base_url,
-        temperature=temperature,
-        max_tokens=max_tokens,
-    )
+    return judge_record(client.served_models, protocol, sources, client.settings)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from data.psrbench_cases import Case
 if TYPE_CHECKING:  # the judge client needs `openai`; SC/position-only runs must not
     from eval.authors_protocol import RequestSettings
     from eval.judge.client import JudgeClient, JudgeResult
+    from eval.judge.settings import JudgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ SCORE_RE = re.compile(r"\[Score\]:\s*([\d.]+)")
 UPSTREAM_DEFAULT_SCORE = 5.0
 # Upstream client settings (PSR): temperature 0.2, API key "psr" on port 17140.
 DEFAULT_TEMPERATURE = 0.2
+DEFAULT_JUDGE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the model the PSR authors' requests name
+DEFAULT_MAX_TOKENS = 1400
+DEFAULT_BASE_URL = "http://127.0.0.1:17140/v1"
 
 
 def parse_bracket_score(text: str) -> float:
@@ -164,51 +168,38 @@ def semantic_jobs(
     return jobs
 
 
-def make_judge_client(
-    model: str,
-    base_url: str,
-    *,
-    api_key_env: str = "PSR_JUDGE_API_KEY",
-    cache_dir: str | os.PathLike | None = None,
-    max_concurrency: int = 8,
-    max_retries: int = 5,
-    timeout: float = 180.0,
-    temperature: float | None = DEFAULT_TEMPERATURE,
-    seed: int | None = 0,
-    max_tokens: int | None = 1400,
-    authors_request: RequestSettings | None = None,
-) -> JudgeClient:
-    """The shared judge client configured for a local Qwen2.5-VL server. A server started without
-    `--api-key` accepts any key: when `api_key_env` is unset, the placeholder "EMPTY" is sent.
-    ``authors_request``: the PSR scripts' request (their temperature and max_tokens, no seed, the image
-    file's own bytes before the text) and their reading of replies (no re-asking)."""
-    from eval.judge.client import JudgeClient
+def judge_settings(authors_request: RequestSettings | None = None) -> JudgeSettings:
+    """The request of our protocol (a local Qwen2.5-VL server: temperature 0.2, seed 0, max_tokens 1400,
+    PNG) or, given ``authors_request``, the PSR scripts' (their temperature, no max_tokens and no seed, the
+    image file's own bytes before the text, replies read once: no re-asking)."""
+    from eval.judge.settings import JudgeSettings
 
-    api_key = None if os.environ.get(api_key_env) else "EMPTY"
-    if api_key:
-        log.info(
-            "%s is not set: sending the placeholder key 'EMPTY' (fine for a server without --api-key)",
-            api_key_env,
+    if authors_request is None:
+        return JudgeSettings(
+            model=DEFAULT_JUDGE_MODEL,
+            api_key_env="PSR_JUDGE_API_KEY",
+            temperature=DEFAULT_TEMPERATURE,
+            seed=0,
+            max_tokens=DEFAULT_MAX_TOKENS,
         )
-    extra = {}
-    if authors_request is not None:
-        temperature, seed, max_tokens = authors_request.temperature, None, authors_request.max_tokens
-        extra = {
-            "image_format": authors_request.image_format,
-            "image_first": authors_request.image_first,
-            "retry_unparseable": False,
-        }
-    return JudgeClient(
-        model=model,
-        base_url=base_url,
-        api_key=api_key,
-        api_key_env=api_key_env,
-        cache_dir=cache_dir,
-        max_concurrency=max_concurrency,
-        max_retries=max_retries,
-        timeout=timeout,
-        temperature=temperature,
-        seed=seed,
-        max_tokens=max_tokens,
-        **extra,
+    return JudgeSettings(
+        model=authors_request.model,
+        api_key_env="PSR_JUDGE_API_KEY",
+        temperature=authors_request.temperature,
+        seed=None,
+        max_tokens=authors_request.max_tokens,
+        image_format=authors_request.image_format,
+        image_first=authors_request.image_first,
+        retry_unparseable=False,
     )
+
+
+def placeholder_key(api_key_env: str) -> str | None:
+    """A local server started without ``--api-key`` accepts any key: "EMPTY" when ``api_key_env`` is unset."""
+    if os.environ.get(api_key_env):
+        return None
+    log.info(
+        "%s is not set: sending the placeholder key 'EMPTY' (fine for a server without --api-key)",
+        api_key_env,
+    )
+    return "EMPTY"
