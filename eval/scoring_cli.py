@@ -5,11 +5,7 @@ provenance and the tables. The scoring itself is eval/scoring.py."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,23 +17,22 @@ from eval.authors_protocol import (
     add_protocol_args,
     load_judge_protocol,
 )
-from eval.judge.batch import BatchRunner, batch_requests
-from eval.judge.cache import LiveLedgerFile, append_usage
 from eval.judge.client import JudgeClient, JudgeFatalError
 from eval.judge.prompts import PromptSet
 from eval.judge.provenance import judge_record, provenance_markdown
 from eval.judge.rules import judging_rules
-from eval.judge.run_modes import add_run_mode_args, describe_plan, plan_requests
+from eval.judge.run_modes import (
+    EXIT_FAILED_CASES,
+    EXIT_FATAL,
+    EXIT_OK,
+    JudgedRun,
+    add_run_mode_args,
+    dry_run,
+)
 from eval.judge.settings import REQUEST_FLAGS, JudgeSettings, add_judge_args, settings_from_args
 from eval.scoring import CallBuilder, RecordMaker, iter_jobs, score_benchmark
 
 log = logging.getLogger("eval.scoring")
-
-EXIT_OK, EXIT_FAILED_CASES, EXIT_FATAL, EXIT_PENDING = 0, 1, 2, 3
-
-
-class _BatchPending(Exception):
-    """--batch_api: a submitted batch has not finished yet."""
 
 
 def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
@@ -98,10 +93,6 @@ def _prompts_and_protocol(
     return PromptSet.from_texts(bench, protocol.templates, protocol.sources), protocol, settings
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run_cli(
     args: argparse.Namespace,
     build_calls: CallBuilder,
@@ -152,75 +143,32 @@ def run_cli(
         kept, benchmark_dir, Path(args.result_dir), prompts, build_calls, args.rounds, args.scorings, rules
     )
     if args.dry_run:
-        plan = plan_requests(client, jobs, args.completion_tokens)
-        print(describe_plan(plan, args, settings.model))
-        return EXIT_OK
-    started = time.time()
-    code = EXIT_OK
-    recovered = LiveLedgerFile.recover(output_dir)
-    if recovered:
-        log.warning(
-            "%d interrupted run(s) found: their judge usage is now in %s",
-            recovered,
-            output_dir / "usage.jsonl",
-        )
-
-    def ledger_line() -> dict:
-        return {"time": started, "judge_model": settings.model, **client.usage.as_dict()}
-
-    live = LiveLedgerFile(output_dir, ledger_line).start()
-    # SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so that the ledger line below is written
-    previous = (
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        if threading.current_thread() is threading.main_thread()
-        else None
-    )
-    try:
-        if args.batch_api:
-            requests = batch_requests(client, jobs)
-            report = BatchRunner(client, output_dir, args.batch_max_submissions).run(requests)
-            log.info(
-                "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted%s, %d batch(es) "
-                "running, %d given up",
-                report.collected,
-                report.rejected,
-                report.submitted_requests,
-                f" as {report.submitted}" if report.submitted else "",
-                len(report.pending_batches),
-                report.given_up,
+        return dry_run(client, jobs, args)
+    result, code = None, EXIT_OK
+    with JudgedRun(client, output_dir, args) as run:
+        try:
+            code = run.batch(jobs) or EXIT_OK
+            if code == EXIT_OK:
+                result = score_benchmark(
+                    bench.name,
+                    kept,
+                    benchmark_dir,
+                    Path(args.result_dir),
+                    output_dir,
+                    client,
+                    prompts,
+                    build_calls,
+                    make_record,
+                    rounds=args.rounds,
+                    scorings=args.scorings,
+                    progress=not args.no_progress,
+                    rules=rules,
+                )
+        except JudgeFatalError as e:
+            log.error(
+                "scoring stopped: %s. Finished judgements are cached; rerun the same command to resume.", e
             )
-            if not report.done:
-                raise _BatchPending
-            client.offline = f"no valid Batch API reply after {args.batch_max_submissions} submission(s)"
-        result = score_benchmark(
-            bench.name,
-            kept,
-            benchmark_dir,
-            Path(args.result_dir),
-            output_dir,
-            client,
-            prompts,
-            build_calls,
-            make_record,
-            rounds=args.rounds,
-            scorings=args.scorings,
-            progress=not args.no_progress,
-            rules=rules,
-        )
-    except JudgeFatalError as e:
-        log.error("scoring stopped: %s. Finished judgements are cached; rerun the same command to resume.", e)
-        result, code = None, EXIT_FATAL
-    except _BatchPending:
-        log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
-        result, code = None, EXIT_PENDING
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        client.close()
-        usage = ledger_line()
-        append_usage(output_dir, usage)
-        live.close()
-        log.info("judge usage: %s", json.dumps(usage))
+            code = EXIT_FATAL
     if result is None:
         return code
     judge = judge_record(client.served_models, args.protocol, prompts.sources, settings)

@@ -74,3 +74,18 @@ def test_batch_api_collects_then_scores_like_a_live_run(tmp_path, monkeypatch):
     assert scores(batch) == scores(live) and sum(v == 7.0 for v in scores(batch).values()) == n
     usage = [json.loads(x) for x in (batch / "usage.jsonl").read_text().splitlines()]
     assert len(usage) == 2 and sum(u["requests"] for u in usage) == n  # one ledger line per run
+
+
+def test_usage_ledger_survives_a_kill_like_the_other_benchmarks(tmp_path, monkeypatch):
+    """A killed run leaves its live ledger file; the next run folds it into usage.jsonl (marked
+    interrupted) before appending its own line, and removes its own live file when done."""
+    root, out, n = setup(tmp_path, monkeypatch)
+    save = tmp_path / "eval"
+    save.mkdir()
+    (save / ".usage-live-4242.json").write_text(json.dumps({"judge_model": "x", "requests": 3}))
+    with FakeJudgeServer(judge) as srv:
+        assert run(root, out, srv, save) == 0
+    lines = [json.loads(x) for x in (save / "usage.jsonl").read_text().splitlines()]
+    assert lines[0] == {"judge_model": "x", "requests": 3, "interrupted": True}
+    assert lines[1]["judge_model"] == "Qwen/Qwen2.5-VL-7B-Instruct" and lines[1]["requests"] == n
+    assert not list(save.glob(".usage-live-*"))

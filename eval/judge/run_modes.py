@@ -1,15 +1,26 @@
-"""What every judge-based benchmark CLI offers besides a live run, in one vocabulary: ``--dry_run`` (the
-requests a run would send, cached ones excluded, with estimated tokens and cost) and ``--batch_api`` (the
-judgements through OpenAI's Batch API, eval/judge/batch.py)."""
+"""What every judge-based benchmark CLI shares around its own scoring, in one vocabulary: ``--dry_run`` (the
+requests a run would send, cached ones excluded, with estimated tokens and cost), ``--batch_api`` (the
+judgements through OpenAI's Batch API, eval/judge/batch.py), the usage ledger and the exit codes
+(``JudgedRun``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import math
+import signal
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
+
+from eval.judge.cache import LiveLedgerFile, append_usage
+
+log = logging.getLogger(__name__)
 
 
 def add_run_mode_args(p: argparse.ArgumentParser) -> None:
@@ -95,3 +106,89 @@ def describe_plan(plan: RequestPlan, args: argparse.Namespace, model: str) -> st
         f"{plan.completion_tokens} output tokens = ${cost:.2f} at ${args.price_input}/"
         f"${args.price_output} per 1M (retries not included)"
     )
+
+
+EXIT_OK, EXIT_FAILED_CASES, EXIT_FATAL, EXIT_PENDING = 0, 1, 2, 3
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class JudgedRun:
+    """The lifecycle every judged benchmark run shares around its own scoring (``with JudgedRun(...) as run``):
+
+    * on entry, the usage of runs killed earlier (their live ledger files) goes into ``usage.jsonl``, this
+      run's usage is kept on disk while it runs, and SIGTERM unwinds like Ctrl-C;
+    * ``batch(jobs)`` with ``--batch_api``: collects finished batches and submits what is missing; returns
+      ``EXIT_PENDING`` while a batch runs, else None, and the client then answers from the cache only;
+    * on exit, the client is closed and one usage line is appended (also after an error or an interrupt).
+    """
+
+    def __init__(self, client, output_dir: Path, args: argparse.Namespace):
+        self.client, self.output_dir, self.args = client, Path(output_dir), args
+        self.started = time.time()
+        self._live = self._previous = None
+
+    def ledger_line(self) -> dict:
+        return {
+            "time": self.started,
+            "judge_model": self.client.settings.model,
+            **self.client.usage.as_dict(),
+        }
+
+    def __enter__(self) -> JudgedRun:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        recovered = LiveLedgerFile.recover(self.output_dir)
+        if recovered:
+            log.warning(
+                "%d interrupted run(s) found: their judge usage is now in %s",
+                recovered,
+                self.output_dir / "usage.jsonl",
+            )
+        self._live = LiveLedgerFile(self.output_dir, self.ledger_line).start()
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def batch(self, jobs: Iterable) -> int | None:
+        """``--batch_api``: the judgements of ``jobs`` through the Batch API (eval/judge/batch.py)."""
+        if not self.args.batch_api:
+            return None
+        from eval.judge.batch import BatchRunner, batch_requests
+
+        report = BatchRunner(self.client, self.output_dir, self.args.batch_max_submissions).run(
+            batch_requests(self.client, jobs)
+        )
+        log.info(
+            "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted%s, %d batch(es) "
+            "running, %d given up",
+            report.collected,
+            report.rejected,
+            report.submitted_requests,
+            f" as {report.submitted}" if report.submitted else "",
+            len(report.pending_batches),
+            report.given_up,
+        )
+        if not report.done:
+            log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
+            return EXIT_PENDING
+        self.client.offline = (
+            f"no valid Batch API reply after {self.args.batch_max_submissions} submission(s)"
+        )
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        self.client.close()
+        usage = self.ledger_line()
+        append_usage(self.output_dir, usage)
+        self._live.close()
+        log.info("judge usage: %s", json.dumps(usage))
+
+
+def dry_run(client, jobs: Iterable, args: argparse.Namespace) -> int:
+    """``--dry_run``: print what a run would send (nothing is sent or written)."""
+    print(describe_plan(plan_requests(client, jobs, args.completion_tokens), args, client.settings.model))
+    return EXIT_OK

@@ -16,7 +16,6 @@ import gc
 import hashlib
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,16 @@ from data.psrbench_cases import (
     resolve_result_path,
 )
 from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
-from eval.judge.batch import BatchRunner, batch_requests
-from eval.judge.cache import append_usage
 from eval.judge.client import JudgeClient
 from eval.judge.provenance import judge_record
-from eval.judge.run_modes import add_run_mode_args, describe_plan, plan_requests
+from eval.judge.run_modes import (
+    EXIT_FAILED_CASES,
+    EXIT_FATAL,
+    EXIT_OK,
+    JudgedRun,
+    add_run_mode_args,
+    dry_run,
+)
 from eval.judge.settings import REQUEST_FLAGS, add_judge_args, settings_from_args
 from eval.psrbench.aesthetics import hpsv3_scores
 from eval.psrbench.detection import BOX_THRESHOLD, DEFAULT_DETECTOR, TEXT_THRESHOLD, CachedDetector, Detector
@@ -252,7 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    started = time.time()
     metrics = tuple(args.metrics)
     save_dir = Path(args.save_dir) if args.save_dir else Path(args.results_dir) / "eval"
     benchmark = load_psrbench_cases(args.data_root, args.subsets)
@@ -269,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 "%d %s record(s) in the results files: %s", len(coverage[kind]), kind, coverage[kind][:10]
             )
     log.info("scoring %d of the benchmark's %d cases", coverage["scored_cases"], coverage["benchmark_cases"])
-    progress = not args.no_progress
-
-    detector = features = client = None
+    client = None
     if args.upstream_compat:
         log.warning("--upstream_compat is now --protocol authors")
         args.protocol = "authors"
@@ -292,34 +293,36 @@ def main(argv: list[str] | None = None) -> int:
                 settings = settings_from_args(args, judge_settings())
         except (AuthorsProtocolError, ValueError) as e:
             log.error("%s", e)
-            return 2
+            return EXIT_FATAL
         client = JudgeClient(
             settings,
             api_key=placeholder_key(settings.api_key_env),
             cache_dir=args.cache_dir or save_dir / "judge_cache",
         )
-    if client is not None and (args.dry_run or args.batch_api):
-        jobs = semantic_jobs(_semantic_items(cases, args.result_root), templates, protocol=args.protocol)
-        if args.dry_run:
-            print(describe_plan(plan_requests(client, jobs, args.completion_tokens), args, settings.model))
-            return 0
-        requests = batch_requests(client, jobs)
-        report = BatchRunner(client, save_dir, args.batch_max_submissions).run(requests)
-        log.info(
-            "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted, %d batch(es) running",
-            report.collected,
-            report.rejected,
-            report.submitted_requests,
-            len(report.pending_batches),
-        )
-        if not report.done:
-            log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
-            append_usage(save_dir, {"time": started, "judge_model": settings.model, **client.usage.as_dict()})
-            return 3
-        client.offline = f"no valid Batch API reply after {args.batch_max_submissions} submission(s)"
-    elif args.dry_run:
+    if args.dry_run and client is None:
         log.error("--dry_run counts judge requests: it needs the semantic metric (--metrics ... semantic)")
-        return 2
+        return EXIT_FATAL
+    if args.dry_run:
+        return dry_run(client, _semantic_jobs(cases, args, templates), args)
+    if client is None:
+        return _score_and_report(args, cases, coverage, None, templates, authors_sources)
+    with JudgedRun(client, save_dir, args) as run:
+        pending = run.batch(_semantic_jobs(cases, args, templates))
+        return pending or _score_and_report(args, cases, coverage, client, templates, authors_sources)
+
+
+def _score_and_report(
+    args: argparse.Namespace,
+    cases: list[Case],
+    coverage: dict,
+    client: JudgeClient | None,
+    templates: dict[str, str] | None,
+    authors_sources: dict | None,
+) -> int:
+    """Score every requested metric, write the report and return the exit code."""
+    metrics = tuple(args.metrics)
+    save_dir = Path(args.save_dir) if args.save_dir else Path(args.results_dir) / "eval"
+    detector = features = None
     if "sc" in metrics or "position" in metrics:
         from eval.psrbench.detection import GroundingDinoDetector
 
@@ -345,11 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         protocol=args.protocol,
         aesthetics_device=args.device,
         aesthetics_batch_size=args.hpsv3_batch_size,
-        progress=progress,
+        progress=not args.no_progress,
     )
     del detector, features
     gc.collect()
 
+    settings = client.settings if client else None
     meta = {
         "data_root": str(args.data_root),
         "results_dir": str(args.results_dir),
@@ -358,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         "box_threshold": args.box_threshold,
         "text_threshold": args.text_threshold,
         "feature_model": args.feature_model if "sc" in metrics else None,
-        "judge_model": settings.model if client else None,
-        "judge_base_url": settings.base_url if client else None,
-        "judge_temperature": settings.temperature if client else None,
+        "judge_model": settings.model if settings else None,
+        "judge_base_url": settings.base_url if settings else None,
+        "judge_temperature": settings.temperature if settings else None,
         "prompt_dir": args.prompt_dir or "bundled (eval/psrbench/prompts)",
         "judge_usage": client.usage.as_dict() if client else None,
         "protocol": args.protocol,
@@ -373,13 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_report(summary, records, save_dir)
     log.info("PSRBench report:\n%s", to_markdown(summary))
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-    if client is not None:
-        append_usage(save_dir, {"time": started, "judge_model": settings.model, **client.usage.as_dict()})
-        client.close()
     if "semantic" in skipped and skipped["semantic"].startswith("judge stopped"):
-        return 2
+        return EXIT_FATAL
     incomplete = any(coverage[k] for k in ("missing", "extra", "edited", "malformed"))
-    return 1 if incomplete else 0
+    return EXIT_FAILED_CASES if incomplete else EXIT_OK
+
+
+def _semantic_jobs(cases: list[Case], args: argparse.Namespace, templates: dict[str, str]) -> list:
+    """The judge requests of the semantic metric (``--dry_run``, ``--batch_api``)."""
+    return semantic_jobs(_semantic_items(cases, args.result_root), templates, protocol=args.protocol)
 
 
 def _semantic_items(cases: list[Case], result_root: str) -> list[tuple[Case, Path]]:
