@@ -1,9 +1,13 @@
-"""Shared scoring driver for OmniContext and SconeEval: find generated images, run the judge calls of every
-(sampling round, judging pass, case), write per-group records and the aggregated tables.
+"""The scoring driver every benchmark shares: SconeEval, OmniContext, PSRBench (semantic alignment and its
+geometric metrics) and ShapeWorld each plug in a ``Scorer``, which says for one case what it reads, which
+judge requests it makes (none for a geometric judge) and what record it makes of the replies. The driver
+runs every unit (sampling round, judging pass, case), concurrently, through the protocol's tries
+(``send_case``), turns a case that cannot be scored into a ``failed`` record (never a default score), and
+lists the same requests for ``--dry_run`` and the Batch API (``iter_jobs``).
 
 Resume: every finished judgement is in the judge's disk cache, so rerunning the same command after a
 kill (or a quota stop) re-issues only the calls that never finished and produces the same tables.
-Layout written to `--output_dir`:
+Layout written by ``score_benchmark`` (the benchmarks tabled by eval/aggregation.py) to `--output_dir`:
     round{r}/scoring{s}/score.jsonl     one record per case (scores, reasons, or "failed": reason)
     scores.json / scores.csv / scores.md aggregated tables (eval/aggregation.py)
     usage.jsonl                          one judge usage ledger per run (appended)
@@ -36,20 +40,56 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Call:
-    """One judge request of a case. `name` is "PF", "SC" or "DIS/<image>/<subject>"; calls with the same
-    `batch` are sent together before their replies are read (PF and SC, as the authors' scorers do)."""
+    """One judge request of a case, e.g. "PF", "SC", "DIS/<image>/<subject>" or "semantic"; calls with the
+    same `batch` are sent together before their replies are read (PF and SC, as the authors' scorers do)."""
 
     name: str
     prompt: str
-    images: list[Image.Image]
+    images: list[Any]  # PIL images, or paths (sent as the files' own bytes with image_format "file")
     parse: Callable[[str], Any]
     batch: int = 0
 
 
-# build_calls(case, refs (prepared, RGB), output image, prompts, rules) -> calls
-CallBuilder = Callable[[BenchmarkCase, list[Image.Image], Image.Image, PromptSet, JudgingRules], list[Call]]
-# make_record(case, {call name: JudgeResult}) -> record fields (PF_score, SC_score, DIS_pred, reasons...)
-RecordMaker = Callable[[BenchmarkCase, dict[str, JudgeResult]], dict]
+class Scorer:
+    """How one benchmark scores one case. ``prepare`` raises ValueError naming what cannot be read (the
+    case's ``failed`` reason); ``calls`` are its judge requests (none: a geometric judge); ``record`` makes
+    the case's record fields of the replies, keyed by call name."""
+
+    def base(self, case: Any, image_dir: Path) -> dict:
+        """Fields every record of the case has, scored or failed."""
+        return {}
+
+    def prepare(self, case: Any, image_dir: Path) -> Any:
+        return None
+
+    def calls(self, case: Any, prepared: Any) -> list[Call]:
+        return []
+
+    def record(self, case: Any, prepared: Any, results: dict[str, JudgeResult]) -> dict:
+        raise NotImplementedError
+
+    def failed(self, case: Any, reason: str, result: JudgeResult | None) -> dict:
+        """The record of a case that could not be scored (``result``: the judgement that failed, if any)."""
+        return {"failed": reason}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One case to score in one sampling round (its images in ``image_dir``) and one judging pass."""
+
+    round: int
+    image_dir: Path
+    scoring: int
+    case: Any
+
+    def tag(self, call: Call) -> str:
+        """The judge's log/cache tag of one call: round, judging pass, case and call name."""
+        return f"round{self.round}/scoring{self.scoring}/{self.case.uid}/{call.name}"
+
+
+def make_units(cases: list, dirs: list[tuple[int, Path]], scorings: int = 1) -> list[Unit]:
+    """Every (round, judging pass, case), in that order."""
+    return [Unit(r, d, s, c) for r, d in dirs for s in range(scorings) for c in cases]
 
 
 def round_dirs(result_dir: Path, rounds: int | None) -> list[tuple[int, Path]]:
@@ -71,33 +111,7 @@ def round_dirs(result_dir: Path, rounds: int | None) -> list[tuple[int, Path]]:
     return [(0, result_dir)]
 
 
-def read_case_images(
-    case: BenchmarkCase, benchmark_dir: Path, image_dir: Path, rules: JudgingRules = OURS
-) -> tuple[list[Image.Image], Image.Image]:
-    """(references prepared as the protocol does, the generated image) of one case in one round's folder.
-    ValueError names what cannot be read (the case's "failed" reason)."""
-    try:
-        refs = [rules.prepare_reference(p) for p in input_image_paths(case, benchmark_dir)]
-    except (OSError, ValueError) as e:
-        raise ValueError(f"reference image: {e}") from None
-    out_path = output_image_path(case, image_dir)
-    if not out_path.is_file():
-        raise ValueError("missing output image")
-    try:
-        return refs, load_rgb(out_path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"unreadable output image: {e}") from None
-
-
-def output_image_path(case: BenchmarkCase, image_dir: Path) -> Path:
-    return image_dir / case.task_type / f"{case.key}.png"
-
-
-def call_tag(rnd: int, scoring: int, case: BenchmarkCase, call: Call) -> str:
-    """The judge's log/cache tag of one call: round, judging pass, case and call name."""
-    return f"round{rnd}/scoring{scoring}/{case.uid}/{call.name}"
-
-
+# ----------------------------------------------------------------------------- one case
 def _batches(calls: list[Call]) -> list[list[Call]]:
     """Calls grouped by ``Call.batch`` in order: a batch is sent whole before its replies are read."""
     out: list[list[Call]] = []
@@ -142,97 +156,49 @@ def send_case(
     return results, errors
 
 
-def _score_one(
-    client: JudgeClient,
-    case: BenchmarkCase,
-    benchmark_dir: Path,
-    image_dir: Path,
-    rnd: int,
-    scoring: int,
-    prompts: PromptSet,
-    build_calls: CallBuilder,
-    make_record: RecordMaker,
-    rules: JudgingRules = OURS,
-) -> dict:
-    """Judge one case of one group -> record (always has key/task_type; "failed" when it did not work)."""
-    base = {"key": case.key, "task_type": case.task_type, "instruction": case.instruction}
-    if case.subject_label is not None:
-        base["subject_label"] = case.subject_label
-    base["output_image_path"] = str(output_image_path(case, image_dir))
+def score_unit(unit: Unit, scorer: Scorer, client: JudgeClient | None, rules: JudgingRules = OURS) -> dict:
+    """The record of one unit: ``scorer.base`` fields plus its scores, or plus ``failed`` with the reason."""
+    base = scorer.base(unit.case, unit.image_dir)
     try:
-        refs, output = read_case_images(case, benchmark_dir, image_dir, rules)
+        prepared = scorer.prepare(unit.case, unit.image_dir)
     except ValueError as e:
-        return {**base, "failed": str(e)}
-    calls = build_calls(case, refs, output, prompts, rules)
-    results, errors = send_case(client, calls, lambda c: call_tag(rnd, scoring, case, c), scoring, rules)
-    for call in calls:
-        if call.name not in results:
-            res = errors.get(call.name) or next(iter(errors.values()))
-            return {**base, "failed": f"{call.name}: {res.error} (after {res.attempts} attempt(s))"}
-    return {**base, **make_record(case, results)}
+        return {**base, **scorer.failed(unit.case, str(e), None)}
+    calls = scorer.calls(unit.case, prepared)
+    results: dict[str, JudgeResult] = {}
+    if calls:
+        if client is None:
+            raise ValueError("this scorer makes judge requests: it needs a judge client")
+        results, errors = send_case(client, calls, unit.tag, unit.scoring, rules)
+        for call in calls:
+            if call.name not in results:
+                res = errors.get(call.name) or next(iter(errors.values()))
+                reason = f"{call.name}: {res.error} (after {res.attempts} attempt(s))"
+                return {**base, **scorer.failed(unit.case, reason, res)}
+    return {**base, **scorer.record(unit.case, prepared, results)}
 
 
-def iter_jobs(
-    cases: list[BenchmarkCase],
-    benchmark_dir: Path,
-    result_dir: Path,
-    prompts: PromptSet,
-    build_calls: CallBuilder,
-    rounds: int | None = None,
-    scorings: int = 1,
+def score_units(
+    units: list[Unit],
+    scorer: Scorer,
+    client: JudgeClient | None = None,
     rules: JudgingRules = OURS,
-) -> Iterator[JudgeJob | None]:
-    """Every judge request ``score_benchmark`` makes when every reply reads, in its order, as a ``JudgeJob``
-    (all tries with ``rules.every_try``, else the first); ``None`` once per judging pass of a case whose
-    images cannot be read (it makes no request). For ``--dry_run`` and the Batch API
-    (eval/judge/run_modes.py, eval/judge/batch.py)."""
-    for rnd, image_dir in round_dirs(result_dir, rounds):
-        for case in cases:
-            try:
-                refs, output = read_case_images(case, benchmark_dir, image_dir, rules)
-            except ValueError:
-                yield from [None] * scorings
-                continue
-            for s in range(scorings):
-                for call in build_calls(case, refs, output, prompts, rules):
-                    tag = call_tag(rnd, s, case, call)
-                    for k in range(rules.tries if rules.every_try else 1):
-                        yield JudgeJob(call.prompt, call.images, call.parse, scoring_round=s, tag=tag, send=k)
-
-
-def score_benchmark(
-    bench_name: str,
-    cases: list[BenchmarkCase],
-    benchmark_dir: Path,
-    result_dir: Path,
-    output_dir: Path,
-    client: JudgeClient,
-    prompts: PromptSet,
-    build_calls: CallBuilder,
-    make_record: RecordMaker,
-    rounds: int | None = None,
-    scorings: int = 1,
+    *,
+    workers: int | None = None,
     progress: bool = True,
-    rules: JudgingRules = OURS,
-) -> dict:
-    """Judge every (round, scoring, case) and aggregate. Raises JudgeFatalError on quota/auth stops
-    (after cancelling pending work; finished judgements are cached)."""
-    bench = get_benchmark(bench_name)
-    dirs = round_dirs(result_dir, rounds)
-    units = [(r, d, s, c) for r, d in dirs for s in range(scorings) for c in cases]
-    records: list[dict | None] = [None] * len(units)
-    bar = tqdm(total=len(units), desc=f"score {bench.name}", disable=not progress, dynamic_ncols=True)
-    # cases run concurrently; the client's semaphore bounds the requests actually in flight
-    with ThreadPoolExecutor(max_workers=client.settings.max_concurrency) as pool:
-        futures = [
-            pool.submit(
-                _score_one, client, c, benchmark_dir, d, r, s, prompts, build_calls, make_record, rules
-            )
-            for r, d, s, c in units
-        ]
+    desc: str = "score",
+) -> list[dict]:
+    """Records of ``units``, in their order. Units run concurrently (``workers``; default: the client's
+    concurrency, or one without a client); the client's semaphore bounds the requests actually in flight.
+    Raises JudgeFatalError on quota/auth stops after cancelling pending work (finished judgements are
+    cached)."""
+    workers = workers or (client.settings.max_concurrency if client is not None else 1)
+    records: list[dict] = []
+    bar = tqdm(total=len(units), desc=desc, disable=not progress, dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(score_unit, u, scorer, client, rules) for u in units]
         try:
-            for i, f in enumerate(futures):
-                records[i] = f.result()
+            for f in futures:
+                records.append(f.result())
                 bar.update(1)
         except BaseException:
             for f in futures:
@@ -240,10 +206,112 @@ def score_benchmark(
             raise
         finally:
             bar.close()
+    return records
+
+
+def iter_jobs(units: list[Unit], scorer: Scorer, rules: JudgingRules = OURS) -> Iterator[JudgeJob | None]:
+    """Every judge request ``score_units`` makes when every reply reads, in its order, as a ``JudgeJob``
+    (all tries with ``rules.every_try``, else the first); ``None`` once per unit that cannot be prepared
+    (it makes no request). For ``--dry_run`` and the Batch API (eval/judge/run_modes.py, eval/judge/batch.py)."""
+    for unit in units:
+        try:
+            prepared = scorer.prepare(unit.case, unit.image_dir)
+        except ValueError:
+            yield None
+            continue
+        for call in scorer.calls(unit.case, prepared):
+            for k in range(rules.tries if rules.every_try else 1):
+                yield JudgeJob(
+                    call.prompt,
+                    call.images,
+                    call.parse,
+                    scoring_round=unit.scoring,
+                    tag=unit.tag(call),
+                    send=k,
+                )
+
+
+# ----------------------------------------------------------------------------- SconeEval-shaped benchmarks
+def read_case_images(
+    case: BenchmarkCase, benchmark_dir: Path, image_dir: Path, rules: JudgingRules = OURS
+) -> tuple[list[Image.Image], Image.Image]:
+    """(references prepared as the protocol does, the generated image) of one case in one round's folder.
+    ValueError names what cannot be read (the case's "failed" reason)."""
+    try:
+        refs = [rules.prepare_reference(p) for p in input_image_paths(case, benchmark_dir)]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"reference image: {e}") from None
+    out_path = output_image_path(case, image_dir)
+    if not out_path.is_file():
+        raise ValueError("missing output image")
+    try:
+        return refs, load_rgb(out_path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"unreadable output image: {e}") from None
+
+
+def output_image_path(case: BenchmarkCase, image_dir: Path) -> Path:
+    return image_dir / case.task_type / f"{case.key}.png"
+
+
+# build_calls(case, refs (prepared, RGB), output image, prompts, rules) -> calls
+CallBuilder = Callable[[BenchmarkCase, list[Image.Image], Image.Image, PromptSet, JudgingRules], list[Call]]
+# make_record(case, {call name: JudgeResult}) -> record fields (PF_score, SC_score, DIS_pred, reasons...)
+RecordMaker = Callable[[BenchmarkCase, dict[str, JudgeResult]], dict]
+
+
+class JudgedCaseScorer(Scorer):
+    """A case judged from its references and generated image (SconeEval, OmniContext): the benchmark gives
+    ``build_calls`` and ``make_record``, the protocol the prompts and the rules."""
+
+    def __init__(
+        self,
+        benchmark_dir: Path,
+        prompts: PromptSet,
+        build_calls: CallBuilder,
+        make_record: RecordMaker,
+        rules: JudgingRules = OURS,
+    ):
+        self.benchmark_dir, self.prompts, self.rules = Path(benchmark_dir), prompts, rules
+        self.build_calls, self.make_record = build_calls, make_record
+
+    def base(self, case: BenchmarkCase, image_dir: Path) -> dict:
+        base = {"key": case.key, "task_type": case.task_type, "instruction": case.instruction}
+        if case.subject_label is not None:
+            base["subject_label"] = case.subject_label
+        base["output_image_path"] = str(output_image_path(case, image_dir))
+        return base
+
+    def prepare(self, case: BenchmarkCase, image_dir: Path) -> tuple[list[Image.Image], Image.Image]:
+        return read_case_images(case, self.benchmark_dir, image_dir, self.rules)
+
+    def calls(self, case: BenchmarkCase, prepared) -> list[Call]:
+        refs, output = prepared
+        return self.build_calls(case, refs, output, self.prompts, self.rules)
+
+    def record(self, case: BenchmarkCase, prepared, results: dict[str, JudgeResult]) -> dict:
+        return self.make_record(case, results)
+
+
+def score_benchmark(
+    bench_name: str,
+    units: list[Unit],
+    scorer: Scorer,
+    output_dir: Path | None = None,
+    client: JudgeClient | None = None,
+    rules: JudgingRules = OURS,
+    progress: bool = True,
+) -> tuple[dict, dict[tuple[int, int], list[dict]]]:
+    """Score every unit, write each (round, pass) group's records to
+    ``output_dir/round{r}/scoring{s}/score.jsonl`` -> (their tables (eval/aggregation.py), the records by
+    group)."""
+    bench = get_benchmark(bench_name)
+    records = score_units(units, scorer, client, rules, progress=progress, desc=f"score {bench.name}")
     groups: dict[tuple[int, int], list[dict]] = {}
-    for (r, _, s, _), rec in zip(units, records):
-        groups.setdefault((r, s), []).append(rec)
-    for (r, s), recs in groups.items():
-        lines = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in recs)
-        atomic_write_text(output_dir / f"round{r}" / f"scoring{s}" / "score.jsonl", lines)
-    return aggregate(groups, bench)
+    for u, rec in zip(units, records):
+        groups.setdefault((u.round, u.scoring), []).append(rec)
+    if output_dir is not None:
+        for (r, s), recs in groups.items():
+            lines = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in recs)
+            atomic_write_text(Path(output_dir) / f"round{r}" / f"scoring{s}" / "score.jsonl", lines)
+    return aggregate(groups, bench), groups

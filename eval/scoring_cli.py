@@ -30,7 +30,15 @@ from eval.judge.run_modes import (
     dry_run,
 )
 from eval.judge.settings import REQUEST_FLAGS, JudgeSettings, add_judge_args, settings_from_args
-from eval.scoring import CallBuilder, RecordMaker, iter_jobs, score_benchmark
+from eval.scoring import (
+    CallBuilder,
+    JudgedCaseScorer,
+    RecordMaker,
+    iter_jobs,
+    make_units,
+    round_dirs,
+    score_benchmark,
+)
 
 log = logging.getLogger("eval.scoring")
 
@@ -139,9 +147,13 @@ def run_cli(
     # the protocol's own tries are its re-asking
     settings = settings.with_(retry_unparseable=rules.tries == 1)
     client = JudgeClient(settings, cache_dir=args.cache_dir or output_dir / "judge_cache")
-    jobs = iter_jobs(
-        kept, benchmark_dir, Path(args.result_dir), prompts, build_calls, args.rounds, args.scorings, rules
-    )
+    try:
+        units = make_units(kept, round_dirs(Path(args.result_dir), args.rounds), args.scorings)
+    except (FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return EXIT_FATAL
+    scorer = JudgedCaseScorer(benchmark_dir, prompts, build_calls, make_record, rules)
+    jobs = iter_jobs(units, scorer, rules)
     if args.dry_run:
         return dry_run(client, jobs, args)
     result, code = None, EXIT_OK
@@ -149,20 +161,8 @@ def run_cli(
         try:
             code = run.batch(jobs) or EXIT_OK
             if code == EXIT_OK:
-                result = score_benchmark(
-                    bench.name,
-                    kept,
-                    benchmark_dir,
-                    Path(args.result_dir),
-                    output_dir,
-                    client,
-                    prompts,
-                    build_calls,
-                    make_record,
-                    rounds=args.rounds,
-                    scorings=args.scorings,
-                    progress=not args.no_progress,
-                    rules=rules,
+                result, _ = score_benchmark(
+                    bench.name, units, scorer, output_dir, client, rules, progress=not args.no_progress
                 )
         except JudgeFatalError as e:
             log.error(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import math
 import os
@@ -32,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from data.benchmark_cases import read_cases
+from data.benchmark_cases import BenchmarkCase, read_cases
 from data.synthetic.render import (
     BACKGROUND_COLOURS,
     NOVEL_SHAPES,
@@ -47,8 +45,9 @@ from data.synthetic.render import (
 )
 from data.synthetic.shapeworld import LAYOUTS, Case, case_from_record
 from data.transforms import pil_img2rgb
-from eval.aggregation import aggregate, write_outputs
-from eval.scoring import round_dirs
+from eval import scoring
+from eval.aggregation import write_outputs
+from eval.scoring import Scorer, make_units, round_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -467,8 +466,8 @@ def judge_record(record: dict, image: Image.Image) -> dict:
 
 
 # ----------------------------------------------------------------------------- benchmark driver
-def load_bench(bench_dir: str) -> list[dict]:
-    """Records of ``bench_dir/data.jsonl``, read by the shared SconeEval reader (data/benchmark_cases.py) and each
+def bench_cases(bench_dir: str) -> list[BenchmarkCase]:
+    """Cases of ``bench_dir/data.jsonl``, read by the shared SconeEval reader (data/benchmark_cases.py) and each
     validated by ``case_from_record``; any bad record raises, naming the file, line and key."""
     cases, problems = read_cases(os.path.join(bench_dir, "data.jsonl"))
     if problems:
@@ -479,31 +478,34 @@ def load_bench(bench_dir: str) -> list[dict]:
         raise ValueError(f"{bench_dir}/data.jsonl holds no records")
     for c in cases:
         case_from_record(c.raw)
-    return [c.raw for c in cases]
+    return cases
 
 
-def judge_results(records: list[dict], image_dir: str, progress: bool = True) -> list[dict]:
-    """Judge ``image_dir/{task_type}/{key}.png`` for every record; a missing/unreadable image becomes a
-    ``failed`` record (counted by the aggregation, never scored as a default)."""
-    out = []
-    for rec in tqdm(records, desc=f"judging {image_dir}", leave=False, disable=not progress):
-        path = os.path.join(image_dir, rec["task_type"], f"{rec['key']}.png")
-        base = {"key": rec["key"], "task_type": rec["task_type"]}
-        if not os.path.isfile(path):
-            out.append({**base, "failed": f"missing output image {path}"})
-            continue
+def load_bench(bench_dir: str) -> list[dict]:
+    """The records of ``bench_cases``."""
+    return [c.raw for c in bench_cases(bench_dir)]
+
+
+class ShapeWorldScorer(Scorer):
+    """The geometric judge as a scorer of the shared driver (eval/scoring.py): no judge request; a
+    missing or unreadable image is a ``failed`` record (counted by the aggregation, never a default score)."""
+
+    def base(self, case: BenchmarkCase, image_dir: Path) -> dict:
+        return {"key": case.key, "task_type": case.task_type}
+
+    def prepare(self, case: BenchmarkCase, image_dir: Path) -> Image.Image:
+        path = image_dir / case.task_type / f"{case.key}.png"
+        if not path.is_file():
+            raise ValueError(f"missing output image {path}")
         try:
             with Image.open(path) as img:
                 img.load()
-                image = pil_img2rgb(img)
+                return pil_img2rgb(img)
         except OSError as e:
-            out.append({**base, "failed": f"unreadable image {path}: {e}"})
-            continue
-        out.append(judge_record(rec, image))
-    n_failed = sum(1 for r in out if r.get("failed"))
-    if n_failed:
-        logger.warning("%s: %d of %d cases have no usable output image", image_dir, n_failed, len(out))
-    return out
+            raise ValueError(f"unreadable image {path}: {e}") from None
+
+    def record(self, case: BenchmarkCase, image: Image.Image, results: dict) -> dict:
+        return judge_record(case.raw, image)
 
 
 def attribute_accuracy(records: list[dict], shape: str | None = None) -> dict:
@@ -551,16 +553,16 @@ def score_benchmark(
     judge is deterministic, so there is one judging pass per round (group ``(r, 0)``). With
     ``output_dir``, per-case records go to ``output_dir/round{r}/scoring0/score.jsonl``.
     """
-    records = load_bench(bench_dir)
-    groups = {}
-    for r, image_dir in round_dirs(Path(result_dir), rounds):
-        groups[(r, 0)] = judge_results(records, str(image_dir), progress)
-        if output_dir is not None:
-            path = os.path.join(output_dir, f"round{r}", "scoring0", "score.jsonl")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in groups[(r, 0)])
-    result = aggregate(groups, "sconeeval")
+    cases = bench_cases(bench_dir)
+    units = make_units(cases, round_dirs(Path(result_dir), rounds))
+    result, groups = scoring.score_benchmark(
+        "sconeeval", units, ShapeWorldScorer(), output_dir, progress=progress
+    )
+    failed = result["cases"]["failed"]
+    if failed:
+        logger.warning(
+            "%s: %d of %d judged cases have no usable output image", result_dir, failed, len(units)
+        )
     result["attributes"] = attribute_accuracy([x for g in groups.values() for x in g])
     return result
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from data.psrbench_cases import (
     SUBSETS,
@@ -49,6 +48,7 @@ from eval.psrbench.report import summarize, to_markdown, write_report
 from eval.psrbench.semantic import (
     DEFAULT_BASE_URL,
     SEMANTIC_PROMPTS,
+    JudgedImage,
     judge_settings,
     load_prompt_templates,
     placeholder_key,
@@ -56,6 +56,7 @@ from eval.psrbench.semantic import (
     semantic_jobs,
 )
 from eval.psrbench.subject_consistency import FeatureExtractor, open_image, subject_consistency
+from eval.scoring import Scorer, Unit, score_units
 
 log = logging.getLogger("eval.psrbench")
 
@@ -87,44 +88,44 @@ def _new_record(case: Case, result_root: Path) -> tuple[dict, Path | None]:
     return rec, (path if rec["error"] is None else None)
 
 
-def score_geometry(
-    cases: list[Case],
-    records: list[dict],
-    images: list[Path | None],
-    *,
-    detector: Detector,
-    features: FeatureExtractor | None,
-    metrics: tuple[str, ...],
-    rule: str = "general",
-    progress: bool = True,
-) -> None:
-    """Fill records[i]["sc"/"position"] (or *_error) for cases whose generated image exists."""
-    todo = [i for i, p in enumerate(images) if p is not None]
-    for i in tqdm(todo, desc="SC / position", disable=not progress, dynamic_ncols=True):
-        case, rec = cases[i], records[i]
+class GeometryScorer(Scorer):
+    """Subject consistency and position alignment as a scorer of the shared driver (eval/scoring.py): no
+    judge request; the generated image's detections are shared by the two metrics. The record holds
+    ``sc``/``position`` or their ``*_error``; an unreadable generated image is the case's ``error``."""
+
+    def __init__(
+        self, detector: Detector, features: FeatureExtractor | None, metrics: tuple[str, ...], rule: str
+    ):
+        self.detector, self.features, self.metrics, self.rule = detector, features, metrics, rule
+
+    def prepare(self, item: JudgedImage, image_dir: Path):
         try:
-            gen = open_image(images[i])
+            return open_image(item.image)
         except OSError as e:
-            rec["error"] = f"generated image unreadable: {e}"
-            images[i] = None
-            continue
-        det = CachedDetector(detector)  # SC and position share the generated image's detections
-        if "sc" in metrics:
+            raise ValueError(f"generated image unreadable: {e}") from None
+
+    def record(self, item: JudgedImage, gen, results: dict) -> dict:
+        case, out = item.case, {}
+        det = CachedDetector(self.detector)  # SC and position share the generated image's detections
+        if "sc" in self.metrics:
             try:
                 refs = [open_image(p) for p in case.input_images]
-                rec["sc"] = _sc_dict(
-                    subject_consistency(gen, refs, case.categories, det, features, rule=rule)
-                )
+                res = subject_consistency(gen, refs, case.categories, det, self.features, rule=self.rule)
+                out["sc"] = _sc_dict(res)
             except (OSError, ValueError) as e:
-                rec["sc_error"] = f"{type(e).__name__}: {e}"
+                out["sc_error"] = f"{type(e).__name__}: {e}"
                 log.warning("%s: subject consistency failed: %s", case.uid, e)
-        if "position" in metrics and case.subset == "Position":
+        if "position" in self.metrics and case.subset == "Position":
             try:
-                res = position_alignment(gen, case.instruction, case.categories, det, rule=rule)
-                rec["position"] = res.to_dict()
+                res = position_alignment(gen, case.instruction, case.categories, det, rule=self.rule)
+                out["position"] = res.to_dict()
             except (OSError, ValueError) as e:
-                rec["position_error"] = f"{type(e).__name__}: {e}"
+                out["position_error"] = f"{type(e).__name__}: {e}"
                 log.warning("%s: position alignment failed: %s", case.uid, e)
+        return out
+
+    def failed(self, item: JudgedImage, reason: str, result) -> dict:
+        return {"error": reason}
 
 
 def _sc_dict(res) -> dict:
@@ -173,16 +174,15 @@ def run_evaluation(
     if "sc" in metrics or "position" in metrics:
         if detector is None or ("sc" in metrics and features is None):
             raise ValueError("sc/position need a detector (and sc a feature extractor)")
-        score_geometry(
-            cases,
-            records,
-            images,
-            detector=detector,
-            features=features,
-            metrics=metrics,
-            rule=rule,
-            progress=progress,
-        )
+        todo = [i for i, p in enumerate(images) if p is not None]
+        units = [Unit(0, Path("."), 0, JudgedImage(cases[i], images[i])) for i in todo]
+        scorer = GeometryScorer(detector, features, metrics, rule)
+        for i, rec in zip(
+            todo, score_units(units, scorer, workers=1, progress=progress, desc="SC / position")
+        ):
+            records[i].update(rec)
+            if rec.get("error"):
+                images[i] = None  # an unreadable image is not judged by the other metrics either
 
     if "semantic" in metrics:
         if judge_client is None:

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from data.psrbench_cases import Case
+from eval.judge.client import JudgeClient, JudgeResult
+from eval.judge.settings import JudgeSettings
+from eval.scoring import Call, Scorer, Unit, iter_jobs, score_units
 
-if TYPE_CHECKING:  # the judge client needs `openai`; SC/position-only runs must not
+if TYPE_CHECKING:  # eval.authors_protocol imports this module
     from eval.authors_protocol import RequestSettings
-    from eval.judge.client import JudgeClient, JudgeResult
-    from eval.judge.settings import JudgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +116,54 @@ class SemanticResult:
         }
 
 
-def _to_result(r: JudgeResult, authors: bool) -> SemanticResult:
-    if r.ok and authors:
-        score, defaulted = r.value
-        status, error = ("defaulted", "no '[Score]: x' in the reply") if defaulted else ("scored", None)
-        return SemanticResult(status, float(score), r.raw, error, r.attempts, r.cached)
-    if r.ok:
-        return SemanticResult("scored", float(r.value), r.raw, None, r.attempts, r.cached)
-    return SemanticResult("failed", None, r.raw, r.error, r.attempts, False)
+@dataclass(frozen=True)
+class JudgedImage:
+    """A PSRBench case with its generated image: what the semantic scorer judges."""
+
+    case: Case
+    image: Path
+
+    @property
+    def uid(self) -> str:
+        return self.case.uid
+
+
+class SemanticScorer(Scorer):
+    """Semantic alignment as a scorer of the shared driver (eval/scoring.py): one judge request per case,
+    the subset's rubric with the instruction, the generated image; the record is ``{"semantic": ...}``."""
+
+    def __init__(self, templates: dict[str, str], protocol: str = "ours"):
+        self.templates, self.authors = templates, protocol == "authors"
+
+    def calls(self, item: JudgedImage, prepared: None) -> list[Call]:
+        case = item.case
+        if case.subset not in self.templates:
+            raise ValueError(f"{case.uid}: no semantic-alignment prompt for subset {case.subset}")
+        if self.authors:  # their `self.task.format(instruction)`: no stripping, no other braces
+            prompt, parse = self.templates[case.subset].format(case.instruction), parse_authors_score
+        else:
+            prompt, parse = build_prompt(self.templates[case.subset], case.instruction), parse_bracket_score
+        return [Call("semantic", prompt, [item.image], parse)]
+
+    def record(self, item: JudgedImage, prepared: None, results: dict[str, JudgeResult]) -> dict:
+        r = results["semantic"]
+        if self.authors:
+            score, defaulted = r.value
+            status, error = ("defaulted", "no '[Score]: x' in the reply") if defaulted else ("scored", None)
+            return {
+                "semantic": SemanticResult(status, float(score), r.raw, error, r.attempts, r.cached).to_dict()
+            }
+        return {
+            "semantic": SemanticResult("scored", float(r.value), r.raw, None, r.attempts, r.cached).to_dict()
+        }
+
+    def failed(self, item: JudgedImage, reason: str, r: JudgeResult | None) -> dict:
+        raw, error, attempts = (r.raw, r.error, r.attempts) if r is not None else (None, reason, 0)
+        return {"semantic": SemanticResult("failed", None, raw, error, attempts, False).to_dict()}
+
+
+def semantic_units(items: list[tuple[Case, Path]], scoring_round: int = 0) -> list[Unit]:
+    return [Unit(0, Path("."), scoring_round, JudgedImage(case, Path(image))) for case, image in items]
 
 
 def semantic_alignment(
@@ -140,9 +181,10 @@ def semantic_alignment(
     Only cases of SEMANTIC_PROMPTS subsets are allowed. Raises JudgeFatalError when the server cannot be
     used at all (auth, unknown model, quota): nothing is scored rather than everything failing.
     """
-    jobs = semantic_jobs(items, templates, protocol=protocol, scoring_round=scoring_round)
-    results = client.judge_many(jobs, progress=progress)
-    return [_to_result(r, protocol == "authors") for r in results]
+    units = semantic_units(items, scoring_round)
+    scorer = SemanticScorer(templates, protocol)
+    records = score_units(units, scorer, client, progress=progress, desc="semantic alignment")
+    return [SemanticResult(**r["semantic"]) for r in records]
 
 
 def semantic_jobs(
@@ -152,28 +194,14 @@ def semantic_jobs(
     protocol: str = "ours",
     scoring_round: int = 0,
 ) -> list:
-    """The judge requests (``JudgeJob``) of ``semantic_alignment``: for it, for ``--dry_run`` and for the
-    Batch API."""
-    from eval.judge.client import JudgeJob
-
-    jobs = []
-    for case, image in items:
-        if case.subset not in templates:
-            raise ValueError(f"{case.uid}: no semantic-alignment prompt for subset {case.subset}")
-        if protocol == "authors":  # their `self.task.format(instruction)`: no stripping, no other braces
-            prompt, parse = templates[case.subset].format(case.instruction), parse_authors_score
-        else:
-            prompt, parse = build_prompt(templates[case.subset], case.instruction), parse_bracket_score
-        jobs.append(JudgeJob(prompt, [image], parse, scoring_round=scoring_round, tag=case.uid))
-    return jobs
+    """The judge requests (``JudgeJob``) of ``semantic_alignment``, for ``--dry_run`` and the Batch API."""
+    return list(iter_jobs(semantic_units(items, scoring_round), SemanticScorer(templates, protocol)))
 
 
 def judge_settings(authors_request: RequestSettings | None = None) -> JudgeSettings:
     """The request of our protocol (a local Qwen2.5-VL server: temperature 0.2, seed 0, max_tokens 1400,
     PNG) or, given ``authors_request``, the PSR scripts' (their temperature, no max_tokens and no seed, the
     image file's own bytes before the text, replies read once: no re-asking)."""
-    from eval.judge.settings import JudgeSettings
-
     if authors_request is None:
         return JudgeSettings(
             model=DEFAULT_JUDGE_MODEL,
