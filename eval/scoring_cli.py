@@ -12,15 +12,12 @@ from pathlib import Path
 from data.benchmark_cases import BenchmarkCase, CaseProblem, read_cases
 from eval.aggregation import get_benchmark, write_outputs
 from eval.authors_protocol import (
-    AuthorsProtocol,
     AuthorsProtocolError,
     add_protocol_args,
-    load_judge_protocol,
 )
 from eval.judge.client import JudgeClient, JudgeFatalError
-from eval.judge.prompts import PromptSet
+from eval.judge.protocol import resolve_protocol
 from eval.judge.provenance import judge_record, provenance_markdown
-from eval.judge.rules import judging_rules
 from eval.judge.run_modes import (
     EXIT_FAILED_CASES,
     EXIT_FATAL,
@@ -29,7 +26,7 @@ from eval.judge.run_modes import (
     add_run_mode_args,
     dry_run,
 )
-from eval.judge.settings import REQUEST_FLAGS, JudgeSettings, add_judge_args, settings_from_args
+from eval.judge.settings import add_judge_args
 from eval.scoring import (
     CallBuilder,
     JudgedCaseScorer,
@@ -63,44 +60,6 @@ def add_common_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     add_run_mode_args(p)
 
 
-OURS_REQUEST = JudgeSettings()  # gpt-4.1, temperature 0, seed 0 (+ pass), max_tokens 1400, PNG
-
-
-def _prompts_and_protocol(
-    args: argparse.Namespace, bench: str
-) -> tuple[PromptSet, AuthorsProtocol | None, JudgeSettings]:
-    """The prompt set, with ``--protocol authors`` the authors' protocol, and the judge settings: the
-    protocol's request with the flags given on the command line (flags the authors' files set are errors)."""
-    if args.protocol == "ours":
-        return PromptSet(bench, args.prompt_dir), None, settings_from_args(args, OURS_REQUEST)
-    if args.prompt_dir is not None:
-        raise ValueError("--prompt_dir: set by the authors' files with --protocol authors")
-    protocol = load_judge_protocol(
-        bench,
-        args.authors_upstream,
-        args.authors_repo,
-        args.authors_cache,
-        args.authors_url,
-    )
-    req = protocol.request
-    if args.judge_model is not None and args.judge_model != req.model:
-        log.warning("--judge_model %s replaces the authors' %s in the requests", args.judge_model, req.model)
-    # the authors' client sends neither temperature nor seed when its files name none, and posts with `requests`
-    request = JudgeSettings(
-        model=req.model,
-        temperature=req.temperature,
-        seed=None,
-        max_tokens=req.max_tokens,
-        image_format=req.image_format,
-        jpeg_quality=req.jpeg_quality,
-        body_style="requests",
-    )
-    settings = settings_from_args(args, request, fixed=tuple(REQUEST_FLAGS))
-    for role, src in protocol.sources.items():
-        log.info("authors' %s: %s (sha256 %s)", role, src["file"], src["sha256"][:12])
-    return PromptSet.from_texts(bench, protocol.templates, protocol.sources), protocol, settings
-
-
 def run_cli(
     args: argparse.Namespace,
     build_calls: CallBuilder,
@@ -131,11 +90,11 @@ def run_cli(
     for p in problems:
         log.error("invalid case %s", p)
     try:
-        prompts, protocol, settings = _prompts_and_protocol(args, bench.name)
+        protocol = resolve_protocol(bench.name, args)
     except (FileNotFoundError, ValueError, AuthorsProtocolError) as e:
         log.error("%s", e)
         return EXIT_FATAL
-    rules = judging_rules(args.protocol, protocol.upstream if protocol else None)
+    rules, settings = protocol.rules, protocol.settings
     if args.batch_api and rules.tries > 1 and not rules.every_try:
         # the Batch API asks again only the request whose reply did not read; this protocol would send the
         # whole case again, so its numbers would not be the authors'
@@ -144,15 +103,13 @@ def run_cli(
             rules.name,
         )
         return EXIT_FATAL
-    # the protocol's own tries are its re-asking
-    settings = settings.with_(retry_unparseable=rules.tries == 1)
     client = JudgeClient(settings, cache_dir=args.cache_dir or output_dir / "judge_cache")
     try:
         units = make_units(kept, round_dirs(Path(args.result_dir), args.rounds), args.scorings)
     except (FileNotFoundError, ValueError) as e:
         log.error("%s", e)
         return EXIT_FATAL
-    scorer = JudgedCaseScorer(benchmark_dir, prompts, build_calls, make_record, rules)
+    scorer = JudgedCaseScorer(benchmark_dir, protocol.prompts, build_calls, make_record, rules)
     jobs = iter_jobs(units, scorer, rules)
     if args.dry_run:
         return dry_run(client, jobs, args)
@@ -171,12 +128,12 @@ def run_cli(
             code = EXIT_FATAL
     if result is None:
         return code
-    judge = judge_record(client.served_models, args.protocol, prompts.sources, settings)
+    judge = judge_record(client.served_models, protocol.name, protocol.sources, settings)
     extra = {
         "judge": judge,
-        "protocol": args.protocol,
-        **({"authors_upstream": protocol.upstream} if protocol else {}),
-        "prompts": prompts.sources,
+        "protocol": protocol.name,
+        **({"authors_upstream": protocol.upstream} if protocol.upstream else {}),
+        "prompts": protocol.sources,
         "invalid_cases": [str(p) for p in problems],
     }
     md = write_outputs(

@@ -12,6 +12,7 @@ from PIL import Image
 
 from data.psrbench_cases import case_output_path, load_psrbench_cases, write_results_json
 from eval.judge.client import JudgeClient
+from eval.judge.rules import AUTHORS
 from eval.judge.settings import JudgeSettings
 from eval.psrbench.detection import Box
 from eval.psrbench.evaluate import run_evaluation
@@ -178,7 +179,7 @@ def test_authors_reading_defaults_to_5_keeps_out_of_range_and_never_reasks(bench
     templates = {"Three": "Rate this: {}"}
     with ScriptedServer(SCRIPTS) as url:
         res = semantic_alignment(
-            items, client_for(url, retry_unparseable=False), templates, protocol="authors", progress=False
+            items, client_for(url, retry_unparseable=False), templates, rules=AUTHORS["psr"], progress=False
         )
     # no score -> 5 at once; "[Score]: 42" is taken as it is (upstream had no range check)
     assert [(r.status, r.score, r.attempts) for r in res] == [("defaulted", 5.0, 1), ("scored", 42.0, 1)]

@@ -6,7 +6,8 @@ Both SconeEval's scorer (Ryann-Ran/Scone ``eval/s2i/sconeeval/json_util.py``) an
 values wrapped by their ``fix_json`` before a second try), or, without braces, as a bare integer 0-10.
 Scone reads a presence reply as exactly ``0`` / ``1``, else the *first* standalone 0 or 1 anywhere in the
 text: "the subject from image 1 is not present. Answer: 0" reads as 1 (our parser, eval/judge/parsing.py,
-takes the final answer). Written from their behaviour, not copied; docs/evaluation.md §5 lists where we
+takes the final answer). PSR's semantic-alignment scripts take the first ``[Score]: x`` and count 5 when
+there is none. Written from their behaviour, not copied; docs/evaluation.md §5 lists where we
 still differ (a score that is not a number in [0, 10] fails the judgement instead of entering the mean).
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import re
+
+from eval.judge.parsing import BRACKET_SCORE
 
 _STANDALONE_01 = re.compile(r"\b[01]\b")
 
@@ -88,3 +91,16 @@ def authors_score_reason(text: str) -> tuple[float, str]:
         raise ValueError(f"score {score} outside [0, 10]")
     reasoning = obj.get("reasoning", "")
     return float(score), reasoning if isinstance(reasoning, str) else str(reasoning)
+
+
+PSR_DEFAULT_SCORE = 5.0
+
+
+def authors_bracket_score(text: str) -> tuple[float, bool]:
+    """The PSR scripts' reading of a semantic-alignment reply: (first `[Score]: x` as a float, False), or
+    (5.0, True) when there is none. A match that is not a number (``8.5.1``) raises ValueError (their script
+    then drops the sample)."""
+    m = BRACKET_SCORE.search(text or "")
+    if m is None:
+        return PSR_DEFAULT_SCORE, True
+    return float(m.group(1)), False

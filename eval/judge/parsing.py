@@ -100,3 +100,34 @@ def parse_binary(text: str) -> int:
     ):
         return int(found.pop())
     raise ValueError(f"no unambiguous 0/1 answer in reply: {stripped[:200]!r}")
+
+
+# ----------------------------------------------------------------------------- PSRBench semantic alignment
+BRACKET_SCORE = re.compile(r"\[Score\]:\s*([\d.]+)")
+PLACEHOLDER = "{instruction}"  # PSRBench rubric templates
+
+
+def build_prompt(template: str, instruction: str) -> str:
+    """A PSRBench rubric with the instruction: str.replace, not str.format (rubric text may hold braces)."""
+    return template.replace(PLACEHOLDER, instruction.strip())
+
+
+def parse_bracket_score(text: str) -> float:
+    """First `[Score]: x` in `text` -> float in [0, 10]; ValueError otherwise (the client then retries)."""
+    if not text:
+        raise ValueError("empty reply")
+    m = BRACKET_SCORE.search(text)
+    if m is None:
+        raise ValueError(f"no '[Score]: x' in reply: {text[-200:]!r}")
+    try:
+        score = float(m.group(1))
+    except ValueError:
+        raise ValueError(f"score {m.group(1)!r} is not a number") from None
+    if not math.isfinite(score) or not 0.0 <= score <= 10.0:
+        raise ValueError(f"score {score} outside [0, 10]")
+    return score
+
+
+def bracket_score(text: str) -> tuple[float, bool]:
+    """``parse_bracket_score`` as (score, defaulted=False): the semantic reading of our protocol."""
+    return parse_bracket_score(text), False

@@ -1,5 +1,6 @@
 """The judging rules of one protocol, chosen once per run: how a reference image is prepared, which SC
-rubric a case gets, how replies are read, and how many times each request is sent.
+rubric a case gets, how prompts are filled and replies read, how many times each request is sent, and
+(PSRBench) which detection boxes its geometric metrics keep.
 
 ``OURS`` is this project's protocol. With ``--protocol authors`` the rules are those of the upstream
 evaluator followed (eval/authors_protocol.py holds their prompts and request settings), quirks included:
@@ -9,6 +10,8 @@ evaluator followed (eval/authors_protocol.py holds their prompts and request set
   parser (eval/judge/authors_parsing.py: the first standalone 0/1 of a presence reply); a case gets up
   to three tries, and a reply that cannot be read sends every request of the case again (their retry
   loop covers the whole case and breaks after the first try whose replies all read).
+* ``psr`` (wang-shulei/PSR, PSRBench): the rubric filled by ``str.format``, the first ``[Score]: x`` read
+  once (5 when there is none), their box rule for subject consistency and position.
 * ``omnigen2`` (VectorSpaceLab/OmniGen2, OmniContext's original evaluator): references decoded with their
   EXIF orientation and resized in their stored mode; every PF/SC request sent three times per judging
   pass (their retry loop has no ``break``), the last readable reply kept.
@@ -16,7 +19,7 @@ evaluator followed (eval/authors_protocol.py holds their prompts and request set
 In every try the requests of one batch (PF and SC) are all sent before their replies are read; replies
 are read in order, an unreadable one ends the try's reading (and no later batch is sent), and each request
 keeps the last readable reply any try got. Our own protocol has one try: the judge client asks again
-for an unreadable reply itself (``--max_retries``).
+for an unreadable reply itself (``--max_retries``, ``reask``); the authors' scorers never do.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from dataclasses import dataclass
 from PIL import Image
 
 from data.benchmark_cases import BenchmarkCase
-from eval.judge.authors_parsing import authors_presence, authors_score_reason
+from eval.judge.authors_parsing import authors_bracket_score, authors_presence, authors_score_reason
 from eval.judge.images import ImageLike, load_reference, load_reference_decoded
-from eval.judge.parsing import parse_binary, parse_score_reason
+from eval.judge.parsing import bracket_score, build_prompt, parse_binary, parse_score_reason
 
 
 def scene_by_task_type(case: BenchmarkCase) -> bool:
@@ -49,6 +52,15 @@ class JudgingRules:
     scene_rubric: dict[str, Callable[[BenchmarkCase], bool]]  # benchmark -> does this case get scene SC?
     tries: int = 1  # times the requests of a case may be sent per judging pass (the authors' retry loop)
     every_try: bool = False  # True: all tries are sent even after one whose replies all read (no break)
+    reask: bool = False  # the judge client asks again for an unreadable reply (--max_retries)
+    # PSRBench semantic alignment: (rubric, instruction) -> prompt; reply -> (score, defaulted to 5)
+    render_semantic: Callable[[str, str], str] = build_prompt
+    parse_semantic: Callable[[str], tuple[float, bool]] = bracket_score
+    box_rule: str = "general"  # PSRBench SC/position: "general" or the authors' "upstream" box rule
+
+
+def _format(template: str, instruction: str) -> str:
+    return template.format(instruction)  # PSR's `self.task.format(instruction)`: no stripping
 
 
 OURS = JudgingRules(
@@ -57,6 +69,7 @@ OURS = JudgingRules(
     parse_score_reason,
     parse_binary,
     {"omnicontext": scene_by_task_type, "sconeeval": scene_by_task_or_case_type},
+    reask=True,
 )
 AUTHORS = {
     "scone": JudgingRules(
@@ -76,9 +89,21 @@ AUTHORS = {
         tries=3,
         every_try=True,
     ),
+    "psr": JudgingRules(
+        "psr",
+        load_reference,
+        authors_score_reason,
+        authors_presence,
+        {},
+        render_semantic=_format,
+        parse_semantic=authors_bracket_score,
+        box_rule="upstream",
+    ),
 }
 
 
 def judging_rules(protocol: str, upstream: str | None) -> JudgingRules:
     """``OURS``, or the rules of the upstream ``--protocol authors`` follows."""
+    if protocol not in ("ours", "authors"):
+        raise ValueError(f"protocol must be 'ours' or 'authors', got {protocol!r}")
     return OURS if protocol == "ours" else AUTHORS[upstream or "scone"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -28,9 +27,11 @@ from data.psrbench_cases import (
     load_psrbench_cases,
     resolve_result_path,
 )
-from eval.authors_protocol import AuthorsProtocolError, add_protocol_args, load_psr_protocol
+from eval.authors_protocol import AuthorsProtocolError, add_protocol_args
 from eval.judge.client import JudgeClient
+from eval.judge.protocol import Protocol, resolve_protocol
 from eval.judge.provenance import judge_record
+from eval.judge.rules import OURS, JudgingRules, judging_rules
 from eval.judge.run_modes import (
     EXIT_FAILED_CASES,
     EXIT_FATAL,
@@ -39,7 +40,7 @@ from eval.judge.run_modes import (
     add_run_mode_args,
     dry_run,
 )
-from eval.judge.settings import REQUEST_FLAGS, add_judge_args, settings_from_args
+from eval.judge.settings import add_judge_args
 from eval.psrbench.aesthetics import hpsv3_scores
 from eval.psrbench.detection import BOX_THRESHOLD, DEFAULT_DETECTOR, TEXT_THRESHOLD, CachedDetector, Detector
 from eval.psrbench.features import DEFAULT_FEATURE_MODEL
@@ -49,7 +50,6 @@ from eval.psrbench.semantic import (
     DEFAULT_BASE_URL,
     SEMANTIC_PROMPTS,
     JudgedImage,
-    judge_settings,
     load_prompt_templates,
     placeholder_key,
     semantic_alignment,
@@ -141,7 +141,7 @@ def run_evaluation(
     features: FeatureExtractor | None = None,
     judge_client: Any = None,
     templates: dict[str, str] | None = None,
-    protocol: str = "ours",
+    rules: JudgingRules = OURS,
     aesthetics_device: str = "cuda",
     aesthetics_batch_size: int = 8,
     aesthetics_inferencer: Any = None,
@@ -150,15 +150,12 @@ def run_evaluation(
     """Score `cases` -> (per-case records, {metric: reason} for metrics skipped entirely).
 
     detector/features are needed for sc/position, judge_client for semantic (objects are injected so
-    tests and other drivers can pass their own). ``protocol="authors"``: the PSR scripts' box rule, image
-    handling, relation matching and reading of judge replies (docs/psrbench.md); ``templates`` are then
-    the authors' (eval.authors_protocol.load_psr_protocol)."""
+    tests and other drivers can pass their own). ``rules=AUTHORS["psr"]`` (eval/judge/rules.py): the PSR
+    scripts' box rule, relation matching and reading of judge replies (docs/psrbench.md); ``templates`` are
+    then the authors' (eval.authors_protocol.load_psr_protocol)."""
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; known: {METRICS}")
-    if protocol not in ("ours", "authors"):
-        raise ValueError(f"protocol must be 'ours' or 'authors', got {protocol!r}")
-    rule = "upstream" if protocol == "authors" else "general"
     records, images = [], []
     for c in cases:
         rec, img = _new_record(c, Path(result_root))
@@ -176,7 +173,7 @@ def run_evaluation(
             raise ValueError("sc/position need a detector (and sc a feature extractor)")
         todo = [i for i, p in enumerate(images) if p is not None]
         units = [Unit(0, Path("."), 0, JudgedImage(cases[i], images[i])) for i in todo]
-        scorer = GeometryScorer(detector, features, metrics, rule)
+        scorer = GeometryScorer(detector, features, metrics, rules.box_rule)
         for i, rec in zip(
             todo, score_units(units, scorer, workers=1, progress=progress, desc="SC / position")
         ):
@@ -196,7 +193,7 @@ def run_evaluation(
                 [(cases[i], images[i]) for i in sel],
                 judge_client,
                 templates,
-                protocol=protocol,
+                rules=rules,
                 progress=progress,
             )
             for i, r in zip(sel, results):
@@ -276,39 +273,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.upstream_compat:
         log.warning("--upstream_compat is now --protocol authors")
         args.protocol = "authors"
-    templates, authors_request, authors_sources, settings = None, None, None, None
+    rules, protocol = judging_rules(args.protocol, "psr"), None
     if "semantic" in metrics:
         try:
-            if args.protocol == "authors":
-                if args.prompt_dir is not None:
-                    raise ValueError("--prompt_dir: set by the authors' files with --protocol authors")
-                templates, authors_request, authors_sources = load_psr_protocol(
-                    args.authors_repo, args.authors_cache, args.authors_url
-                )
-                settings = settings_from_args(
-                    args, judge_settings(authors_request), fixed=tuple(REQUEST_FLAGS)
-                )
-            else:
-                templates = load_prompt_templates(args.prompt_dir)
-                settings = settings_from_args(args, judge_settings())
-        except (AuthorsProtocolError, ValueError) as e:
+            protocol = resolve_protocol("psrbench", args)
+        except (AuthorsProtocolError, FileNotFoundError, ValueError) as e:
             log.error("%s", e)
             return EXIT_FATAL
         client = JudgeClient(
-            settings,
-            api_key=placeholder_key(settings.api_key_env),
+            protocol.settings,
+            api_key=placeholder_key(protocol.settings.api_key_env),
             cache_dir=args.cache_dir or save_dir / "judge_cache",
         )
     if args.dry_run and client is None:
         log.error("--dry_run counts judge requests: it needs the semantic metric (--metrics ... semantic)")
         return EXIT_FATAL
     if args.dry_run:
-        return dry_run(client, _semantic_jobs(cases, args, templates), args)
+        return dry_run(client, _semantic_jobs(cases, args, protocol), args)
     if client is None:
-        return _score_and_report(args, cases, coverage, None, templates, authors_sources)
+        return _score_and_report(args, cases, coverage, None, None, rules)
     with JudgedRun(client, save_dir, args) as run:
-        pending = run.batch(_semantic_jobs(cases, args, templates))
-        return pending or _score_and_report(args, cases, coverage, client, templates, authors_sources)
+        pending = run.batch(_semantic_jobs(cases, args, protocol))
+        return pending or _score_and_report(args, cases, coverage, client, protocol, rules)
 
 
 def _score_and_report(
@@ -316,8 +302,8 @@ def _score_and_report(
     cases: list[Case],
     coverage: dict,
     client: JudgeClient | None,
-    templates: dict[str, str] | None,
-    authors_sources: dict | None,
+    protocol: Protocol | None,
+    rules: JudgingRules,
 ) -> int:
     """Score every requested metric, write the report and return the exit code."""
     metrics = tuple(args.metrics)
@@ -344,8 +330,8 @@ def _score_and_report(
         detector=detector,
         features=features,
         judge_client=client,
-        templates=templates,
-        protocol=args.protocol,
+        templates=protocol.templates if protocol else None,
+        rules=rules,
         aesthetics_device=args.device,
         aesthetics_batch_size=args.hpsv3_batch_size,
         progress=not args.no_progress,
@@ -368,9 +354,11 @@ def _score_and_report(
         "prompt_dir": args.prompt_dir or "bundled (eval/psrbench/prompts)",
         "judge_usage": client.usage.as_dict() if client else None,
         "protocol": args.protocol,
-        "judge": _judge_provenance(args.protocol, client, templates) if client else None,
-        "authors_files": authors_sources,
-        "box_rule": "upstream" if args.protocol == "authors" else "general",
+        "judge": judge_record(client.served_models, protocol.name, protocol.sources, settings)
+        if client
+        else None,
+        "authors_files": protocol.files if protocol else None,
+        "box_rule": rules.box_rule,
         "coverage": coverage,
     }
     summary = summarize(records, meta, skipped)
@@ -383,9 +371,9 @@ def _score_and_report(
     return EXIT_FAILED_CASES if incomplete else EXIT_OK
 
 
-def _semantic_jobs(cases: list[Case], args: argparse.Namespace, templates: dict[str, str]) -> list:
+def _semantic_jobs(cases: list[Case], args: argparse.Namespace, protocol: Protocol) -> list:
     """The judge requests of the semantic metric (``--dry_run``, ``--batch_api``)."""
-    return semantic_jobs(_semantic_items(cases, args.result_root), templates, protocol=args.protocol)
+    return semantic_jobs(_semantic_items(cases, args.result_root), protocol.templates, rules=protocol.rules)
 
 
 def _semantic_items(cases: list[Case], result_root: str) -> list[tuple[Case, Path]]:
@@ -397,14 +385,6 @@ def _semantic_items(cases: list[Case], result_root: str) -> list[tuple[Case, Pat
             if image is not None:
                 items.append((c, image))
     return items
-
-
-def _judge_provenance(protocol: str, client: JudgeClient, templates: dict[str, str]) -> dict:
-    """The report's record of the semantic judge (eval/judge/provenance.py)."""
-    sources = {
-        s: {"sha256": hashlib.sha256(t.encode("utf-8")).hexdigest()} for s, t in (templates or {}).items()
-    }
-    return judge_record(client.served_models, protocol, sources, client.settings)
 
 
 if __name__ == "__main__":

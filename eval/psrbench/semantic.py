@@ -4,8 +4,8 @@ per-subset rubric (our own wording, `prompts/{name}.txt`, `{instruction}` placeh
 loads other wording, e.g. the PSR authors' text for upstream comparability).
 
 The score is the first `[Score]: x` of the reply. A reply that never parses (after the client's retries)
-is a *failure* in the report. With ``protocol="authors"`` (eval/authors_protocol.py) the prompts and the
-request come from the PSR authors' scripts and their reading of the reply is kept: no re-asking, the first
+is a *failure* in the report. With the PSR authors' rules (``--protocol authors``, eval/judge/rules.py,
+eval/authors_protocol.py) the prompts and the request come from the PSR authors' scripts and their reading of the reply is kept: no re-asking, the first
 `[Score]: x` taken as it is (even outside 0-10), 5 when there is none (labelled `defaulted`), a number
 that does not convert dropping the case (a failure here).
 """
@@ -13,20 +13,16 @@ that does not convert dropping the case (a failure here).
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from data.psrbench_cases import Case
 from eval.judge.client import JudgeClient, JudgeResult
+from eval.judge.parsing import PLACEHOLDER, build_prompt, parse_bracket_score  # noqa: F401 - the metric's API
+from eval.judge.rules import OURS, JudgingRules
 from eval.judge.settings import JudgeSettings
 from eval.scoring import Call, Scorer, Unit, iter_jobs, score_units
-
-if TYPE_CHECKING:  # eval.authors_protocol imports this module
-    from eval.authors_protocol import RequestSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,39 +36,11 @@ SEMANTIC_PROMPTS: dict[str, str] = {
     "Four": "four",
 }
 PROMPT_DIR = Path(__file__).parent / "prompts"
-PLACEHOLDER = "{instruction}"
-SCORE_RE = re.compile(r"\[Score\]:\s*([\d.]+)")
-UPSTREAM_DEFAULT_SCORE = 5.0
 # Upstream client settings (PSR): temperature 0.2, API key "psr" on port 17140.
 DEFAULT_TEMPERATURE = 0.2
 DEFAULT_JUDGE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the model the PSR authors' requests name
 DEFAULT_MAX_TOKENS = 1400
 DEFAULT_BASE_URL = "http://127.0.0.1:17140/v1"
-
-
-def parse_bracket_score(text: str) -> float:
-    """First `[Score]: x` in `text` -> float in [0, 10]; ValueError otherwise (the client then retries)."""
-    if not text:
-        raise ValueError("empty reply")
-    m = SCORE_RE.search(text)
-    if m is None:
-        raise ValueError(f"no '[Score]: x' in reply: {text[-200:]!r}")
-    try:
-        score = float(m.group(1))
-    except ValueError:
-        raise ValueError(f"score {m.group(1)!r} is not a number") from None
-    if not math.isfinite(score) or not 0.0 <= score <= 10.0:
-        raise ValueError(f"score {score} outside [0, 10]")
-    return score
-
-
-def parse_authors_score(text: str) -> tuple[float, bool]:
-    """The PSR scripts' reading: (first `[Score]: x` as a float, False), or (5.0, True) when there is none.
-    A match that is not a number (``8.5.1``) raises ValueError (upstream then dropped the sample)."""
-    m = SCORE_RE.search(text or "")
-    if m is None:
-        return UPSTREAM_DEFAULT_SCORE, True
-    return float(m.group(1)), False
 
 
 def load_prompt_templates(prompt_dir: str | os.PathLike | None = None) -> dict[str, str]:
@@ -89,11 +57,6 @@ def load_prompt_templates(prompt_dir: str | os.PathLike | None = None) -> dict[s
             raise ValueError(f"{path}: template has no {PLACEHOLDER} placeholder")
         out[subset] = text
     return out
-
-
-def build_prompt(template: str, instruction: str) -> str:
-    # str.replace, not str.format: rubric text may contain other braces
-    return template.replace(PLACEHOLDER, instruction.strip())
 
 
 @dataclass
@@ -132,29 +95,22 @@ class SemanticScorer(Scorer):
     """Semantic alignment as a scorer of the shared driver (eval/scoring.py): one judge request per case,
     the subset's rubric with the instruction, the generated image; the record is ``{"semantic": ...}``."""
 
-    def __init__(self, templates: dict[str, str], protocol: str = "ours"):
-        self.templates, self.authors = templates, protocol == "authors"
+    def __init__(self, templates: dict[str, str], rules: JudgingRules = OURS):
+        self.templates, self.rules = templates, rules
 
     def calls(self, item: JudgedImage, prepared: None) -> list[Call]:
         case = item.case
         if case.subset not in self.templates:
             raise ValueError(f"{case.uid}: no semantic-alignment prompt for subset {case.subset}")
-        if self.authors:  # their `self.task.format(instruction)`: no stripping, no other braces
-            prompt, parse = self.templates[case.subset].format(case.instruction), parse_authors_score
-        else:
-            prompt, parse = build_prompt(self.templates[case.subset], case.instruction), parse_bracket_score
-        return [Call("semantic", prompt, [item.image], parse)]
+        prompt = self.rules.render_semantic(self.templates[case.subset], case.instruction)
+        return [Call("semantic", prompt, [item.image], self.rules.parse_semantic)]
 
     def record(self, item: JudgedImage, prepared: None, results: dict[str, JudgeResult]) -> dict:
         r = results["semantic"]
-        if self.authors:
-            score, defaulted = r.value
-            status, error = ("defaulted", "no '[Score]: x' in the reply") if defaulted else ("scored", None)
-            return {
-                "semantic": SemanticResult(status, float(score), r.raw, error, r.attempts, r.cached).to_dict()
-            }
+        score, defaulted = r.value
+        status, error = ("defaulted", "no '[Score]: x' in the reply") if defaulted else ("scored", None)
         return {
-            "semantic": SemanticResult("scored", float(r.value), r.raw, None, r.attempts, r.cached).to_dict()
+            "semantic": SemanticResult(status, float(score), r.raw, error, r.attempts, r.cached).to_dict()
         }
 
     def failed(self, item: JudgedImage, reason: str, r: JudgeResult | None) -> dict:
@@ -171,18 +127,19 @@ def semantic_alignment(
     client: JudgeClient,
     templates: dict[str, str],
     *,
-    protocol: str = "ours",
+    rules: JudgingRules = OURS,
     scoring_round: int = 0,
     progress: bool = True,
 ) -> list[SemanticResult]:
-    """Judge each (case, generated image path) -> results in the same order. ``protocol="authors"``:
-    ``templates`` are the authors' ``str.format`` strings (``load_psr_protocol``), read as they read them.
+    """Judge each (case, generated image path) -> results in the same order. With the PSR authors' rules
+    (``AUTHORS["psr"]``) ``templates`` are their ``str.format`` strings (``load_psr_protocol``), read as
+    they read them.
 
     Only cases of SEMANTIC_PROMPTS subsets are allowed. Raises JudgeFatalError when the server cannot be
     used at all (auth, unknown model, quota): nothing is scored rather than everything failing.
     """
     units = semantic_units(items, scoring_round)
-    scorer = SemanticScorer(templates, protocol)
+    scorer = SemanticScorer(templates, rules)
     records = score_units(units, scorer, client, progress=progress, desc="semantic alignment")
     return [SemanticResult(**r["semantic"]) for r in records]
 
@@ -191,34 +148,22 @@ def semantic_jobs(
     items: list[tuple[Case, Path]],
     templates: dict[str, str],
     *,
-    protocol: str = "ours",
+    rules: JudgingRules = OURS,
     scoring_round: int = 0,
 ) -> list:
     """The judge requests (``JudgeJob``) of ``semantic_alignment``, for ``--dry_run`` and the Batch API."""
-    return list(iter_jobs(semantic_units(items, scoring_round), SemanticScorer(templates, protocol)))
+    return list(iter_jobs(semantic_units(items, scoring_round), SemanticScorer(templates, rules)))
 
 
-def judge_settings(authors_request: RequestSettings | None = None) -> JudgeSettings:
-    """The request of our protocol (a local Qwen2.5-VL server: temperature 0.2, seed 0, max_tokens 1400,
-    PNG) or, given ``authors_request``, the PSR scripts' (their temperature, no max_tokens and no seed, the
-    image file's own bytes before the text, replies read once: no re-asking)."""
-    if authors_request is None:
-        return JudgeSettings(
-            model=DEFAULT_JUDGE_MODEL,
-            api_key_env="PSR_JUDGE_API_KEY",
-            temperature=DEFAULT_TEMPERATURE,
-            seed=0,
-            max_tokens=DEFAULT_MAX_TOKENS,
-        )
+def judge_settings() -> JudgeSettings:
+    """The request of our protocol: a local Qwen2.5-VL server, temperature 0.2, seed 0, max_tokens 1400, PNG.
+    (The PSR authors' request is read from their scripts: eval/judge/protocol.py.)"""
     return JudgeSettings(
-        model=authors_request.model,
+        model=DEFAULT_JUDGE_MODEL,
         api_key_env="PSR_JUDGE_API_KEY",
-        temperature=authors_request.temperature,
-        seed=None,
-        max_tokens=authors_request.max_tokens,
-        image_format=authors_request.image_format,
-        image_first=authors_request.image_first,
-        retry_unparseable=False,
+        temperature=DEFAULT_TEMPERATURE,
+        seed=0,
+        max_tokens=DEFAULT_MAX_TOKENS,
     )
 
 
