@@ -315,12 +315,12 @@ def render_markdown(result: dict, method: str = "Scone", digits: int = 2) -> str
     lines.append(_md_row(avg))
     groups = sorted({(tb["round"], tb["scoring"]) for tb in result["groups"]})
     n_rounds, n_scorings = len({r for r, _ in groups}), len({s for _, s in groups})
+    scored, failed = result["cases"]["scored"], result["cases"]["failed"]
     lines += [
         "",
-        f"{g} group(s) = {n_rounds} sampling round(s) x {n_scorings} judging pass(es); "
-        + ("values are mean ± sample std across groups. " if g > 1 else "")
-        + f"Failed cases are excluded from the means: {result['cases']['failed']} "
-        "(counted over all groups; reasons in scores.json).",
+        f"Scored {scored} of {scored + failed} cases ({g} group(s) = {n_rounds} sampling round(s) x "
+        f"{n_scorings} judging pass(es)); the {failed} failed are excluded from the means (reasons in "
+        "scores.json)." + (" Values are mean ± sample std across groups." if g > 1 else ""),
     ]
     return "\n".join(lines) + "\n"
 

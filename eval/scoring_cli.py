@@ -136,8 +136,13 @@ def run_cli(
         "prompts": protocol.sources,
         "invalid_cases": [str(p) for p in problems],
     }
+    invalid = f"\n{len(problems)} invalid case(s) of the metadata file were not scored (scores.json: invalid_cases).\n"
     md = write_outputs(
-        result, output_dir, method=args.method, extra=extra, extra_markdown=provenance_markdown(judge)
+        result,
+        output_dir,
+        method=args.method,
+        extra=extra,
+        extra_markdown=(invalid if problems else "") + provenance_markdown(judge),
     )
     print(md)
     failed = result["cases"]["failed"]

@@ -172,7 +172,7 @@ def test_sconeeval_cli_table_failures_and_free_rerun(tmp_path, api_key):
     rec = [json.loads(x) for x in (out / "round0/scoring1/score.jsonl").read_text().splitlines()]
     dmc = next(r for r in rec if r["key"] == "dmc")
     assert dmc["DIS_pred"] == [[0], [1, 1]] and dmc["PF_score_reason"] == "pf" and dmc["SC_score"] == 6.0
-    assert "| 6/32 |" in md1
+    assert "| 6/32 |" in md1 and "Scored 26 of 32 cases (4 group(s)" in md1
     usage = [json.loads(x) for x in (out / "usage.jsonl").read_text().splitlines()]
     assert usage[0]["requests"] == n_first and usage[1]["requests"] == 0 and usage[1]["cache_hits"] > 0
     assert KEY not in (out / "scores.json").read_text() + (out / "usage.jsonl").read_text()
