@@ -53,7 +53,13 @@ class Call:
 class Scorer:
     """How one benchmark scores one case. ``prepare`` raises ValueError naming what cannot be read (the
     case's ``failed`` reason); ``calls`` are its judge requests (none: a geometric judge); ``record`` makes
-    the case's record fields of the replies, keyed by call name."""
+    the case's record fields of the replies, keyed by call name. A scorer with ``batch_size`` > 1 and no
+    judge requests scores its cases in batches instead (``record_batch``: a reward model on a GPU)."""
+
+    batch_size = 1
+
+    def record_batch(self, cases: list, prepared: list) -> list[dict]:
+        return [self.record(c, p, {}) for c, p in zip(cases, prepared)]
 
     def base(self, case: Any, image_dir: Path) -> dict:
         """Fields every record of the case has, scored or failed."""
@@ -191,6 +197,8 @@ def score_units(
     concurrency, or one without a client); the client's semaphore bounds the requests actually in flight.
     Raises JudgeFatalError on quota/auth stops after cancelling pending work (finished judgements are
     cached)."""
+    if scorer.batch_size > 1:
+        return _score_batches(units, scorer, progress, desc)
     workers = workers or (client.settings.max_concurrency if client is not None else 1)
     records: list[dict] = []
     bar = tqdm(total=len(units), desc=desc, disable=not progress, dynamic_ncols=True)
@@ -206,6 +214,24 @@ def score_units(
             raise
         finally:
             bar.close()
+    return records
+
+
+def _score_batches(units: list[Unit], scorer: Scorer, progress: bool, desc: str) -> list[dict]:
+    """``score_units`` for a batched scorer: the units that prepare go through ``record_batch`` in chunks."""
+    records: list[dict | None] = [None] * len(units)
+    ready: list[tuple[int, Any]] = []
+    for i, u in enumerate(units):
+        try:
+            ready.append((i, scorer.prepare(u.case, u.image_dir)))
+        except ValueError as e:
+            records[i] = {**scorer.base(u.case, u.image_dir), **scorer.failed(u.case, str(e), None)}
+    starts = range(0, len(ready), scorer.batch_size)
+    for s in tqdm(starts, desc=desc, disable=not progress, dynamic_ncols=True):
+        chunk = ready[s : s + scorer.batch_size]
+        out = scorer.record_batch([units[i].case for i, _ in chunk], [p for _, p in chunk])
+        for (i, _), rec in zip(chunk, out):
+            records[i] = {**scorer.base(units[i].case, units[i].image_dir), **rec}
     return records
 
 

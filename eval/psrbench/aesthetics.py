@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+
+from eval.scoring import Scorer, Unit, score_units
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,39 @@ def _mu(reward: Any) -> float:
     return float(reward)
 
 
+class AestheticsScorer(Scorer):
+    """HPSv3 as a batched scorer of the shared driver (eval/scoring.py): the record is ``{"aesthetics": mu,
+    "aesthetics_error": None}``. A failing batch is re-run image by image so a single bad file fails alone
+    (its error is recorded)."""
+
+    def __init__(self, inferencer: Any, batch_size: int = 8):
+        self.inferencer, self.batch_size = inferencer, batch_size
+
+    def prepare(self, item: tuple[Path, str], image_dir: Path) -> tuple[str, str]:
+        """``item``: (generated image, its prompt: the case's instruction)."""
+        return str(item[0]), item[1]
+
+    def _rewards(self, items: list[tuple[str, str]]) -> list[float]:
+        with torch.no_grad():
+            rewards = self.inferencer.reward(prompts=[p for _, p in items], image_paths=[i for i, _ in items])
+        if len(rewards) != len(items):
+            raise ValueError(f"HPSv3 returned {len(rewards)} rewards for {len(items)} images")
+        return [_mu(r) for r in rewards]
+
+    def record_batch(self, cases: list, prepared: list[tuple[str, str]]) -> list[dict]:
+        try:
+            return [{"aesthetics": s, "aesthetics_error": None} for s in self._rewards(prepared)]
+        except Exception as batch_error:  # noqa: BLE001 - isolate the bad item below, nothing is lost
+            log.warning("HPSv3 batch failed (%s); scoring its images one by one", batch_error)
+        out = []
+        for item in prepared:
+            try:
+                out.append({"aesthetics": self._rewards([item])[0], "aesthetics_error": None})
+            except Exception as e:  # noqa: BLE001 - recorded per item and counted in the report
+                out.append({"aesthetics": None, "aesthetics_error": f"{type(e).__name__}: {e}"})
+        return out
+
+
 def hpsv3_scores(
     image_paths: list[Path],
     prompts: list[str],
@@ -56,9 +90,8 @@ def hpsv3_scores(
     inferencer: Any = None,
     progress: bool = True,
 ) -> AestheticsOutcome:
-    """HPSv3 mu for each (image, prompt). A failing batch is re-run image by image so a single bad file
-    fails alone (its error is recorded). `inferencer` may be injected (tests); otherwise HPSv3 is loaded
-    when available, else the outcome is `skipped`."""
+    """HPSv3 mu for each (image, prompt), through ``AestheticsScorer``. `inferencer` may be injected
+    (tests); otherwise HPSv3 is loaded when available, else the outcome is `skipped`."""
     if len(image_paths) != len(prompts):
         raise ValueError(f"{len(image_paths)} images but {len(prompts)} prompts")
     if inferencer is None:
@@ -69,26 +102,8 @@ def hpsv3_scores(
         from hpsv3 import HPSv3RewardInferencer
 
         inferencer = HPSv3RewardInferencer(device=device)
-    out = AestheticsOutcome(skipped=None, scores=[None] * len(prompts), errors=[None] * len(prompts))
-    starts = range(0, len(prompts), batch_size)
-    for s in tqdm(starts, desc="HPSv3", disable=not progress, dynamic_ncols=True):
-        idx = list(range(s, min(s + batch_size, len(prompts))))
-        try:
-            with torch.no_grad():
-                rewards = inferencer.reward(
-                    prompts=[prompts[i] for i in idx], image_paths=[str(image_paths[i]) for i in idx]
-                )
-            if len(rewards) != len(idx):
-                raise ValueError(f"HPSv3 returned {len(rewards)} rewards for {len(idx)} images")
-            for i, r in zip(idx, rewards):
-                out.scores[i] = _mu(r)
-        except Exception as batch_error:  # noqa: BLE001 - isolate the bad item below, nothing is lost
-            log.warning("HPSv3 batch at %d failed (%s); scoring its images one by one", s, batch_error)
-            for i in idx:
-                try:
-                    with torch.no_grad():
-                        (r,) = inferencer.reward(prompts=[prompts[i]], image_paths=[str(image_paths[i])])
-                    out.scores[i] = _mu(r)
-                except Exception as e:  # noqa: BLE001 - recorded per item and counted in the report
-                    out.errors[i] = f"{type(e).__name__}: {e}"
-    return out
+    units = [Unit(0, Path("."), 0, item) for item in zip(image_paths, prompts)]
+    records = score_units(units, AestheticsScorer(inferencer, batch_size), progress=progress, desc="HPSv3")
+    return AestheticsOutcome(
+        None, [r["aesthetics"] for r in records], [r["aesthetics_error"] for r in records]
+    )
