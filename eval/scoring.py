@@ -1,5 +1,5 @@
-"""The scoring driver every benchmark shares: SconeEval, OmniContext, PSRBench (semantic alignment and its
-geometric metrics) and ShapeWorld each plug in a ``Scorer``, which says for one case what it reads, which
+"""The scoring driver every benchmark shares: SconeEval, OmniContext, PSRBench (semantic alignment, its
+geometric metrics and HPSv3) and ShapeWorld each plug in a ``Scorer``, which says for one case what it reads, which
 judge requests it makes (none for a geometric judge) and what record it makes of the replies. The driver
 runs every unit (sampling round, judging pass, case), concurrently, through the protocol's tries
 (``send_case``), turns a case that cannot be scored into a ``failed`` record (never a default score), and
