@@ -103,7 +103,8 @@ def test_lora_on_the_command_line_applies_the_adapter(adapter, tmp_path):  # noq
 
 JUDGE_FLAGS = ("--judge_model", "--base_url", "--api_key_env", "--max_concurrency", "--max_retries", "--timeout",
                "--cache_dir", "--temperature", "--max_tokens", "--prompt_dir", "--protocol", "--authors_repo",
-               "--dry_run", "--batch_api", "--batch_max_submissions", "--price_input", "--no_progress")  # fmt: skip
+               "--dry_run", "--batch_api", "--batch_max_submissions", "--price_input", "--no_progress", "--seed",
+               "--image_format", "--backoff_base", "--backoff_max", "--retry_after_max")  # fmt: skip
 
 
 @pytest.mark.parametrize("module", ["eval.sconeeval", "eval.omnicontext", "eval.psrbench.evaluate"])
