@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from data.psrbench_cases import SUBSET_SUBJECTS
+from eval.aggregation import OMNICONTEXT, SCONEEVAL
 from eval.psrbench.semantic import SEMANTIC_PROMPTS
 from tests.fake_judge_server import FakeJudgeServer, Reply, image_urls, prompt_text
 
@@ -132,24 +133,7 @@ def make_references(folder: Path, rng: np.random.Generator) -> list[str]:
     return names
 
 
-SCONEEVAL_TYPES = [
-    "composition_single",
-    "composition_multi",
-    "distinction_single_cross",
-    "distinction_single_intra",
-    "distinction_multi_cross",
-    "distinction_multi_intra",
-]
-OMNICONTEXT_TYPES = [
-    "single_character",
-    "single_object",
-    "multi_character",
-    "multi_object",
-    "multi_character_object",
-    "scene_character",
-    "scene_object",
-    "scene_character_object",
-]
+SCONEEVAL_TYPES, OMNICONTEXT_TYPES = list(SCONEEVAL.task_types), list(OMNICONTEXT.task_types)
 
 
 def make_cases(task_types: list[str], refs: list[str], per_type: int, rng: np.random.Generator) -> list[dict]:
