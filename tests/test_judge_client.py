@@ -6,6 +6,8 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -14,6 +16,7 @@ from eval.judge.client import JudgeClient, JudgeFatalError, JudgeJob
 from eval.judge.images import resize_reference
 from eval.judge.parsing import parse_binary, parse_score_json, parse_score_reason
 from eval.judge.settings import JudgeSettings
+from eval.scoring import Call, Scorer, Unit, score_units
 from tests.fake_judge_server import FakeJudgeServer, Reply, ScriptedResponder, image_urls, prompt_text
 
 KEY = "sk-test-SECRET-123456"
@@ -22,6 +25,27 @@ SCORE = '{"score": 7, "reasoning": "fine"}'
 
 def _img(color=(200, 10, 10), size=(24, 16)):
     return Image.new("RGB", size, color)
+
+
+class _Jobs(Scorer):
+    """Each unit's case holds a JudgeJob: its one request, through the shared scoring driver."""
+
+    def calls(self, case, prepared):
+        return [Call("job", case.job.prompt, case.job.images, case.job.parse)]
+
+    def record(self, case, prepared, results):
+        return {"result": results["job"]}
+
+    def failed(self, case, reason, result):
+        return {"result": result}
+
+
+def run_jobs(client, jobs):
+    """JudgeResults of ``jobs`` in order, run concurrently by eval.scoring.score_units."""
+    units = [
+        Unit(0, Path("."), j.scoring_round, SimpleNamespace(uid=str(i), job=j)) for i, j in enumerate(jobs)
+    ]
+    return [r["result"] for r in score_units(units, _Jobs(), client, progress=False)]
 
 
 def _client(server, tmp_path=None, api_key=KEY, **kw):
@@ -253,7 +277,7 @@ def test_fatal_errors_stop_at_once(reply, needle):
         assert needle in c.usage.as_dict()["fatal"]
 
 
-def test_quota_in_judge_many_cancels_the_rest(tmp_path):
+def test_quota_in_concurrent_scoring_cancels_the_rest(tmp_path):
     n_ok = 3
     counter = {"n": 0}
     lock = threading.Lock()
@@ -268,12 +292,12 @@ def test_quota_in_judge_many_cancels_the_rest(tmp_path):
     with FakeJudgeServer(respond) as srv:
         c = _client(srv, tmp_path, max_concurrency=2)
         with pytest.raises(JudgeFatalError):
-            c.judge_many(jobs, progress=False)
+            run_jobs(c, jobs)
         assert len(srv.requests) <= n_ok + 2  # at most the in-flight ones after the stop
     # rerun with credit again: only the unfinished jobs are asked, results complete and ordered
     with FakeJudgeServer(ScriptedResponder(default=lambda p: Reply(SCORE))) as srv2:
         c2 = _client(srv2, tmp_path, max_concurrency=2)
-        res = c2.judge_many(jobs, progress=False)
+        res = run_jobs(c2, jobs)
         assert all(r.ok for r in res) and sum(r.cached for r in res) == n_ok
         assert len(srv2.requests) == len(jobs) - n_ok
 
@@ -322,10 +346,10 @@ def test_other_bad_request_fails_item_without_retry():
 def test_cache_second_run_makes_zero_requests(tmp_path):
     jobs = [JudgeJob(f"p{i % 3}", [_img((i, 0, 0))], parse_score_json, scoring_round=i % 2) for i in range(6)]
     with FakeJudgeServer(ScriptedResponder(default=lambda p: Reply(SCORE))) as srv:
-        first = _client(srv, tmp_path).judge_many(jobs, progress=False)
+        first = run_jobs(_client(srv, tmp_path), jobs)
         assert len(srv.requests) == 6 and not any(r.cached for r in first)
         c2 = _client(srv, tmp_path)
-        second = c2.judge_many(jobs, progress=False)
+        second = run_jobs(c2, jobs)
         assert len(srv.requests) == 6  # zero new calls
         assert all(r.cached for r in second) and [r.value for r in second] == [r.value for r in first]
         assert c2.usage.as_dict()["cache_hits"] == 6 and c2.usage.as_dict()["requests"] == 0
@@ -360,7 +384,7 @@ def test_bounded_concurrency_and_order():
 
     jobs = [JudgeJob(f"case {i}", [_img()], parse_score_json) for i in range(12)]
     with FakeJudgeServer(respond) as srv:
-        res = _client(srv, max_concurrency=3).judge_many(jobs, progress=False)
+        res = run_jobs(_client(srv, max_concurrency=3), jobs)
     assert [r.value for r in res] == [float(i % 11) for i in range(12)]
     assert 2 <= state["max"] <= 3
 

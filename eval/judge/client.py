@@ -21,12 +21,10 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import openai
-from tqdm import tqdm
 
 from eval.judge.cache import JudgeCache, UsageLedger, cache_key
 from eval.judge.images import ImageLike, encode_image, file_bytes, image_hash, load_rgb
@@ -58,7 +56,7 @@ class JudgeResult:
 
 @dataclass
 class JudgeJob:
-    """Arguments of one `JudgeClient.judge` call, for `judge_many`."""
+    """Arguments of one `JudgeClient.judge` call: what --dry_run counts and the Batch API submits."""
 
     prompt: str
     images: list
@@ -459,40 +457,3 @@ class JudgeClient:
         self.usage.add(failures=1)
         log.warning("[%s] failed after %d attempt(s): %s", tag, attempts, error)
         return JudgeResult(False, None, raw, error, attempts, False)
-
-    def judge_many(self, jobs: list[JudgeJob], progress: bool = True) -> list[JudgeResult]:
-        """Run `jobs` with at most `max_concurrency` in flight; results in job order. A JudgeFatalError in
-        any job cancels the pending ones and is re-raised (finished ones are already cached)."""
-        if not jobs:
-            return []
-        results: list[JudgeResult | None] = [None] * len(jobs)
-        bar = tqdm(
-            total=len(jobs), desc=f"judge {self.settings.model}", disable=not progress, dynamic_ncols=True
-        )
-        with ThreadPoolExecutor(max_workers=self.settings.max_concurrency) as pool:
-            futures = {
-                pool.submit(
-                    self.judge,
-                    j.prompt,
-                    j.images,
-                    j.parse,
-                    scoring_round=j.scoring_round,
-                    tag=j.tag,
-                    send=j.send,
-                ): i
-                for i, j in enumerate(jobs)
-            }
-            pending = set(futures)
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=1.0)
-                    for f in done:
-                        results[futures[f]] = f.result()  # re-raises JudgeFatalError
-                        bar.update(1)
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                raise
-            finally:
-                bar.close()
-        return results  # type: ignore[return-value]
