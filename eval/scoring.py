@@ -257,6 +257,38 @@ def iter_jobs(units: list[Unit], scorer: Scorer, rules: JudgingRules = OURS) -> 
                 )
 
 
+def batch_jobs(
+    units: list[Unit],
+    scorer: Scorer,
+    rules: JudgingRules,
+    client: JudgeClient,
+    unusable: Callable[[str], bool] = lambda key: False,
+) -> Iterator[JudgeJob]:
+    """The requests the Batch API should hold for ``units`` now. Without whole-case tries (our protocol,
+    OmniGen2's fixed sends) every request of ``iter_jobs``. With them (Scone's scorer): per unit, every
+    request of its first try none of whose requests was answered ``unusable`` (a try with such a reply
+    cannot complete, so the next try sends the whole case again, as their loop does)."""
+    if rules.tries == 1 or rules.every_try:
+        yield from (j for j in iter_jobs(units, scorer, rules) if j is not None)
+        return
+    for unit in units:
+        try:
+            prepared = scorer.prepare(unit.case, unit.image_dir)
+        except ValueError:
+            continue
+        calls = scorer.calls(unit.case, prepared)
+        for k in range(rules.tries):
+            jobs = [
+                JudgeJob(c.prompt, c.images, c.parse, scoring_round=unit.scoring, tag=unit.tag(c), send=k)
+                for c in calls
+            ]
+            if not any(
+                unusable(client.prepare(j.prompt, j.images, j.scoring_round, send=k)[0]) for j in jobs
+            ):
+                yield from jobs
+                break
+
+
 # ----------------------------------------------------------------------------- SconeEval-shaped benchmarks
 def read_case_images(
     case: BenchmarkCase, benchmark_dir: Path, image_dir: Path, rules: JudgingRules = OURS

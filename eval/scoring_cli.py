@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from data.benchmark_cases import BenchmarkCase, CaseProblem, read_cases
@@ -31,6 +32,7 @@ from eval.scoring import (
     CallBuilder,
     JudgedCaseScorer,
     RecordMaker,
+    batch_jobs,
     iter_jobs,
     make_units,
     round_dirs,
@@ -95,14 +97,6 @@ def run_cli(
         log.error("%s", e)
         return EXIT_FATAL
     rules, settings = protocol.rules, protocol.settings
-    if args.batch_api and rules.tries > 1 and not rules.every_try:
-        # the Batch API asks again only the request whose reply did not read; this protocol would send the
-        # whole case again, so its numbers would not be the authors'
-        log.error(
-            "--batch_api cannot follow the %s protocol's whole-case re-sends: judge live (without --batch_api)",
-            rules.name,
-        )
-        return EXIT_FATAL
     client = JudgeClient(settings, cache_dir=args.cache_dir or output_dir / "judge_cache")
     try:
         units = make_units(kept, round_dirs(Path(args.result_dir), args.rounds), args.scorings)
@@ -116,7 +110,8 @@ def run_cli(
     result, code = None, EXIT_OK
     with JudgedRun(client, output_dir, args) as run:
         try:
-            code = run.batch(jobs) or EXIT_OK
+            plan = partial(batch_jobs, units, scorer, rules, client)
+            code = run.batch(plan, rules.reask) or EXIT_OK
             if code == EXIT_OK:
                 result, _ = score_benchmark(
                     bench.name, units, scorer, output_dir, client, rules, progress=not args.no_progress

@@ -226,10 +226,42 @@ def test_scone_resends_the_whole_case_like_their_loop(tmp_path, standins, name):
         assert rec["DIS_pred"] == [expected["DIS"]]
 
 
-def test_batch_api_refuses_scones_whole_case_resends(tmp_path, standins, caplog):  # noqa: F811
-    bench, res = make_bench(tmp_path, CASES[:1])
-    with FakeJudgeServer(lambda payload: Reply("7")) as srv:
-        code = run(sconeeval.main, bench, res, tmp_path / "out", srv, "--batch_api",
-                   "--protocol", "authors", "--authors_repo", str(standins["scone"]))  # fmt: skip
-        assert code == 2 and not srv.requests
-    assert "whole-case re-sends" in caplog.text
+@pytest.mark.parametrize("name", ["dis_unreadable_once", "never_readable"])
+def test_batch_api_follows_scones_whole_case_tries(tmp_path, standins, monkeypatch, name):  # noqa: F811
+    """Through the Batch API, a try with an unreadable reply is followed by a batch holding the whole case
+    again (never the one request): the same requests and values as their loop where it asks every
+    presence question of a failing try anyway (here the unreadable reply is the last one)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-batch")
+    script, seen = SCONE_SCRIPTS[name], Counter()
+
+    def reply(payload):
+        text = prompt_text(payload)
+        k = ("DIS/red" if "red" in text else "DIS/blue") if "Subject description" in text else (
+            "PF" if "Rate PF" in text else "SC")  # fmt: skip
+        seen[k] += 1
+        return Reply(script[k][seen[k] - 1] if seen[k] <= len(script[k]) else "unreadable")
+
+    asked = Counter()
+    expected = their_scone_case(lambda k: (asked.update([k]), script[k][asked[k] - 1])[1], ["red", "blue"])
+    case = {"key": "d1", "task_type": "distinction_single_cross", "instruction": "a red cat",
+            "input_images": ["a.jpg"], "subject_list": [["red", "blue"]], "subject_label": [[1, 0]]}  # fmt: skip
+    bench, res = make_bench(tmp_path, [case])
+    authors = ("--protocol", "authors", "--authors_repo", str(standins["scone"]))
+    with FakeJudgeServer(reply) as srv:
+        codes = []
+        for _ in range(5):
+            codes.append(run(sconeeval.main, bench, res, tmp_path / "out", srv, "--batch_api", *authors))
+            if codes[-1] != 3:
+                break
+            srv.finish_batches()
+        assert not srv.bodies  # nothing was sent live (batch requests are answered by finish_batches)
+    rec = json.loads((tmp_path / "out" / "round0" / "scoring0" / "score.jsonl").read_text())
+    if expected is None:  # three tries of four requests, each with an unreadable PF: a failed case
+        assert codes == [3, 3, 3, 1] and "failed" in rec and dict(seen) == {k: 3 for k in script}
+    else:
+        assert codes == [3, 3, 0] and dict(seen) == dict(asked)
+        assert (rec["PF_score"], rec["SC_score"], rec["DIS_pred"]) == (
+            expected["PF"],
+            expected["SC"],
+            [expected["DIS"]],
+        )

@@ -4,9 +4,12 @@ Each run of a scoring command with ``--batch_api`` does, in order:
 
 1. **collect**: every batch submitted by an earlier run (``batch_api.json`` in the output folder) is
    looked up; a finished one's replies are checked by the same parser as live replies and go into the
-   judge cache (a reply that does not parse is not cached, and its request is asked again);
-2. **submit**: the judgements neither cached nor waiting in a submitted batch are uploaded as one new
-   batch (a JSONL of the exact request bodies the live client would send);
+   judge cache (a reply that does not parse is not cached);
+2. **submit**: the judgements the protocol needs now, neither cached nor waiting in a submitted batch, are
+   uploaded as one new batch (a JSONL of the exact request bodies the live client would send). With our
+   protocol a reply that did not parse is asked again (up to ``max_submissions`` batches); the authors'
+   protocols never ask one request again: their own tries are other requests (Scone's scorer sends the
+   whole case again, eval/scoring.py ``batch_jobs``);
 3. while a batch is still running the command stops with exit code 3 ("rerun later"); once nothing is
    pending, scoring runs from the cache only (no live request) and writes the tables. A judgement still
    without a valid reply after ``max_submissions`` batches is a failed case, counted like any other.
@@ -86,7 +89,15 @@ class BatchRunner:
         atomic_write_text(self.path, json.dumps(self.state, indent=1))
 
     def run(self, requests: list[Request]) -> BatchReport:
+        """``collect`` then ``submit`` the same requests."""
         report = BatchReport()
+        self.collect(requests, report)
+        self.submit(requests, report)
+        return report
+
+    def collect(self, requests: list[Request], report: BatchReport) -> None:
+        """Look up every batch submitted earlier; a finished one's replies go into the cache (``requests``
+        give each reply's parser: a reply of a request not among them is not read)."""
         by_key = {r.key: r for r in requests}
         api = self.client._client()
         for batch in self.state["batches"]:
@@ -102,18 +113,30 @@ class BatchRunner:
                     self._collect(api.files.content(file_id).text, by_key, report)
             batch["collected"] = True
             self._save()
-        waiting = {k for b in self.state["batches"] if not b.get("collected") for k in b["keys"]}
-        todo = []
-        for key, r in by_key.items():
-            if key in waiting or self.client.cache.get(key) is not None:
+
+    def _waiting(self) -> set[str]:
+        return {k for b in self.state["batches"] if not b.get("collected") for k in b["keys"]}
+
+    def unusable(self, key: str) -> bool:
+        """Whether ``key`` was answered by a collected batch without a reply the parser accepts."""
+        return (
+            self.state["tries"].get(key, 0) > 0
+            and key not in self._waiting()
+            and self.client.cache.get(key) is None
+        )
+
+    def submit(self, requests: list[Request], report: BatchReport) -> None:
+        """Upload the requests neither cached nor waiting in a submitted batch as one new batch."""
+        waiting, todo = self._waiting(), []
+        for r in requests:
+            if r.key in waiting or self.client.cache.get(r.key) is not None:
                 continue
-            if self.state["tries"].get(key, 0) >= self.max_submissions:
+            if self.state["tries"].get(r.key, 0) >= self.max_submissions:
                 report.given_up += 1
                 continue
             todo.append(r)
         if todo:
-            self._submit(api, todo, report)
-        return report
+            self._submit(self.client._client(), todo, report)
 
     def _collect(self, text: str, by_key: dict[str, Request], report: BatchReport) -> None:
         for line in text.splitlines():

@@ -12,7 +12,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,15 +151,21 @@ class JudgedRun:
             self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         return self
 
-    def batch(self, jobs: Iterable) -> int | None:
-        """``--batch_api``: the judgements of ``jobs`` through the Batch API (eval/judge/batch.py)."""
+    def batch(self, plan: Callable[[Callable[[str], bool]], Iterable], reask: bool = True) -> int | None:
+        """``--batch_api``: the judgements ``plan(unusable)`` lists (``JudgeJob``s; ``unusable(key)``: whether
+        a collected batch answered that request without a readable reply) through the Batch API
+        (eval/judge/batch.py). The plan is made before collecting (to read the replies of earlier batches)
+        and again after (what to submit now). ``reask=False``: an unreadable reply is never asked again
+        (the authors' protocols). Returns ``EXIT_PENDING`` while a batch runs, else None; the client then
+        answers from the cache only."""
         if not self.args.batch_api:
             return None
-        from eval.judge.batch import BatchRunner, batch_requests
+        from eval.judge.batch import BatchReport, BatchRunner, batch_requests
 
-        report = BatchRunner(self.client, self.output_dir, self.args.batch_max_submissions).run(
-            batch_requests(self.client, jobs)
-        )
+        runner = BatchRunner(self.client, self.output_dir, self.args.batch_max_submissions if reask else 1)
+        report = BatchReport()
+        runner.collect(batch_requests(self.client, plan(runner.unusable)), report)
+        runner.submit(batch_requests(self.client, plan(runner.unusable)), report)
         log.info(
             "Batch API: %d reply(ies) collected, %d rejected, %d request(s) submitted%s, %d batch(es) "
             "running, %d given up",
@@ -173,9 +179,7 @@ class JudgedRun:
         if not report.done:
             log.info("Batch API jobs are running: rerun the same command later to collect them (exit code 3)")
             return EXIT_PENDING
-        self.client.offline = (
-            f"no valid Batch API reply after {self.args.batch_max_submissions} submission(s)"
-        )
+        self.client.offline = "no valid Batch API reply for this request"
         return None
 
     def __exit__(self, *exc: object) -> None:

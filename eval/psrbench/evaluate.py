@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if client is None:
         return _score_and_report(args, cases, coverage, None, None, rules)
     with JudgedRun(client, save_dir, args) as run:
-        pending = run.batch(_semantic_jobs(cases, args, protocol))
+        jobs = _semantic_jobs(cases, args, protocol)
+        pending = run.batch(lambda unusable: jobs, protocol.rules.reask)
         return pending or _score_and_report(args, cases, coverage, client, protocol, rules)
 
 
