@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class Call:
     batch: int = 0
 
 
-class Scorer:
+class Scorer(ABC):
     """How one benchmark scores one case. ``prepare`` raises ValueError naming what cannot be read (the
     case's ``failed`` reason); ``calls`` are its judge requests (none: a geometric judge); ``record`` makes
     the case's record fields of the replies, keyed by call name. A scorer with ``batch_size`` > 1 and no
@@ -71,8 +72,9 @@ class Scorer:
     def calls(self, case: Any, prepared: Any) -> list[Call]:
         return []
 
+    @abstractmethod
     def record(self, case: Any, prepared: Any, results: dict[str, JudgeResult]) -> dict:
-        raise NotImplementedError
+        """The case's record fields (scores, reasons) from its prepared inputs and ``results`` by call name."""
 
     def failed(self, case: Any, reason: str, result: JudgeResult | None) -> dict:
         """The record of a case that could not be scored (``result``: the judgement that failed, if any)."""

@@ -67,6 +67,9 @@ class AestheticsScorer(Scorer):
             raise ValueError(f"HPSv3 returned {len(rewards)} rewards for {len(items)} images")
         return [_mu(r) for r in rewards]
 
+    def record(self, item: tuple[Path, str], prepared: tuple[str, str], results: dict) -> dict:
+        return self.record_batch([item], [prepared])[0]
+
     def record_batch(self, cases: list, prepared: list[tuple[str, str]]) -> list[dict]:
         try:
             return [{"aesthetics": s, "aesthetics_error": None} for s in self._rewards(prepared)]
