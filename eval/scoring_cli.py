@@ -111,7 +111,7 @@ def run_cli(
     with JudgedRun(client, output_dir, args) as run:
         try:
             plan = partial(batch_jobs, units, scorer, rules, client)
-            code = run.batch(plan, rules.reask) or EXIT_OK
+            code = run.batch(plan) or EXIT_OK
             if code == EXIT_OK:
                 result, _ = score_benchmark(
                     bench.name, units, scorer, output_dir, client, rules, progress=not args.no_progress

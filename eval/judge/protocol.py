@@ -7,6 +7,7 @@ evaluator, quirks included (docs/evaluation.md §5, docs/psrbench.md)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -35,8 +36,14 @@ def resolve_protocol(benchmark: str, args: argparse.Namespace) -> Protocol:
     """The protocol of ``benchmark`` ("sconeeval", "omnicontext" or "psrbench") from the parsed command line.
     Raises ValueError for flags the authors' files set (and FileNotFoundError / AuthorsProtocolError when
     prompts or the authors' files cannot be read)."""
-    if args.protocol == "ours":
-        return _ours(benchmark, args)
+    protocol = _ours(benchmark, args) if args.protocol == "ours" else _authors(benchmark, args)
+    # the authors' scorers never ask again for an unreadable reply: their own tries are the re-asking
+    return dataclasses.replace(
+        protocol, settings=protocol.settings.with_(retry_unparseable=protocol.rules.reask)
+    )
+
+
+def _authors(benchmark: str, args: argparse.Namespace) -> Protocol:
     if args.prompt_dir is not None:
         raise ValueError("--prompt_dir: set by the authors' files with --protocol authors")
     if benchmark == "psrbench":
@@ -57,7 +64,6 @@ def resolve_protocol(benchmark: str, args: argparse.Namespace) -> Protocol:
     # their client sends no seed, and a temperature or max_tokens only where their files name one
     request = JudgeSettings(
         model=req.model,
-        api_key_env=args.api_key_env,
         temperature=req.temperature,
         seed=None,
         max_tokens=req.max_tokens,
@@ -66,9 +72,7 @@ def resolve_protocol(benchmark: str, args: argparse.Namespace) -> Protocol:
         image_first=req.image_first,
         body_style="sdk" if upstream == "psr" else "requests",  # SconeEval/OmniContext post with `requests`
     )
-    settings = settings_from_args(args, request, fixed=tuple(REQUEST_FLAGS)).with_(
-        retry_unparseable=rules.reask
-    )
+    settings = settings_from_args(args, request, fixed=tuple(REQUEST_FLAGS))
     return Protocol("authors", upstream, rules, settings, prompts, templates, sources, files)
 
 
@@ -81,7 +85,7 @@ def _ours(benchmark: str, args: argparse.Namespace) -> Protocol:
         return Protocol("ours", None, OURS, settings, None, templates, _text_sources(templates))
     prompts = PromptSet(benchmark, args.prompt_dir)
     # gpt-4.1, temperature 0, seed 0 (+ pass), max_tokens 1400, PNG
-    settings = settings_from_args(args, JudgeSettings()).with_(retry_unparseable=OURS.reask)
+    settings = settings_from_args(args, JudgeSettings())
     return Protocol("ours", None, OURS, settings, prompts, None, prompts.sources)
 
 

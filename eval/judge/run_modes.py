@@ -151,17 +151,18 @@ class JudgedRun:
             self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         return self
 
-    def batch(self, plan: Callable[[Callable[[str], bool]], Iterable], reask: bool = True) -> int | None:
+    def batch(self, plan: Callable[[Callable[[str], bool]], Iterable]) -> int | None:
         """``--batch_api``: the judgements ``plan(unusable)`` lists (``JudgeJob``s; ``unusable(key)``: whether
         a collected batch answered that request without a readable reply) through the Batch API
         (eval/judge/batch.py). The plan is made before collecting (to read the replies of earlier batches)
-        and again after (what to submit now). ``reask=False``: an unreadable reply is never asked again
-        (the authors' protocols). Returns ``EXIT_PENDING`` while a batch runs, else None; the client then
+        and again after (what to submit now). A client that does not ask again for an unreadable reply
+        (``retry_unparseable=False``: the authors' protocols) never submits one request twice. Returns ``EXIT_PENDING`` while a batch runs, else None; the client then
         answers from the cache only."""
         if not self.args.batch_api:
             return None
         from eval.judge.batch import BatchReport, BatchRunner, batch_requests
 
+        reask = self.client.settings.retry_unparseable
         runner = BatchRunner(self.client, self.output_dir, self.args.batch_max_submissions if reask else 1)
         report = BatchReport()
         runner.collect(batch_requests(self.client, plan(runner.unusable)), report)

@@ -61,7 +61,8 @@ def add_judge_args(
 ) -> None:
     """The judge flags of every judged benchmark, one vocabulary (PSRBench's older ``--judge_*`` spellings
     are aliases). Request settings default to None here: the protocol fills in what is left unset, and
-    refuses those its authors' files fix."""
+    refuses those its authors' files fix. The connection flags default to ``JudgeSettings``'."""
+    d = JudgeSettings()
     p.add_argument(
         "--judge_model", default=None, help="model name the server serves (default: the protocol's)"
     )
@@ -79,9 +80,17 @@ def add_judge_args(
         default=api_key_env,
         help="environment variable holding the key",
     )
-    p.add_argument("--max_concurrency", "--judge_concurrency", dest="max_concurrency", type=int, default=8)
-    p.add_argument("--max_retries", "--judge_max_retries", dest="max_retries", type=int, default=5)
-    p.add_argument("--timeout", "--judge_timeout", dest="timeout", type=float, default=180.0)
+    p.add_argument(
+        "--max_concurrency",
+        "--judge_concurrency",
+        dest="max_concurrency",
+        type=int,
+        default=d.max_concurrency,
+    )
+    p.add_argument(
+        "--max_retries", "--judge_max_retries", dest="max_retries", type=int, default=d.max_retries
+    )
+    p.add_argument("--timeout", "--judge_timeout", dest="timeout", type=float, default=d.timeout)
     p.add_argument(
         "--temperature",
         "--judge_temperature",
@@ -101,12 +110,12 @@ def add_judge_args(
         default=None,
         help="default: the protocol's",
     )
-    p.add_argument("--backoff_base", type=float, default=1.0)
-    p.add_argument("--backoff_max", type=float, default=60.0)
+    p.add_argument("--backoff_base", type=float, default=d.backoff_base)
+    p.add_argument("--backoff_max", type=float, default=d.backoff_max)
     p.add_argument(
         "--retry_after_max",
         type=float,
-        default=300.0,
+        default=d.retry_after_max,
         help="longest wait a server's Retry-After may ask for (it overrides --backoff_max up to this)",
     )
     p.add_argument(

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         return _score_and_report(args, cases, coverage, None, None, rules)
     with JudgedRun(client, save_dir, args) as run:
         jobs = _semantic_jobs(cases, args, protocol)
-        pending = run.batch(lambda unusable: jobs, protocol.rules.reask)
+        pending = run.batch(lambda unusable: jobs)
         return pending or _score_and_report(args, cases, coverage, client, protocol, rules)
 
 
