@@ -104,9 +104,8 @@ def run_cli(
         log.error("%s", e)
         return EXIT_FATAL
     scorer = JudgedCaseScorer(benchmark_dir, protocol.prompts, build_calls, make_record, rules)
-    jobs = iter_jobs(units, scorer, rules)
     if args.dry_run:
-        return dry_run(client, jobs, args)
+        return dry_run(client, iter_jobs(units, scorer, rules), args)
     result, code = None, EXIT_OK
     with JudgedRun(client, output_dir, args) as run:
         try:

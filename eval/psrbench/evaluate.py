@@ -293,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if client is None:
         return _score_and_report(args, cases, coverage, None, None, rules)
     with JudgedRun(client, save_dir, args) as run:
-        jobs = _semantic_jobs(cases, args, protocol)
-        pending = run.batch(lambda unusable: jobs)
+        pending = run.batch(lambda unusable: _semantic_jobs(cases, args, protocol))
         return pending or _score_and_report(args, cases, coverage, client, protocol, rules)
 
 
