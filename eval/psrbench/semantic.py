@@ -140,7 +140,7 @@ def semantic_alignment(
     """
     units = semantic_units(items, scoring_round)
     scorer = SemanticScorer(templates, rules)
-    records = score_units(units, scorer, client, progress=progress, desc="semantic alignment")
+    records = score_units(units, scorer, client, rules, progress=progress, desc="semantic alignment")
     return [SemanticResult(**r["semantic"]) for r in records]
 
 
@@ -152,7 +152,7 @@ def semantic_jobs(
     scoring_round: int = 0,
 ) -> list:
     """The judge requests (``JudgeJob``) of ``semantic_alignment``, for ``--dry_run`` and the Batch API."""
-    return list(iter_jobs(semantic_units(items, scoring_round), SemanticScorer(templates, rules)))
+    return list(iter_jobs(semantic_units(items, scoring_round), SemanticScorer(templates, rules), rules))
 
 
 def judge_settings() -> JudgeSettings:
