@@ -84,9 +84,11 @@ class BatchRunner:
         self.state = (
             json.loads(self.path.read_text()) if self.path.is_file() else {"batches": [], "tries": {}}
         )
+        self._waiting_keys: set[str] | None = None
 
     def _save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.state, indent=1))
+        self._waiting_keys = None  # the state changed
 
     def run(self, requests: list[Request]) -> BatchReport:
         """``collect`` then ``submit`` the same requests."""
@@ -115,7 +117,12 @@ class BatchRunner:
             self._save()
 
     def _waiting(self) -> set[str]:
-        return {k for b in self.state["batches"] if not b.get("collected") for k in b["keys"]}
+        """Keys of the submitted batches not collected yet (kept until the state changes)."""
+        if self._waiting_keys is None:
+            self._waiting_keys = {
+                k for b in self.state["batches"] if not b.get("collected") for k in b["keys"]
+            }
+        return self._waiting_keys
 
     def unusable(self, key: str) -> bool:
         """Whether ``key`` was answered by a collected batch without a reply the parser accepts."""
