@@ -32,19 +32,30 @@ class Context:
         return cls(KVCache(num_layers), name=name)
 
     def snapshot(self, name: str | None = None) -> Context:
-        """A view of the current state sharing storage (the cache is append-only)."""
+        """A view of the current state sharing storage (appends go to the cache's tail, never before it)."""
         return Context(self.cache, self.kv_len, self.rope, name or self.name)
 
-    def _writable(self) -> None:
-        # A snapshot that falls behind its shared cache must not append in the middle of it.
+    def own_tail(self, room: int = 0) -> None:
+        """Make the cache's tail beyond ``kv_len`` this context's to write: a snapshot that fell behind its
+        shared cache (another context appended after it) gets its own copy of the prefix, with ``room``."""
         if self.kv_len != len(self.cache):
-            self.cache = self.cache.prefix(self.kv_len, clone=True)
+            self.cache = self.cache.prefix(self.kv_len, room)
 
     def fork(self) -> Context:
-        """An independent copy (used by text generation, which must not modify the caller's context).
+        """A context that may append without changing this one (text generation on the caller's context).
 
-        The prefix is shared: ``KVCache.append`` concatenates into new tensors, never in place."""
-        return Context(self.cache.prefix(self.kv_len), self.kv_len, self.rope, self.name)
+        Storage is shared: the fork appends to the tail, and this context, once behind, copies its prefix
+        before its own next append (``own_tail``)."""
+        return Context(self.cache, self.kv_len, self.rope, self.name)
+
+
+def run_cached(model: Bagel, seq: PackedSequence, plan: CachedAttention) -> BagelOutput:
+    """One forward of ``seq`` against the plan's caches: room reserved first, appends committed after."""
+    llm = model.config.llm
+    plan.reserve(llm.num_key_value_heads, llm.head_dim, model.dtype, model.device)
+    out = model(seq, plan)
+    plan.commit()
+    return out
 
 
 def item_builder(model: Bagel, special: SpecialTokenIds, ctx: Context) -> SequenceBuilder:
@@ -70,14 +81,14 @@ def forward_step(model: Bagel, ctx: Context, seq: PackedSequence, latents=None) 
 
     The split's mode decides the attention inside the query block: causal for text, full for images."""
     (mode,) = {m for modes in seq.attn_modes for m in modes}
-    ctx._writable()
+    ctx.own_tail(seq.length)
     seq = seq.to(model.device)
     if latents is not None:
         seq = seq.with_latents(latents.to(model.device), torch.zeros(latents.shape[0], device=model.device))
     plan = CachedAttention(
         [Segment(seq.length, ctx.cache, ctx.kv_len)], causal=mode == "causal", update_cache=True
     )
-    return model(seq, plan)
+    return run_cached(model, seq, plan)
 
 
 @torch.no_grad()
@@ -147,7 +158,6 @@ def prefill_batch(model: Bagel, special: SpecialTokenIds, items: list[Item]) -> 
     b = SequenceBuilder(special, model.config.sequence_geometry())
     latents, next_ropes = [], []
     for it in items:
-        it.ctx._writable()
         b.start_sample(it.ctx.rope)
         if it.kind == "text":
             b.add_text(it.ids)
@@ -162,8 +172,10 @@ def prefill_batch(model: Bagel, special: SpecialTokenIds, items: list[Item]) -> 
     if latents:
         lat = torch.cat(latents).to(model.device)
         seq = seq.with_latents(lat, torch.zeros(lat.shape[0], device=model.device))
+    for n, it in zip(seq.sample_lens, items):
+        it.ctx.own_tail(n)
     segments = [Segment(n, it.ctx.cache, it.ctx.kv_len) for n, it in zip(seq.sample_lens, items)]
-    model(seq, CachedAttention(segments, causal=items[0].kind == "text", update_cache=True))
+    run_cached(model, seq, CachedAttention(segments, causal=items[0].kind == "text", update_cache=True))
     for n, it, rope in zip(seq.sample_lens, items, next_ropes):
         it.ctx.kv_len += n
         it.ctx.rope = rope

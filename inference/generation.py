@@ -16,14 +16,16 @@ import torch
 from tqdm.auto import tqdm
 
 from inference import trace
-from inference.context import Context, item_builder
+from inference.context import Context, item_builder, run_cached
 from inference.flow_sampler import branches_needed, cfg_combine, cfg_scales_at, euler_step, timestep_schedule
 from inference.sampling import SamplingConfig
-from inference.step_cache import TaylorCache, is_full_step
+from inference.step_cache import StepCache
 from modeling.bagel import Bagel
 from modeling.kv_cache import CachedAttention, Segment
-from modeling.sequence import PackedSequence, SequenceBuilder
+from modeling.sequence import SequenceBuilder
 from modeling.tokenizer import SpecialTokenIds
+
+BRANCHES = ("full", "no_text", "no_image")
 
 
 @dataclass
@@ -35,19 +37,42 @@ class CFGContexts:
     no_image: Context
 
 
-def _query(
-    model: Bagel, special: SpecialTokenIds, jobs: list[tuple[int, str, Context]], grids: list[tuple[int, int]]
-) -> tuple[PackedSequence, list[Segment]]:
-    """The packed query of one denoising forward: per job (request, branch, context) one sample holding
-    the request's noisy image at its context's next position, attending to that context's cache."""
-    builder = SequenceBuilder(special, model.config.sequence_geometry())
-    segments = []
-    for r, _branch, ctx in jobs:
-        start = builder.curr
-        builder.start_sample(ctx.rope).add_vae_image(grid=grids[r], noisy=True)
-        builder.end_sample()
-        segments.append(Segment(builder.curr - start, ctx.cache, ctx.kv_len))
-    return builder.build().to(model.device), segments
+class _Queries:
+    """The packed denoising queries: per job (request, branch) one sample holding the request's noisy image
+    at its context's next position, attending to that context's cache. The layout depends only on which
+    jobs run together, so each set is built once; the caches' tails are claimed once, before the loop."""
+
+    def __init__(self, model: Bagel, special: SpecialTokenIds, contexts: list[CFGContexts], grids):
+        self.model, self.special, self.contexts, self.grids = model, special, contexts, grids
+        self.built: dict = {}
+        n = [1 + h * w + 1 for h, w in grids]  # <|vision_start|> latents <|vision_end|>
+        for r, c in enumerate(contexts):
+            for name in BRANCHES:
+                getattr(c, name).own_tail(n[r])
+
+    def _build(self, jobs):
+        builder = SequenceBuilder(self.special, self.model.config.sequence_geometry())
+        segments = []
+        for r, name in jobs:
+            ctx = getattr(self.contexts[r], name)
+            start = builder.curr
+            builder.start_sample(ctx.rope).add_vae_image(grid=self.grids[r], noisy=True)
+            builder.end_sample()
+            segments.append(Segment(builder.curr - start, ctx.cache, ctx.kv_len))
+        seq = builder.build().to(self.model.device)
+        trace.denoise_query(seq)
+        return seq, CachedAttention(segments, compiled=True)
+
+    def velocities(self, jobs: list[tuple[int, str]], xs: list[torch.Tensor], t: float) -> dict:
+        """One forward over ``jobs``; returns {(request, branch): velocity [h*w, p*p*C] fp32}."""
+        if tuple(jobs) not in self.built:
+            self.built[tuple(jobs)] = self._build(jobs)
+        seq, plan = self.built[tuple(jobs)]
+        dev = self.model.device
+        lat = torch.cat([xs[r] for r, _ in jobs]).to(dev)
+        out = run_cached(self.model, seq.with_latents(lat, torch.full((lat.shape[0],), t, device=dev)), plan)
+        parts = out.velocity.float().split([xs[r].shape[0] for r, _ in jobs])
+        return dict(zip(jobs, parts))
 
 
 @torch.no_grad()
@@ -68,100 +93,40 @@ def denoise(
     init_noise[r] [h*w, p*p*C] fp32 (t = 1); grids[r] = (h, w) latent-token grid. Returns the final
     latents [h*w, p*p*C] fp32. ``batch_branches=False`` runs one forward per branch (reference path).
     ``callback(done, total)`` is called after every Euler step (a UI's progress bar). ``sampling.cache``
-    other than "none" skips network evaluations on some steps (inference/step_cache.py). ``stats``, if
-    given, receives ``evaluations`` (branch evaluations per request), ``forwards`` and ``steps``.
-    Under ``trace.recording()`` request 0's x_t / branch velocities / v_t are recorded per step.
+    decides which branch evaluations a step computes and which it predicts (inference/step_cache.py).
+    ``stats``, if given, receives ``evaluations`` (per request), ``forwards`` and ``steps``.
     """
-    dev = model.device
     timesteps, dts = timestep_schedule(sampling.num_timesteps, sampling.timestep_shift)
-    n_steps = len(timesteps)
+    steps = StepCache(sampling, len(timesteps))
+    queries = _Queries(model, special, contexts, grids)
     xs = [n.float().clone() for n in init_noise]
-    caching = sampling.cache != "none"
-    taylor = TaylorCache(sampling.cache_order) if caching else None
-    evaluations = [0] * len(contexts)  # branch evaluations per request
-    forwards = 0
-    queries: dict = {}  # the query layout depends only on which (request, branch) run: built once per set
-    for i in tqdm(range(n_steps), desc="denoising", disable=not progress, leave=False):
+    evaluations, forwards = [0] * len(contexts), 0
+    for i in tqdm(range(len(timesteps)), desc="denoising", disable=not progress, leave=False):
         t = float(timesteps[i])
         s_t, s_i = cfg_scales_at(t, sampling.cfg_interval, sampling.cfg_text_scale, sampling.cfg_img_scale)
         need_text, need_img = branches_needed(s_t, s_i)
         branches = ["full"] + ["no_text"] * need_text + ["no_image"] * need_img
-        full_step = not caching or is_full_step(
-            i, n_steps, sampling.cache_interval, sampling.cache_warmup_steps, sampling.cache_final_steps
-        )
-
-        extrapolated = set()  # (request, branch) predicted from the cache on this step
-        if caching and not full_step:
-            only_uncond = sampling.cache == "taylorseer_uncond"
-            extrapolated = {
-                (r, b)
-                for r in range(len(contexts))
-                for b in branches
-                if (r, b) in taylor and not (only_uncond and b == "full")  # no history yet: compute
-            }
-        jobs = [
-            (r, b, getattr(c, b))
-            for r, c in enumerate(contexts)
-            for b in branches
-            if (r, b) not in extrapolated
-        ]
-        groups = [jobs] if batch_branches else [[j] for j in jobs]
-        vel = {}
-        for group in groups:
-            if not group:
-                continue
-            key = tuple((r, name) for r, name, _ in group)
-            if key not in queries:
-                queries[key] = _query(model, special, group, grids)
-                rec = trace.active()
-                if rec is not None and rec.query_seq is None:
-                    rec.query_seq = queries[key][0].to("cpu", non_blocking=False)
-            seq, segments = queries[key]
-            lat = torch.cat([xs[r] for r, _, _ in group]).to(dev)
-            out = model(
-                seq.with_latents(lat, torch.full((lat.shape[0],), t, device=dev)), CachedAttention(segments)
-            )
-            forwards += 1
-            parts = out.velocity.float().split([xs[r].shape[0] for r, _, _ in group])
-            for (r, name, _), v in zip(group, parts):
-                vel[(r, name)] = v
-                evaluations[r] += 1
-                if caching:
-                    taylor.update((r, name), t, v)
-        for r, name in extrapolated:
-            vel[(r, name)] = taylor.predict((r, name), t)
-        rec = trace.active()
+        jobs = [(r, b) for r in range(len(contexts)) for b in branches]
+        computed = {}
+        todo = steps.to_compute(i, jobs)
+        for group in [todo] if batch_branches else [[j] for j in todo]:
+            if group:
+                computed.update(queries.velocities(group, xs, t))
+                forwards += 1
+        for r, _ in computed:
+            evaluations[r] += 1
+        vel = steps.complete(t, jobs, computed)
         for r in range(len(xs)):
+            v_full, v_text, v_img = (vel.get((r, b)) for b in BRANCHES)
             v = cfg_combine(
-                vel[(r, "full")],
-                vel.get((r, "no_text")),
-                vel.get((r, "no_image")),
-                s_t,
-                s_i,
-                sampling.cfg_renorm_type,
-                sampling.cfg_renorm_min,
+                v_full, v_text, v_img, s_t, s_i, sampling.cfg_renorm_type, sampling.cfg_renorm_min
             )
-            if rec is not None and r == 0:
-                rec.denoise_steps.append(
-                    {
-                        "t": t,
-                        "x_t": xs[r].clone(),
-                        **{
-                            k: None if vel.get((r, b)) is None else vel[(r, b)].cpu()
-                            for k, b in (
-                                ("v_cond", "full"),
-                                ("v_cfg_text", "no_text"),
-                                ("v_cfg_img", "no_image"),
-                            )
-                        },
-                        "v_t": v.cpu(),
-                    }
-                )
+            trace.denoise_step(r, t, xs[r], v_full, v_text, v_img, v)
             xs[r] = euler_step(xs[r], v.to(xs[r].device), float(dts[i]))
         if callback is not None:
-            callback(i + 1, n_steps)
+            callback(i + 1, len(timesteps))
     if stats is not None:
-        stats.update(evaluations=evaluations, forwards=forwards, steps=n_steps)
+        stats.update(evaluations=evaluations, forwards=forwards, steps=len(timesteps))
     return xs
 
 
@@ -196,8 +161,9 @@ def generate_text(
             text_ids=torch.tensor([curr], device=dev),
             position_ids=torch.tensor([ctx.rope], device=dev),
         )
+        ctx.own_tail(1)
         plan = CachedAttention([Segment(1, ctx.cache, ctx.kv_len)], causal=True, update_cache=True)
-        h = model(seq, plan).hidden
+        h = run_cached(model, seq, plan).hidden
         ctx.kv_len += 1
         ctx.rope += 1
         logits = model.logits(h)[0].float()

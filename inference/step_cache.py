@@ -73,3 +73,32 @@ class TaylorCache:
             coef *= dt / k
             out.add_(derivs[k], alpha=coef)
         return out
+
+
+class StepCache:
+    """The denoising loop's question per step: which (request, branch) evaluations to compute. The answer
+    follows ``sampling.cache``: "none" computes every one; the TaylorSeer modes compute all on full steps
+    (``is_full_step``) and predict the rest from each key's ``TaylorCache`` history (a key with no history yet
+    is computed; "taylorseer_uncond" always computes the conditional branch)."""
+
+    def __init__(self, sampling, num_steps: int):
+        self.sampling, self.num_steps = sampling, num_steps
+        self.taylor = TaylorCache(sampling.cache_order) if sampling.cache != "none" else None
+
+    def to_compute(self, step: int, keys: list) -> list:
+        """The keys (in order) whose velocity the network must compute at Euler step ``step``."""
+        s = self.sampling
+        if self.taylor is None or is_full_step(
+            step, self.num_steps, s.cache_interval, s.cache_warmup_steps, s.cache_final_steps
+        ):
+            return list(keys)
+        only_uncond = s.cache == "taylorseer_uncond"
+        return [k for k in keys if k not in self.taylor or (only_uncond and k[1] == "full")]
+
+    def complete(self, t: float, keys: list, computed: dict) -> dict:
+        """Every key's velocity at time ``t``: the computed ones (remembered) and predictions for the rest."""
+        if self.taylor is None:
+            return computed
+        for key, v in computed.items():
+            self.taylor.update(key, t, v)
+        return {k: computed[k] if k in computed else self.taylor.predict(k, t) for k in keys}

@@ -96,3 +96,21 @@ def context_step(context: str, kind: str, kv_len: int, rope: int, seq: PackedSeq
     if rec is not None:
         step = ContextStep(kind, kv_len, rope, seq.to("cpu", non_blocking=False))
         rec.context_steps.append((context, step))
+
+
+def denoise_query(seq: PackedSequence) -> None:
+    """The first packed query the denoising loop built."""
+    rec = active()
+    if rec is not None and rec.query_seq is None:
+        rec.query_seq = seq.to("cpu", non_blocking=False)
+
+
+def denoise_step(request: int, t: float, x_t, v_cond, v_cfg_text, v_cfg_img, v_t) -> None:
+    """One Euler step of request ``request``: its x_t, branch velocities (None when not run) and v_t."""
+    rec = active()
+    if rec is None or request != 0:
+        return
+    vel = {"v_cond": v_cond, "v_cfg_text": v_cfg_text, "v_cfg_img": v_cfg_img, "v_t": v_t}
+    rec.denoise_steps.append(
+        {"t": t, "x_t": x_t.clone(), **{k: None if v is None else v.cpu() for k, v in vel.items()}}
+    )

@@ -9,6 +9,8 @@ Two shapes of problem occur in this model:
   hidden noisy targets, Scone's semantic bias). Always SDPA per sample.
 
 Tensors are token-major: q [Nq, heads, d], k/v [Nk, kv_heads, d]; GQA is handled by repeating kv heads.
+``cached_sdpa`` is the inference kernel against a KV cache, which is stored head-major ([kv_heads, Nk, d],
+the layout SDPA reads fastest) and shared between query heads by ``enable_gqa`` instead of copies.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def set_force_sdpa(flag: bool) -> None:
     _FORCE_SDPA = flag
 
 
-def _use_flash(q: torch.Tensor) -> bool:
+def use_flash(q: torch.Tensor) -> bool:
+    """Whether flash-attn serves this query (installed, CUDA, fp16/bf16, not disabled)."""
     return HAS_FLASH_ATTN and not _FORCE_SDPA and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
@@ -59,6 +62,26 @@ def _sdpa(q, k, v, mask=None, is_causal=False, scale=None):
         attn_mask=None if mask is None else mask[None, None],
         is_causal=is_causal,
         scale=scale,
+    )
+    return out[0].transpose(0, 1)
+
+
+def cached_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """One query block against its keys: q [Lq, H, d] (token-major), k/v [Hkv, Lk, d] (head-major, e.g.
+    a view of a KV cache) -> [Lq, H, d]. ``causal`` is aligned bottom-right (the block is the end of Lk)."""
+    lq, lk = q.shape[0], k.shape[1]
+    mask, is_causal = None, False
+    if causal and lq > 1:
+        if lq == lk:
+            is_causal = True
+        else:
+            mask = bottom_right_causal_mask(lq, lk, q.device)[None, None]
+    kb, vb, gqa = k.to(q.dtype), v.to(q.dtype), True
+    if mask is not None:  # text prefill only: expanded heads keep every backend's masked kernel available
+        n_rep = q.shape[1] // k.shape[0]
+        kb, vb, gqa = kb.repeat_interleave(n_rep, 0), vb.repeat_interleave(n_rep, 0), False
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], kb[None], vb[None], attn_mask=mask, is_causal=is_causal, enable_gqa=gqa
     )
     return out[0].transpose(0, 1)
 
@@ -86,7 +109,7 @@ def varlen_attention(
     q [Nq, H, d]; k, v [Nk, Hkv, d]; cu_seqlens_* int32 [B+1] prefix sums. ``causal`` is aligned
     bottom-right (a query block shorter than its key block sees the whole prefix). Returns [Nq, H, d].
     """
-    if _use_flash(q):
+    if use_flash(q):
         return _flash_varlen(
             q,
             k.to(q.dtype),

@@ -12,48 +12,65 @@ A decoder layer computes q/k/v for the tokens of one packed forward and hands th
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
 
-from modeling.attention import masked_attention, varlen_attention
+from modeling.attention import cached_sdpa, masked_attention, use_flash, varlen_attention
 
 
 class KVCache:
-    """Per-layer keys/values [tokens, kv_heads, head_dim], append-only.
+    """Per-layer keys/values, head-major ``[kv_heads, capacity, head_dim]`` as SDPA reads them.
 
-    Keys are stored after QK-norm and RoPE, as upstream's ``NaiveCache``. A *prefix view* of a cache is
-    simply (cache, length): CFG branches that are snapshots of an earlier state of the same context share
-    storage instead of deep-copying it.
+    Keys are stored after QK-norm and RoPE, as upstream's ``NaiveCache``. Storage is preallocated and grows
+    geometrically, so an append is a copy into the free tail, never a concatenation of the whole cache.
+    ``length`` is how many tokens were appended; the tail beyond it is scratch a denoising query may use
+    (``CachedAttention(update_cache=False)`` writes its keys there without appending them). Several contexts
+    may view one cache as (cache, kv_len) prefixes: a CFG branch that is a snapshot of an earlier state.
     """
 
     def __init__(self, num_layers: int):
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.length = 0
 
     def __len__(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[0]
+        return self.length
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[1]
+
+    def reserve(self, total: int, kv_heads: int, head_dim: int, dtype, device) -> None:
+        """Make room for ``total`` tokens in every layer (keeps the first ``length``)."""
+        if self.keys[0] is not None and total <= self.capacity and self.keys[0].dtype == dtype:
+            return
+        # grow by half at least: a text decoding loop then reallocates O(log n) times, not once per token
+        cap = max(total, self.capacity + self.capacity // 2, 256)
+        for i in range(len(self.keys)):
+            for store in (self.keys, self.values):
+                new = torch.empty(kv_heads, cap, head_dim, dtype=dtype, device=device)
+                if store[i] is not None and self.length:
+                    new[:, : self.length] = store[i][:, : self.length]
+                store[i] = new
 
     def get(self, layer: int, length: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        k, v = self.keys[layer], self.values[layer]
-        if k is None or length == 0:
+        """Views [kv_heads, length, head_dim] of the first ``length`` tokens of ``layer``."""
+        if self.keys[layer] is None or length == 0:
             return None, None
-        return k[:length], v[:length]
+        return self.keys[layer][:, :length], self.values[layer][:, :length]
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        if self.keys[layer] is None:
-            self.keys[layer], self.values[layer] = k.detach().clone(), v.detach().clone()
-        else:
-            self.keys[layer] = torch.cat([self.keys[layer], k.detach()], dim=0)
-            self.values[layer] = torch.cat([self.values[layer], v.detach()], dim=0)
-
-    def prefix(self, length: int, clone: bool = False) -> KVCache:
-        """A new cache holding the first ``length`` tokens (views unless ``clone``; appends never write into them)."""
+    def prefix(self, length: int, room: int = 0) -> KVCache:
+        """A new cache holding copies of the first ``length`` tokens, with space for ``room`` more."""
         out = KVCache(len(self.keys))
-        for i in range(len(self.keys)):
-            k, v = self.get(i, length)
-            out.keys[i] = None if k is None else (k.clone() if clone else k)
-            out.values[i] = None if v is None else (v.clone() if clone else v)
+        if self.keys[0] is not None and length:
+            h, _, d = self.keys[0].shape
+            out.reserve(length + room, h, d, self.keys[0].dtype, self.keys[0].device)
+            for i in range(len(self.keys)):
+                out.keys[i][:, :length] = self.keys[i][:, :length]
+                out.values[i][:, :length] = self.values[i][:, :length]
+        out.length = length
         return out
 
 
@@ -68,41 +85,90 @@ class Segment:
 
 @dataclass
 class CachedAttention:
+    """Query segments against their caches. Each segment's new keys/values are written into its cache at
+    ``kv_len`` (head-major, in place) and the segment attends to ``cache[:kv_len + length]`` in one SDPA call
+    (GQA by ``enable_gqa``, no expanded copies). ``update_cache`` appends them (prefill, text decoding);
+    otherwise they only occupy the cache's scratch tail for this forward (denoising), so every segment needs
+    a cache whose tail no other context owns (``inference.context.Context.own_tail``).
+
+    On CUDA with flash-attn installed (fp16/bf16) the segments go through flash-attn's varlen kernel instead.
+    The plan holds only Python ints and the caches' tensors: the decoder layers see the same guards on every
+    layer and step, which is what lets ``torch.compile`` reuse one graph for all of them.
+    """
+
     segments: list[Segment]
     causal: bool = False
     update_cache: bool = False
+    compiled: bool = False  # a forward repeated with these shapes (denoising): compiled layers if enabled
+
+    def __post_init__(self) -> None:
+        caches = [id(s.cache) for s in self.segments if s.cache is not None]
+        if len(set(caches)) != len(caches):
+            raise ValueError("CachedAttention: two segments write into the same cache")
+
+    def reserve(self, kv_heads: int, head_dim: int, dtype, device) -> None:
+        """Room for every segment's new tokens (called once per forward, before the layers)."""
+        for seg in self.segments:
+            if seg.cache is not None:
+                seg.cache.reserve(seg.kv_len + seg.length, kv_heads, head_dim, dtype, device)
+
+    def commit(self) -> None:
+        """After an ``update_cache`` forward: the new tokens are part of their caches."""
+        if self.update_cache:
+            for seg in self.segments:
+                seg.cache.length = seg.kv_len + seg.length
+
+    def layer(self, i: int) -> _CachedLayer:
+        """Layer ``i``'s attention: this plan with that layer's cache tensors."""
+        return _CachedLayer(
+            self,
+            [None if s.cache is None else s.cache.keys[i] for s in self.segments],
+            [None if s.cache is None else s.cache.values[i] for s in self.segments],
+        )
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.layer(layer).attend(q, k, v)
+
+
+@dataclass
+class _CachedLayer:
+    plan: CachedAttention
+    keys: list[torch.Tensor | None]  # per segment: the cache's [Hkv, capacity, d] storage of this layer
+    values: list[torch.Tensor | None]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [N, H, d], k/v [N, Hkv, d] for the new tokens (segments concatenated) -> [N, H, d]."""
-        ks, vs, cu_q, cu_k = [], [], [0], [0]
-        start = 0
-        for seg in self.segments:
+        keys, values, start = [], [], 0
+        for seg, ck, cv in zip(self.plan.segments, self.keys, self.values):
             end = start + seg.length
-            ck, cv = seg.cache.get(layer, seg.kv_len) if seg.cache is not None else (None, None)
-            if ck is not None:
-                ks += [ck.to(k.dtype), k[start:end]]
-                vs += [cv.to(v.dtype), v[start:end]]
+            if ck is None:
+                kb, vb = k[start:end].transpose(0, 1), v[start:end].transpose(0, 1)
             else:
-                ks.append(k[start:end])
-                vs.append(v[start:end])
-            cu_q.append(end)
-            cu_k.append(cu_k[-1] + seg.length + (0 if ck is None else ck.shape[0]))
+                ck[:, seg.kv_len : seg.kv_len + seg.length] = k[start:end].transpose(0, 1)
+                cv[:, seg.kv_len : seg.kv_len + seg.length] = v[start:end].transpose(0, 1)
+                kb, vb = ck[:, : seg.kv_len + seg.length], cv[:, : seg.kv_len + seg.length]
+            keys.append(kb)
+            values.append(vb)
             start = end
-        kk = ks[0] if len(ks) == 1 else torch.cat(ks, 0)
-        vv = vs[0] if len(vs) == 1 else torch.cat(vs, 0)
-        dev = q.device
-        cu_q_t = torch.tensor(cu_q, dtype=torch.int32, device=dev)
-        cu_k_t = torch.tensor(cu_k, dtype=torch.int32, device=dev)
-        max_q = max(s.length for s in self.segments)
-        max_k = max(b - a for a, b in zip(cu_k[:-1], cu_k[1:]))
-        out = varlen_attention(q, kk, vv, cu_q_t, cu_k_t, max_q, max_k, causal=self.causal)
-        if self.update_cache:
-            start = 0
-            for seg in self.segments:
-                end = start + seg.length
-                seg.cache.append(layer, k[start:end], v[start:end])
-                start = end
+        if use_flash(q):
+            return self._flash(q, keys, values)
+        out = torch.empty_like(q)
+        start = 0
+        for seg, kb, vb in zip(self.plan.segments, keys, values):
+            end = start + seg.length
+            out[start:end] = cached_sdpa(q[start:end], kb, vb, self.plan.causal)
+            start = end
         return out
+
+    def _flash(self, q, keys, values):
+        # flash-attn's varlen kernel wants token-major packed keys: one copy of each segment's view
+        lens_q = [s.length for s in self.plan.segments]
+        lens_k = [kb.shape[1] for kb in keys]
+        cu_q = torch.tensor([0, *itertools.accumulate(lens_q)], dtype=torch.int32, device=q.device)
+        cu_k = torch.tensor([0, *itertools.accumulate(lens_k)], dtype=torch.int32, device=q.device)
+        kk = torch.cat([kb.transpose(0, 1) for kb in keys])
+        vv = torch.cat([vb.transpose(0, 1) for vb in values])
+        return varlen_attention(q, kk, vv, cu_q, cu_k, max(lens_q), max(lens_k), causal=self.plan.causal)
 
 
 @dataclass
@@ -140,6 +206,9 @@ class MaskedAttention:
         """The same masks plus ``key_bias`` on ``bias_rows`` in layers ``layers`` (inclusive range)."""
         return MaskedAttention(self.sample_lens, self.masks, key_bias, bias_rows, tuple(layers))
 
+    def layer(self, i: int) -> _MaskedLayer:
+        return _MaskedLayer(self, i)
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         lo, hi = self.bias_layers
         if self.key_bias is not None and lo <= layer <= hi:
@@ -147,3 +216,12 @@ class MaskedAttention:
         else:
             masks = self.masks
         return masked_attention(q, k, v, self.sample_lens, masks)
+
+
+@dataclass
+class _MaskedLayer:
+    plan: MaskedAttention
+    index: int
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.plan.attend(self.index, q, k, v)

@@ -58,6 +58,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + _rotate_half(x) * sin
 
 
+# Rows per MLP chunk at inference: a [rows, intermediate] activation of this size stays in a CPU's L2/L3
+# cache between the gate/up matmuls, SiLU and the product (a whole batched CFG step's does not).
+MLP_CHUNK_ROWS = 1024
+
+
 class MLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
@@ -65,8 +70,17 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, hidden] -> [N, hidden]; without autograd, in chunks of ``MLP_CHUNK_ROWS`` rows."""
+        if torch.is_grad_enabled() or x.shape[0] <= MLP_CHUNK_ROWS:
+            return self._rows(x)
+        out = x.new_empty(x.shape)
+        for a in range(0, x.shape[0], MLP_CHUNK_ROWS):
+            out[a : a + MLP_CHUNK_ROWS] = self._rows(x[a : a + MLP_CHUNK_ROWS])
+        return out
 
 
 def _routed(x: torch.Tensor, route: Routing, f_und, f_gen, out_dim: int) -> torch.Tensor:
@@ -75,9 +89,9 @@ def _routed(x: torch.Tensor, route: Routing, f_und, f_gen, out_dim: int) -> torc
         return f_und(x)
     out = x.new_empty(x.shape[0], out_dim)
     if route.und_idx.numel():
-        out = out.index_copy(0, route.und_idx, f_und(x.index_select(0, route.und_idx)))
+        out.index_copy_(0, route.und_idx, f_und(x.index_select(0, route.und_idx)))
     if route.gen_idx.numel():
-        out = out.index_copy(0, route.gen_idx, f_gen(x.index_select(0, route.gen_idx)))
+        out.index_copy_(0, route.gen_idx, f_gen(x.index_select(0, route.gen_idx)))
     return out
 
 
@@ -108,7 +122,9 @@ class MoTAttention(nn.Module):
         self.q_norm_moe_gen = RMSNorm(hd, cfg.rms_norm_eps)
         self.k_norm_moe_gen = RMSNorm(hd, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, route: Routing, plan, layer_idx: int) -> torch.Tensor:
+    def forward(self, x, cos, sin, route: Routing, attn) -> torch.Tensor:
+        """x [N, hidden] -> [N, hidden]; ``attn.attend(q, k, v)`` is this layer's attention (a plan's
+        ``layer(i)``)."""
         n, nh, nkv, hd = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
 
         def qk(proj, norm, heads):
@@ -132,8 +148,8 @@ class MoTAttention(nn.Module):
         v = _routed(x, route, self.v_proj, self.v_proj_moe_gen, nkv * hd)
         q = apply_rotary(q.view(n, nh, hd), cos, sin)
         k = apply_rotary(k.view(n, nkv, hd), cos, sin)
-        attn = plan.attend(layer_idx, q, k, v.view(n, nkv, hd)).reshape(n, nh * hd)
-        return _routed(attn, route, self.o_proj, self.o_proj_moe_gen, x.shape[1])
+        out = attn.attend(q, k, v.view(n, nkv, hd)).reshape(n, nh * hd)
+        return _routed(out, route, self.o_proj, self.o_proj_moe_gen, x.shape[1])
 
 
 class MoTDecoderLayer(nn.Module):
@@ -151,11 +167,13 @@ class MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, route: Routing, plan
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, route: Routing, attn
     ) -> torch.Tensor:
+        """x [N, hidden] -> [N, hidden]. Nothing here reads ``layer_idx``: every layer runs the same code on
+        its own weights and ``attn`` (its cache views), so one compiled graph serves them all."""
         h = x.shape[1]
         a = _routed(x, route, self.input_layernorm, self.input_layernorm_moe_gen, h)
-        x = x + self.self_attn(a, cos, sin, route, plan, self.layer_idx)
+        x = x + self.self_attn(a, cos, sin, route, attn)
         m = _routed(
             x,
             route,
@@ -164,6 +182,11 @@ class MoTDecoderLayer(nn.Module):
             h,
         )
         return x + m
+
+
+def _decoder_layer(layer: MoTDecoderLayer, x, cos, sin, route: Routing, attn) -> torch.Tensor:
+    # a plain function (not the module's bound forward) so that torch.compile sees the layer as an input
+    return layer(x, cos, sin, route, attn)
 
 
 class Qwen2MoTModel(nn.Module):
@@ -194,13 +217,24 @@ class Qwen2MoTForCausalLM(nn.Module):
         """position_ids [N] -> RoPE cos, sin [N, 1, head_dim]."""
         return rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, dtype)
 
+    def compile_layers(self, enable: bool = True, mode: str | None = None) -> None:
+        """Run the decoder layers of repeating forwards (plans with ``compiled=True``: the denoising steps)
+        through ``torch.compile``. One graph serves every layer: the layer's weights and cache views are
+        its inputs, the segment lengths its constants. ``mode`` is torch.compile's ("reduce-overhead" adds
+        CUDA graphs)."""
+        self._compiled_layer = (
+            torch.compile(_decoder_layer, dynamic=False, fullgraph=True, mode=mode) if enable else None
+        )
+
     def run_layers(
         self, x: torch.Tensor, rope: tuple, route: Routing, plan, start: int = 0, stop: int | None = None
     ) -> torch.Tensor:
-        """Decoder layers ``start`` .. ``stop - 1`` on x [N, H]; ``plan`` implements ``attend(layer, q, k, v)``."""
+        """Decoder layers ``start`` .. ``stop - 1`` on x [N, H]; ``plan.layer(i)`` is layer i's attention."""
         cos, sin = rope
-        for layer in self.model.layers[start:stop]:
-            x = layer(x, cos, sin, route, plan)
+        stop = len(self.model.layers) if stop is None else stop
+        fn = getattr(self, "_compiled_layer", None) if getattr(plan, "compiled", False) else None
+        for i in range(start, stop):
+            x = (fn or _decoder_layer)(self.model.layers[i], x, cos, sin, route, plan.layer(i))
         return x
 
     def final_norm(self, x: torch.Tensor, route: Routing) -> torch.Tensor:
