@@ -152,7 +152,12 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         sync()
         t = time.perf_counter()
-        ctxs = [pipe._build_contexts(r, torch.Generator().manual_seed(0), False, None, 0)[0] for r in reqs]
+        images = [pipe._prepare_images(r.images) for r in reqs]
+        gens = [torch.Generator().manual_seed(0) for _ in reqs]
+        ids = [pipe.encode_prompt(r.prompt) for r in reqs]
+        ctxs = pipe._build_contexts(reqs, ids, images, pipe._posteriors(images), gens, h, w, False, None, 0)[
+            0
+        ]
         sync()
         ctx_s = time.perf_counter() - t
         noises = [torch.randn(h * w, dim) for _ in reqs]

@@ -49,6 +49,9 @@ class _Queries:
         for r, c in enumerate(contexts):
             for name in BRANCHES:
                 getattr(c, name).own_tail(n[r])
+        trace.denoise_contexts(
+            {name: (getattr(contexts[0], name).kv_len, getattr(contexts[0], name).rope) for name in BRANCHES}
+        )
 
     def _build(self, jobs):
         builder = SequenceBuilder(self.special, self.model.config.sequence_geometry())

@@ -26,8 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data.transforms import ImageTransform, pil_img2rgb, to_tensor_normalized
-from inference import trace
-from inference.context import Context, Item, prefill_batch, prefill_text, prefill_vae, prefill_vit
+from inference.context import Context, Item, prefill
 from inference.generation import CFGContexts, denoise, generate_text
 from inference.offload import OFFLOAD_MODES, ModelOffload, apply_group_offload
 from inference.sampling import SamplingConfig
@@ -286,67 +285,22 @@ class SconePipeline:
             )
 
     # ------------------------------------------------------------------ generation
-    def _build_contexts(
-        self,
-        req: GenerationRequest,
-        generator,
-        think,
-        think_prompt,
-        max_think_tokens,
-        images=None,
-        posteriors=None,
-        ids: list[int] | None = None,
-    ):
-        """The three contexts of one request (docs/architecture.md §6): ``full`` sees everything, ``no_image``
-        everything but the references, ``no_text`` is ``full`` as it was before the instruction. ``ids``:
-        the instruction's tokens when the caller has them already."""
-        model, sp, layers = self.model, self.special, self.config.llm.num_hidden_layers
-        full, no_image = Context.empty(layers, "full"), Context.empty(layers, "no_image")
-        if think:
-            for c in (full, no_image):
-                prefill_text(model, c, encode(self.tokenizer, think_prompt or THINK_PROMPT_GENERATE), sp)
-        if images is None:
-            images = self._prepare_images(req.images)
-        noises = req.ref_posterior_noise
-        if noises is not None and len(noises) != len(images):
-            raise ValueError(f"ref_posterior_noise has {len(noises)} tensors for {len(images)} images")
-        for i, im in enumerate(images):
-            noise = None if noises is None else noises[i]
-            post = None if posteriors is None else posteriors[i]
-            prefill_vae(
-                model,
-                self.vae,
-                full,
-                to_tensor_normalized(im),
-                sp,
-                noise=noise,
-                generator=generator,
-                posterior=post,
-            )
-            prefill_vit(model, full, self.vit_transform(im), sp)
-        if ids is None:
-            ids = self.encode_prompt(req.prompt, "instruction")
-        no_text = full.snapshot("no_text")
-        prefill_text(model, full, ids, sp)
-        prefill_text(model, no_image, ids, sp)
-        thought = None
-        if think:
-            out, _ = generate_text(model, full, sp, max_think_tokens)
-            thought = self._decode_text(out)
-            prefill_text(model, full, encode(self.tokenizer, thought), sp)
-        return CFGContexts(full, no_text, no_image), thought
-
     def _init_noise(self, req: GenerationRequest, generator, h: int, w: int) -> torch.Tensor:
         dim = self.config.patch_latent_dim
         if req.init_noise is not None:
             return req.init_noise.float().reshape(h * w, dim)
         return torch.randn(h * w, dim, generator=generator)
 
-    def _build_contexts_batched(self, requests, ids, images, posteriors, generators, h, w):
-        """``_build_contexts`` for several requests at once: the k-th reference of every request in one
-        forward (VAE view, then ViT view), then every instruction in one forward (full and no-image
-        contexts). Random draws per request in the sequential order (posterior noises, then the initial
-        noise), so the result does not depend on the batching."""
+    def _build_contexts(
+        self, requests, ids, images, posteriors, generators, h, w, think, think_prompt, max_think
+    ):
+        """The three contexts of every request (docs/architecture.md §6): ``full`` sees everything, ``no_image``
+        everything but the references, ``no_text`` is ``full`` as it was before the instruction. Built for all
+        requests at once: the k-th reference of every request in one forward (VAE view, then ViT view), then
+        every instruction in one forward (full and no-image contexts). Random draws per request in upstream's
+        order (posterior noises, then the initial noise), so the result does not depend on the batching.
+        ``think``: a system prompt first, and each request's plan decoded after its instruction.
+        Returns (contexts, initial noises, thoughts)."""
         model, sp, layers = self.model, self.special, self.config.llm.num_hidden_layers
         latents, noises = [], []
         for req, ims, posts, gen in zip(requests, images, posteriors, generators):
@@ -361,18 +315,23 @@ class SconePipeline:
             noises.append(self._init_noise(req, gen, h, w))
         full = [Context.empty(layers, "full") for _ in requests]
         no_image = [Context.empty(layers, "no_image") for _ in requests]
+        both = list(enumerate(full)) + list(enumerate(no_image))
+        if think:
+            system = encode(self.tokenizer, think_prompt or THINK_PROMPT_GENERATE)
+            prefill(model, sp, [Item(c, ids=system, request=r) for r, c in both])
         for i in range(max((len(ims) for ims in images), default=0)):
             todo = [r for r, ims in enumerate(images) if len(ims) > i]
-            prefill_batch(model, sp, [Item(full[r], vae_latent=latents[r][i]) for r in todo])
-            prefill_batch(model, sp, [Item(full[r], vit=self.vit_transform(images[r][i])) for r in todo])
+            prefill(model, sp, [Item(full[r], vae_latent=latents[r][i], request=r) for r in todo])
+            prefill(model, sp, [Item(full[r], vit=self.vit_transform(images[r][i]), request=r) for r in todo])
         no_text = [c.snapshot("no_text") for c in full]
-        prefill_batch(
-            model,
-            sp,
-            [Item(c, ids=ids[r]) for r, c in enumerate(full)]
-            + [Item(c, ids=ids[r]) for r, c in enumerate(no_image)],
-        )
-        return [CFGContexts(*c) for c in zip(full, no_text, no_image)], noises
+        prefill(model, sp, [Item(c, ids=ids[r], request=r) for r, c in both])
+        thoughts = [None] * len(requests)
+        if think:
+            for r, c in enumerate(full):
+                thoughts[r] = self._decode_text(generate_text(model, c, sp, max_think)[0])
+            plans = [encode(self.tokenizer, t) for t in thoughts]
+            prefill(model, sp, [Item(c, ids=plans[r], request=r) for r, c in enumerate(full)])
+        return [CFGContexts(*c) for c in zip(full, no_text, no_image)], noises, thoughts
 
     def generate_batch(
         self,
@@ -414,35 +373,9 @@ class SconePipeline:
         generators = [
             torch.Generator().manual_seed(int(r.seed)) if r.seed is not None else None for r in requests
         ]
-        if think or trace.active() is not None or len(requests) == 1:
-            # one request at a time: think mode decodes text per request; recordings want one-item steps
-            contexts, noises, thoughts = [], [], []
-            for k, req in enumerate(requests):
-                with trace.request(k):
-                    ctxs, thought = self._build_contexts(
-                        req,
-                        generators[k],
-                        think,
-                        think_prompt,
-                        max_think_tokens,
-                        images[k],
-                        posteriors[k],
-                        ids[k],
-                    )
-                contexts.append(ctxs)
-                noises.append(self._init_noise(req, generators[k], h, w))
-                thoughts.append(thought)
-        else:
-            contexts, noises = self._build_contexts_batched(
-                requests, ids, images, posteriors, generators, h, w
-            )
-            thoughts = [None] * len(requests)
-        rec = trace.active()
-        if rec is not None:
-            rec.query = {
-                n: (getattr(contexts[0], n).kv_len, getattr(contexts[0], n).rope)
-                for n in ("full", "no_text", "no_image")
-            }
+        contexts, noises, thoughts = self._build_contexts(
+            requests, ids, images, posteriors, generators, h, w, think, think_prompt, max_think_tokens
+        )
         stats: dict = {}
         latents = denoise(
             self.model,
@@ -484,7 +417,7 @@ class SconePipeline:
     def _posteriors(self, images: list[list[Image.Image]], max_batch: int = 8) -> list[list[tuple]]:
         """The VAE posteriors (mean, logvar), each [1, z, h, w], of every request's references, encoded in
         batches of equal-sized images (one encoder call instead of one per image). Sampling them stays per
-        request, in upstream's order (``prefill_vae``)."""
+        request, in upstream's order (``_build_contexts``)."""
         by_size: dict[tuple, list[tuple[int, int]]] = {}
         for r, ims in enumerate(images):
             for i, im in enumerate(ims):
@@ -561,10 +494,12 @@ class SconePipeline:
         model, sp = self.model, self.special
         ctx = Context.empty(self.config.llm.num_hidden_layers)
         if think:
-            prefill_text(model, ctx, encode(self.tokenizer, think_prompt or THINK_PROMPT_UNDERSTAND), sp)
+            prefill(
+                model, sp, [Item(ctx, ids=encode(self.tokenizer, think_prompt or THINK_PROMPT_UNDERSTAND))]
+            )
         for im in self._prepare_images(images):
-            prefill_vit(model, ctx, self.vit_transform(im), sp)
-        prefill_text(model, ctx, self.encode_prompt(prompt, "question"), sp)
+            prefill(model, sp, [Item(ctx, vit=self.vit_transform(im))])
+        prefill(model, sp, [Item(ctx, ids=self.encode_prompt(prompt, "question"))])
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         ids, logits = generate_text(
             model, ctx, sp, max_new_tokens, do_sample, temperature, generator, return_logits

@@ -98,6 +98,13 @@ def context_step(context: str, kind: str, kv_len: int, rope: int, seq: PackedSeq
         rec.context_steps.append((context, step))
 
 
+def denoise_contexts(query: dict[str, tuple[int, int]]) -> None:
+    """Request 0's (kv_len, rope) per CFG branch as the denoising loop starts."""
+    rec = active()
+    if rec is not None:
+        rec.query = dict(query)
+
+
 def denoise_query(seq: PackedSequence) -> None:
     """The first packed query the denoising loop built."""
     rec = active()
