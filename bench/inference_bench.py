@@ -8,7 +8,7 @@
 ``7b`` builds the released BAGEL-7B-MoT geometry (14.6 B parameters, ~29 GB in bf16) directly on the
 device. Prints context-build seconds, seconds per denoising step (batched CFG: all branches in one
 forward, and upstream-style serial branches), and peak memory. ``--modes`` instead times whole images for
-each combination of step cache and weight format (``+``-joined, as bench/quality_bench.py): seconds per
+each combination of step cache, weight format and ``compile`` (``+``-joined, as bench/quality_bench.py): seconds per
 denoising step (amortised over the run), seconds per image, network evaluations (CFG-branch forwards) per
 image, peak GPU memory and the decoder weights' bytes.
 """
@@ -218,7 +218,8 @@ def bench_modes(pipe: SconePipeline, reqs: list, args, sync) -> None:
         params = dict(pipe.model.named_parameters())
         wbytes = sum(storage_bytes(params[k]) for k in quantized_keys(pipe.model)) / 2**30
         cfg = sampling.replace(**m.sampling)
-        pipe.generate_batch(reqs, sampling=cfg.replace(num_timesteps=2))  # warm-up
+        pipe.model.language_model.compile_layers(m.compile)
+        pipe.generate_batch(reqs, sampling=cfg.replace(num_timesteps=2))  # warm-up (and compile)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         marks = []

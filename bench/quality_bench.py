@@ -6,7 +6,8 @@ modes alike.
     python bench/quality_bench.py --modes none taylorseer int8 taylorseer+int8 --num_cases 30
 
 A mode is ``+``-joined parts: ``none`` (exact), ``taylorseer`` / ``taylorseer_uncond`` (step cache, default
-settings), ``int8`` / ``fp8`` (weights), ``interval=N`` / ``order=N`` / ``warmup=N`` / ``final=N`` (cache
+settings), ``int8`` / ``fp8`` (weights), ``compile`` (``--compile``; compiled before the timed rounds, on a batch of
+the first cases and one a case shorter, so that the graphs are dynamic in the batch size), ``interval=N`` / ``order=N`` / ``warmup=N`` / ``final=N`` (cache
 settings). Prints one Markdown table: Overall ± std over rounds, Avg COM / DIS, network evaluations
 (CFG-branch forwards) per image, seconds per image and the speed-up over the first mode.
 """
@@ -40,6 +41,7 @@ CACHE_KEYS = {
 class Mode:
     name: str
     weights: str | None = None
+    compile: bool = False
     sampling: dict = field(default_factory=dict)
     seconds: float = 0.0
     images: int = 0
@@ -53,6 +55,8 @@ def parse_mode(text: str) -> Mode:
             mode.sampling["cache"] = part
         elif part in ("int8", "fp8", "int8_und", "bf16", "fp16", "fp32"):
             mode.weights = part
+        elif part == "compile":
+            mode.compile = True
         elif "=" in part and part.split("=")[0] in CACHE_KEYS:
             k, v = part.split("=")
             mode.sampling[CACHE_KEYS[k]] = int(v)
@@ -106,13 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     dtype = compute_dtype("auto", torch.device(args.device).type)
     pipes = {}
     for m in modes:
-        if m.weights not in pipes:
-            pipes[m.weights] = SconePipeline.from_pretrained(
-                args.model_path, device=args.device, dtype=dtype, weights=m.weights
+        if (m.weights, m.compile) not in pipes:
+            pipes[m.weights, m.compile] = SconePipeline.from_pretrained(
+                args.model_path, device=args.device, dtype=dtype, weights=m.weights, compile=m.compile
             )
+    for (_, compiled), pipe in pipes.items():
+        for n in (args.batch_size, args.batch_size - 1) if compiled else ():
+            warm = work / "warmup" / str(n)
+            generate_benchmark(pipe, cases[:n], bench, warm, rounds=1, seed=0, batch_size=n, progress=False)
     for r in range(1, args.rounds + 1):  # one more round of every mode per pass: modes interleaved in time
         for m in modes:
-            pipe = pipes[m.weights]
+            pipe = pipes[m.weights, m.compile]
             out = work / "gen" / m.name
             start = time.monotonic()
             report = generate_benchmark(

@@ -75,7 +75,7 @@ def build_tiny(device: torch.device):
     return loaded.model, loaded.vae, loaded.config, loaded.special_ids.as_dict()
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["tiny", "7b"], default="tiny")
     p.add_argument("--num_layers", type=int, default=4, help="LLM layers for --preset 7b")
@@ -102,8 +102,11 @@ def main(argv=None) -> None:
         "they measure a warm cache (training's --vae_cache_gb once every image has been seen)",
     )
     p.add_argument("--peak_device_tflops", type=float, default=0.0)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return p
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Time ``args.steps`` training steps after ``args.warmup``; returns the figures ``main`` prints."""
     device = torch.device(args.device)
     dtype = compute_dtype(args.dtype, device.type)
 
@@ -142,7 +145,7 @@ def main(argv=None) -> None:
 
     cache = PosteriorCache(2**34) if args.vae_cache else None
     if cache is not None and args.warmup < 1:
-        p.error("--vae_cache needs --warmup >= 1 (the warmup steps fill the cache)")
+        raise SystemExit("--vae_cache needs --warmup >= 1 (the warmup steps fill the cache)")
     times, toks, flops = [], 0, 0.0
     for i in range(args.warmup + args.steps):
         k = i % args.warmup if cache is not None else i
@@ -167,16 +170,34 @@ def main(argv=None) -> None:
             toks += batch.length
             flops += step_flops(dense, attn, batch.length, batch.sample_lens)
     total = sum(times)
-    print(f"preset {args.preset} layers {cfg.llm.num_hidden_layers} device {device} dtype {dtype}")
-    if cache is not None:
-        print(f"VAE posterior cache: {cache.hits} hits, {cache.misses} misses (timed steps all hits)")
-    print(
-        f"tokens/pack {toks // len(times)}  step {total / len(times) * 1e3:.1f} ms  tokens/s {toks / total:.1f}"
-    )
-    print(f"dense LLM params {dense:,}  achieved {flops / total / 1e12:.2f} TFLOP/s", end="")
-    print(f"  MFU {flops / total / (peak * 1e12):.3f}" if peak > 0 else "")
-    if device.type == "cuda":
-        print(f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+    return {
+        "preset": args.preset,
+        "layers": cfg.llm.num_hidden_layers,
+        "device": str(device),
+        "dtype": str(dtype),
+        "cache": None if cache is None else (cache.hits, cache.misses),
+        "tokens_per_pack": toks // len(times),
+        "step_ms": total / len(times) * 1e3,
+        "tokens_per_s": toks / total,
+        "dense_params": dense,
+        "tflops": flops / total / 1e12,
+        "mfu": flops / total / (peak * 1e12) if peak > 0 else None,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    r = measure(args)
+    print(f"preset {r['preset']} layers {r['layers']} device {r['device']} dtype {r['dtype']}")
+    if r["cache"] is not None:
+        print(f"VAE posterior cache: {r['cache'][0]} hits, {r['cache'][1]} misses (timed steps all hits)")
+    print(f"tokens/pack {r['tokens_per_pack']}  step {r['step_ms']:.1f} ms  tokens/s {r['tokens_per_s']:.1f}")
+    print(f"dense LLM params {r['dense_params']:,}  achieved {r['tflops']:.2f} TFLOP/s", end="")
+    print(f"  MFU {r['mfu']:.3f}" if r["mfu"] is not None else "")
+    if r["peak_gib"] is not None:
+        print(f"peak memory {r['peak_gib']:.2f} GiB")
 
 
 if __name__ == "__main__":

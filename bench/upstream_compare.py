@@ -3,21 +3,23 @@
     git clone https://github.com/ByteDance-Seed/Bagel ../Bagel
     python -m bench.upstream_compare --upstream_dir ../Bagel --upstream_python /path/to/venv/bin/python
 
-Writes a random model in the released layout (``bench/inference_bench.py``'s ``cpu512`` geometry: LLM hidden
-512, 12 layers, 8/2 heads, MLP 2048; ViT 256 x 4; the FLUX VAE geometry), then starts two worker processes on it — this repository's pipeline and upstream's
-``InterleaveInferencer`` — and asks them in turn, alternating who goes first, for the same request: 2
+Writes a random model in the released layout (``bench/inference_bench.py``'s ``cpu512`` geometry: LLM
+hidden 512, 12 layers, 8/2 heads, MLP 2048; ViT 256 x 4; the FLUX VAE geometry), then starts worker
+processes on it -- this repository's pipeline, upstream's ``InterleaveInferencer`` and, with ``--compile``,
+ours with compiled layers -- and asks them in turn, rotating who goes first, for the same request: 2
 references, an instruction, ``--resolution``² output, ``--steps`` denoising steps with all three CFG
-branches, the model in ``--dtype`` (fp32 by default) and the VAE in fp32. Each reports its prefill seconds and
-its seconds per denoising step (the median of the steps), its torch version and the CPU capability its
-kernels use; the table gives the medians over ``--reps`` and the ratio ours / upstream.
+branches, the model in ``--dtype`` (fp32 by default) and the VAE in fp32. Each reports its prefill seconds
+and its seconds per denoising step (the median of the steps), its torch version and the CPU capability its
+kernels use; the table gives the medians over ``--reps`` and the ratios to upstream.
 
 Upstream's code runs unchanged from ``--upstream_dir``, with stand-ins that this script writes at run time
 and that are not part of upstream:
 
-* ``flash_attn.flash_attn_varlen_func`` served by PyTorch SDPA exactly as this repository's own CPU path
-  serves it (modeling/attention.py): one call per sequence on 4-D ``[1, heads, seq, dim]`` tensors (3-D
-  tensors make PyTorch fall back to its slow unfused kernel), KV heads expanded to the query heads, the
-  bottom-right causal mask. Both sides therefore run the same attention kernel.
+* ``flash_attn.flash_attn_varlen_func`` served by the PyTorch SDPA kernel this repository's CPU path calls
+  (modeling/attention.py): one call per sequence on 4-D ``[1, heads, seq, dim]`` tensors (3-D tensors make
+  PyTorch fall back to its slow unfused kernel), KV heads shared by ``enable_gqa`` as flash-attn shares
+  them (no expanded copies), the bottom-right causal mask. Both sides run the same attention kernel; what
+  differs is what upstream hands it: token-major keys concatenated per layer, as flash-attn takes them.
 * In fp32, upstream's hard-coded ``.to(torch.bfloat16)`` casts in ``modeling/bagel/{qwen2,siglip}_navit.py`` read
   ``torch.float32`` instead (the module's ``torch`` name is replaced by a view of torch whose ``bfloat16``
   is float32); its CUDA autocast blocks do nothing on a CPU. In bf16 the model is cast to bf16 and run
@@ -108,7 +110,7 @@ SETTINGS = dict(
 
 
 # ---------------------------------------------------------------------------------------------- workers
-def worker_ours(folder: str, res: int, steps: int, dtype: str):
+def worker_ours(folder: str, res: int, steps: int, dtype: str, compile: bool = False):
     import torch
 
     from inference.pipeline import SconePipeline
@@ -117,6 +119,7 @@ def worker_ours(folder: str, res: int, steps: int, dtype: str):
     pipe = SconePipeline.from_pretrained(
         folder,
         dtype=FLOAT_FORMATS[dtype],
+        compile=compile,
         vae_transform=(res, res, 16),
         vit_transform=(res, 224, 14),
     )
@@ -148,36 +151,30 @@ import torch
 import torch.nn.functional as F
 
 
-def _repeat_kv(x, n_rep):
-    if n_rep == 1:
-        return x
-    n, h, d = x.shape
-    return x[:, :, None, :].expand(n, h, n_rep, d).reshape(n, h * n_rep, d)
-
-
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
                            dropout_p=0.0, softmax_scale=None, causal=False, **kwargs):
-    # the same calls as this repository's CPU path (modeling/attention.py): 4-D SDPA per sequence
+    # flash-attn's contract (token-major packed tensors, native GQA, bottom-right causal) served by the
+    # kernel this repository's CPU path uses: one 4-D SDPA call per sequence, KV heads shared by enable_gqa
     out = torch.empty_like(q)
-    n_rep = q.shape[1] // k.shape[1]
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for i in range(len(cq) - 1):
         qs, qe, ks, ke = cq[i], cq[i + 1], ck[i], ck[i + 1]
         if qe == qs:
             continue
-        kb, vb = _repeat_kv(k[ks:ke], n_rep), _repeat_kv(v[ks:ke], n_rep)
-        mask, is_causal = None, False
-        if causal:
+        kb, vb = k[ks:ke].to(q.dtype).transpose(0, 1)[None], v[ks:ke].to(q.dtype).transpose(0, 1)[None]
+        mask, is_causal, gqa = None, False, True
+        if causal and qe - qs > 1:
             if qe - qs == ke - ks:
                 is_causal = True
             else:
                 qi = torch.arange(qe - qs, device=q.device)[:, None]
                 kj = torch.arange(ke - ks, device=q.device)[None, :]
-                mask = kj <= qi + (ke - ks - (qe - qs))
+                mask = (kj <= qi + (ke - ks - (qe - qs)))[None, None]
+                n_rep = q.shape[1] // k.shape[1]
+                kb, vb, gqa = kb.repeat_interleave(n_rep, 1), vb.repeat_interleave(n_rep, 1), False
         o = F.scaled_dot_product_attention(
-            q[qs:qe].transpose(0, 1)[None], kb.to(q.dtype).transpose(0, 1)[None],
-            vb.to(q.dtype).transpose(0, 1)[None], attn_mask=None if mask is None else mask[None, None],
-            is_causal=is_causal, scale=softmax_scale,
+            q[qs:qe].transpose(0, 1)[None], kb, vb, attn_mask=mask, is_causal=is_causal,
+            scale=softmax_scale, enable_gqa=gqa,
         )
         out[qs:qe] = o[0].transpose(0, 1)
     return out
@@ -328,15 +325,19 @@ def main(argv=None) -> int:
     p.add_argument(
         "--dtype", choices=("fp32", "bf16"), default="fp32", help="the model's dtype on both sides (VAE fp32)"
     )
-    p.add_argument("--worker", choices=("ours", "upstream"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--compile", action="store_true", help="also time ours with --compile (a third worker, same runs)"
+    )
+    p.add_argument("--worker", choices=("ours", "ours_compiled", "upstream"), help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         import torch
 
         torch.set_num_threads(args.threads)
-        if args.worker == "ours":
-            serve(worker_ours(args.folder, args.resolution, args.steps, args.dtype))
+        if args.worker in ("ours", "ours_compiled"):
+            compiled = args.worker == "ours_compiled"
+            serve(worker_ours(args.folder, args.resolution, args.steps, args.dtype, compiled))
         else:
             serve(worker_upstream(args.folder, args.resolution, args.steps, args.dtype))
         return 0
@@ -369,6 +370,8 @@ def main(argv=None) -> int:
             dict(env, PYTHONPATH=upstream_path),
         ),
     }
+    if args.compile:
+        launch["ours_compiled"] = launch["ours"]
     workers = {}
     for name, (cmd, cwd, worker_env) in launch.items():
         workers[name] = subprocess.Popen(
@@ -391,7 +394,7 @@ def main(argv=None) -> int:
         results = {name: [] for name in workers}
         order = list(workers)
         for rep in range(args.reps):
-            for name in order if rep % 2 == 0 else order[::-1]:  # alternate who goes first
+            for name in order[rep % len(order) :] + order[: rep % len(order)]:  # rotate who goes first
                 w = workers[name]
                 w.stdin.write("run\n")
                 w.stdin.flush()
@@ -409,16 +412,18 @@ def main(argv=None) -> int:
         f"\n{args.resolution}x{args.resolution}, 2 references, 3 CFG branches, {args.steps} steps, {args.dtype}, "
         f"{args.threads} threads, median of {args.reps}; attention: 4-D SDPA on both sides"
     )
-    for n in ("ours", "upstream"):
+    for n in workers:
         print(f"{n}: torch {facts[n]['torch']}, CPU capability {facts[n]['cpu']}")
     print()
     print("| | prefill s | s / denoising step |\n|---|---|---|")
-    for n in ("ours", "upstream"):
+    for n in workers:
         print(f"| {n} | {med[n]['prefill_s']:.2f} | {med[n]['step_s']:.3f} |")
-    print(
-        f"| ours / upstream | {med['ours']['prefill_s'] / med['upstream']['prefill_s']:.2f} | "
-        f"{med['ours']['step_s'] / med['upstream']['step_s']:.2f} |"
-    )
+    up = med["upstream"]
+    for n in (n for n in workers if n != "upstream"):
+        print(
+            f"| {n} / upstream | {med[n]['prefill_s'] / up['prefill_s']:.2f} | "
+            f"{med[n]['step_s'] / up['step_s']:.2f} |"
+        )
     return 0
 
 

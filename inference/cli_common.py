@@ -74,6 +74,7 @@ MODEL_FLAGS = (
     "--weights",
     "--offload",
     "--offload_group_size",
+    "--compile",
     "--lora",
     "--lora_scale",
     "--device",
@@ -108,6 +109,12 @@ def add_model_args(p: argparse.ArgumentParser, several_lora: bool = False) -> No
     g.add_argument(
         "--offload_group_size", type=int, default=1, help="decoder blocks per copy (--offload group)"
     )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decoder layers of the denoising step (one graph for all layers; the first "
+        "image pays the compile time)",
+    )
     lora_help = (
         "a LoRA adapter folder (adapter_config.json + adapter_model.safetensors, PEFT's format) or hub id, "
         "applied on top of the model without merging"
@@ -139,6 +146,7 @@ def pipeline_load_kwargs(args: argparse.Namespace) -> dict:
         weights=args.weights,
         offload=args.offload,
         offload_group_size=args.offload_group_size,
+        compile=args.compile,
         lora=args.lora,
         lora_scale=args.lora_scale,
     )

@@ -153,6 +153,7 @@ class SconePipeline:
         weights: str | None = None,
         offload: str = "none",
         offload_group_size: int = 1,
+        compile: bool = False,
         lora: str | None = None,
         lora_scale: float = 1.0,
         **kwargs,
@@ -161,7 +162,8 @@ class SconePipeline:
         ``weights``: None keeps ``dtype``; "bf16" | "fp16" | "fp32" | "int8" | "fp8" (weight-only quantized
         decoder blocks, computing in ``dtype``; modeling/weight_formats.py). ``offload``: "none" | "model" |
         "group" (weights in CPU RAM, brought to ``device`` per call or per group of decoder blocks;
-        inference/offload.py). ``lora``: a LoRA adapter folder or hub id (PEFT format, modeling/lora.py)
+        inference/offload.py). ``compile``: the denoising step's decoder layers through ``torch.compile``
+        (``Qwen2MoTForCausalLM.compile_layers``; not with group offload). ``lora``: a LoRA adapter folder or hub id (PEFT format, modeling/lora.py)
         applied with ``lora_scale``."""
         if offload not in OFFLOAD_MODES:
             raise ValueError(f"unknown offload {offload!r}; choose one of {', '.join(OFFLOAD_MODES)}")
@@ -170,6 +172,8 @@ class SconePipeline:
             log.warning(
                 "offload=%s on %s: there is no GPU memory to save, the copies are no-ops", offload, device
             )
+        if compile and offload == "group":
+            raise ValueError("compile=True cannot trace group offload's per-block copies; choose one of them")
         if offload == "group" and weights in ("int8", "fp8"):
             raise ValueError(
                 "offload='group' streams float weights; int8 / fp8 weights need no offload to fit"
@@ -182,6 +186,8 @@ class SconePipeline:
             load_adapter(loaded.model, resolve_adapter(lora), lora_scale)
             log.info("LoRA adapter %s attached (scale %g)", lora, lora_scale)
         pipe = cls(loaded, **kwargs)
+        if compile:
+            loaded.model.language_model.compile_layers()
         if offload == "group":
             pipe.offloader = apply_group_offload(loaded.model, device, offload_group_size)
             loaded.vae.to(device)

@@ -74,8 +74,9 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, hidden] -> [N, hidden]; without autograd, in chunks of ``MLP_CHUNK_ROWS`` rows."""
-        if torch.is_grad_enabled() or x.shape[0] <= MLP_CHUNK_ROWS:
+        """x [N, hidden] -> [N, hidden]; without autograd, in chunks of ``MLP_CHUNK_ROWS`` rows (compiled code
+        fuses instead)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.shape[0] <= MLP_CHUNK_ROWS:
             return self._rows(x)
         out = x.new_empty(x.shape)
         for a in range(0, x.shape[0], MLP_CHUNK_ROWS):
@@ -125,6 +126,10 @@ class MoTAttention(nn.Module):
     def forward(self, x, cos, sin, route: Routing, attn) -> torch.Tensor:
         """x [N, hidden] -> [N, hidden]; ``attn.attend(q, k, v)`` is this layer's attention (a plan's
         ``layer(i)``)."""
+        return self.project_out(attn.attend(*self.qkv(x, cos, sin, route)), route)
+
+    def qkv(self, x, cos, sin, route: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, hidden] -> q [N, heads, d], k and v [N, kv_heads, d] (QK-norm and RoPE applied)."""
         n, nh, nkv, hd = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
 
         def qk(proj, norm, heads):
@@ -148,8 +153,12 @@ class MoTAttention(nn.Module):
         v = _routed(x, route, self.v_proj, self.v_proj_moe_gen, nkv * hd)
         q = apply_rotary(q.view(n, nh, hd), cos, sin)
         k = apply_rotary(k.view(n, nkv, hd), cos, sin)
-        out = attn.attend(q, k, v.view(n, nkv, hd)).reshape(n, nh * hd)
-        return _routed(out, route, self.o_proj, self.o_proj_moe_gen, x.shape[1])
+        return q, k, v.view(n, nkv, hd)
+
+    def project_out(self, out: torch.Tensor, route: Routing) -> torch.Tensor:
+        """Attention output [N, heads, d] -> [N, hidden] through each expert's o_proj."""
+        out = out.reshape(out.shape[0], -1)
+        return _routed(out, route, self.o_proj, self.o_proj_moe_gen, self.o_proj.out_features)
 
 
 class MoTDecoderLayer(nn.Module):
@@ -169,24 +178,38 @@ class MoTDecoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, route: Routing, attn
     ) -> torch.Tensor:
-        """x [N, hidden] -> [N, hidden]. Nothing here reads ``layer_idx``: every layer runs the same code on
-        its own weights and ``attn`` (its cache views), so one compiled graph serves them all."""
-        h = x.shape[1]
-        a = _routed(x, route, self.input_layernorm, self.input_layernorm_moe_gen, h)
-        x = x + self.self_attn(a, cos, sin, route, attn)
+        """x [N, hidden] -> [N, hidden]; ``attn`` is this layer's attention (a plan's ``layer(i)``)."""
+        return self.after_attention(x, attn.attend(*self.before_attention(x, cos, sin, route)), route)
+
+    def before_attention(
+        self, x, cos, sin, route: Routing
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, hidden] -> q [N, heads, d], k and v [N, kv_heads, d] of the normed input."""
+        a = _routed(x, route, self.input_layernorm, self.input_layernorm_moe_gen, x.shape[1])
+        return self.self_attn.qkv(a, cos, sin, route)
+
+    def after_attention(self, x: torch.Tensor, attn_out: torch.Tensor, route: Routing) -> torch.Tensor:
+        """The residual stream x [N, hidden] and the attention output [N, heads, d] -> the layer's output."""
+        x = x + self.self_attn.project_out(attn_out, route)
         m = _routed(
             x,
             route,
             lambda t: self.mlp(self.post_attention_layernorm(t)),
             lambda t: self.mlp_moe_gen(self.post_attention_layernorm_moe_gen(t)),
-            h,
+            x.shape[1],
         )
         return x + m
 
 
-def _decoder_layer(layer: MoTDecoderLayer, x, cos, sin, route: Routing, attn) -> torch.Tensor:
-    # a plain function (not the module's bound forward) so that torch.compile sees the layer as an input
-    return layer(x, cos, sin, route, attn)
+# The compiled pieces of a layer: plain functions taking the layer as an argument, so that one graph (per
+# shape) serves every layer; nothing in them reads ``layer_idx``. The attention between them stays eager: it
+# depends on each segment's cache length, which would otherwise become a constant of the graph.
+def _before_attention(layer: MoTDecoderLayer, x, cos, sin, route: Routing):
+    return layer.before_attention(x, cos, sin, route)
+
+
+def _after_attention(layer: MoTDecoderLayer, x, attn_out, route: Routing):
+    return layer.after_attention(x, attn_out, route)
 
 
 class Qwen2MoTModel(nn.Module):
@@ -219,12 +242,14 @@ class Qwen2MoTForCausalLM(nn.Module):
 
     def compile_layers(self, enable: bool = True, mode: str | None = None) -> None:
         """Run the decoder layers of repeating forwards (plans with ``compiled=True``: the denoising steps)
-        through ``torch.compile``. One graph serves every layer: the layer's weights and cache views are
-        its inputs, the segment lengths its constants. ``mode`` is torch.compile's ("reduce-overhead" adds
-        CUDA graphs)."""
-        self._compiled_layer = (
-            torch.compile(_decoder_layer, dynamic=False, fullgraph=True, mode=mode) if enable else None
-        )
+        through ``torch.compile``: the norms, projections, RoPE and MLPs before and after each attention,
+        as two graphs (``fullgraph``: a graph break is an error) that serve every layer, their weights being
+        inputs. A new token count compiles once more, with dynamic shapes. ``mode`` is torch.compile's."""
+        self._compiled = None
+        if enable:
+            self._compiled = tuple(
+                torch.compile(f, fullgraph=True, mode=mode) for f in (_before_attention, _after_attention)
+            )
 
     def run_layers(
         self, x: torch.Tensor, rope: tuple, route: Routing, plan, start: int = 0, stop: int | None = None
@@ -232,9 +257,14 @@ class Qwen2MoTForCausalLM(nn.Module):
         """Decoder layers ``start`` .. ``stop - 1`` on x [N, H]; ``plan.layer(i)`` is layer i's attention."""
         cos, sin = rope
         stop = len(self.model.layers) if stop is None else stop
-        fn = getattr(self, "_compiled_layer", None) if getattr(plan, "compiled", False) else None
+        compiled = getattr(self, "_compiled", None) if getattr(plan, "compiled", False) else None
         for i in range(start, stop):
-            x = (fn or _decoder_layer)(self.model.layers[i], x, cos, sin, route, plan.layer(i))
+            layer = self.model.layers[i]
+            if compiled is None:
+                x = layer(x, cos, sin, route, plan.layer(i))
+            else:
+                before, after = compiled
+                x = after(layer, x, plan.layer(i).attend(*before(layer, x, cos, sin, route)), route)
         return x
 
     def final_norm(self, x: torch.Tensor, route: Routing) -> torch.Tensor:

@@ -52,3 +52,16 @@ def test_cuda_bf16_generation_and_understanding(cases, cases_json):
         max_new_tokens=8,
     )
     assert ans.token_ids == cases["und.generate_text_output_ids"].tolist()
+
+
+def test_cuda_compiled_layers_match_eager(cases, cases_json):
+    from inference.pipeline import SconePipeline
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    eager = SconePipeline.from_pretrained(str(CHECKPOINT), device="cuda", dtype=torch.float32)
+    compiled = SconePipeline.from_pretrained(
+        str(CHECKPOINT), device="cuda", dtype=torch.float32, compile=True
+    )
+    a, b = _gen(eager, cases, cases_json), _gen(compiled, cases, cases_json)
+    assert (a.latent - b.latent).abs().max() <= 1e-4

@@ -38,18 +38,21 @@ def _gen_kwargs(cases_json):
     )
 
 
+def gen_case_inputs(cases, cases_json) -> dict:
+    """The fixture's generation request as ``generate`` keywords (its references, draws and instruction)."""
+    return dict(
+        images=[str(FIXTURE / r["file"]) for r in cases_json["gen"]["refs"]],
+        prompt=cases_json["gen"]["instruction"],
+        ref_posterior_noise=[cases["gen.ref0.vae_posterior_noise"], cases["gen.ref1.vae_posterior_noise"]],
+        init_noise=cases["gen.init_noise"],
+    )
+
+
 @pytest.fixture(scope="module", params=["batched", "serial"])
 def gen_run(request, pipe, cases, cases_json):
-    refs = [str(FIXTURE / r["file"]) for r in cases_json["gen"]["refs"]]
     with trace.recording() as rec:
         out = pipe.generate(
-            images=refs,
-            prompt=cases_json["gen"]["instruction"],
-            ref_posterior_noise=[
-                cases["gen.ref0.vae_posterior_noise"],
-                cases["gen.ref1.vae_posterior_noise"],
-            ],
-            init_noise=cases["gen.init_noise"],
+            **gen_case_inputs(cases, cases_json),
             batch_cfg=request.param == "batched",
             **_gen_kwargs(cases_json),
         )
