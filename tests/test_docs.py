@@ -25,6 +25,7 @@ REASONS = [
     ("outline", "an outline or synopsis of an API, not a program"),
     ("synopsis", "an outline or synopsis of an API, not a program"),
     ("test suite", "the install or the test suite itself (.ci/run runs them)"),
+    ("tests/test_", "a named test runs the same command and checks its output"),
     ("network", "needs the network"),
     ("hours", "hours of training on 2 cores"),
     ("judge", "needs a judge"),
