@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inference.pipeline import SconePipeline
-from tests.conftest import CHECKPOINT
+from tests.conftest import CHECKPOINT, ROOT
 from tests.test_parity_inference import _gen_kwargs, gen_case_inputs
 
 
@@ -38,3 +38,12 @@ def test_compiled_generation_matches_eager_and_the_fixture(compiled, pipe, cases
 def test_compile_refuses_group_offload():
     with pytest.raises(ValueError, match="group offload"):
         SconePipeline.from_pretrained(str(CHECKPOINT), compile=True, offload="group")
+
+
+def test_compiled_int8_weights_match_eager_int8():
+    shipped = str(ROOT / "ckpts" / "scone-tiny")
+    refs = [str(ROOT / "assets" / "examples" / f) for f in ("ref1.png", "ref2.png")]
+    kw = dict(images=refs, prompt="Place the green cross from image 1 on the right.", seed=0, num_timesteps=4)
+    eager = SconePipeline.from_pretrained(shipped, weights="int8").generate(**kw)
+    compiled = SconePipeline.from_pretrained(shipped, weights="int8", compile=True).generate(**kw)
+    assert (eager.latent - compiled.latent).abs().max() <= 1e-4
