@@ -126,9 +126,6 @@ class CachedAttention:
             [None if s.cache is None else s.cache.values[i] for s in self.segments],
         )
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.layer(layer).attend(q, k, v)
-
 
 @dataclass
 class _CachedLayer:

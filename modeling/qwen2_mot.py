@@ -123,11 +123,6 @@ class MoTAttention(nn.Module):
         self.q_norm_moe_gen = RMSNorm(hd, cfg.rms_norm_eps)
         self.k_norm_moe_gen = RMSNorm(hd, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, route: Routing, attn) -> torch.Tensor:
-        """x [N, hidden] -> [N, hidden]; ``attn.attend(q, k, v)`` is this layer's attention (a plan's
-        ``layer(i)``)."""
-        return self.project_out(attn.attend(*self.qkv(x, cos, sin, route)), route)
-
     def qkv(self, x, cos, sin, route: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, hidden] -> q [N, heads, d], k and v [N, kv_heads, d] (QK-norm and RoPE applied)."""
         n, nh, nkv, hd = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim

@@ -10,14 +10,19 @@ import sys
 from tests.conftest import ROOT
 
 
-def test_gpu_suite_smoke_prints_one_row_per_mode_and_a_training_row():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_suite", "--smoke"],
+def _suite(*args: str, timeout: int, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.gpu_suite", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
+        env={**os.environ, **env},
     )
+
+
+def test_gpu_suite_smoke_prints_one_row_per_mode_and_a_training_row():
+    proc = _suite("--smoke", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {
         line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
@@ -35,12 +40,5 @@ def test_gpu_suite_smoke_prints_one_row_per_mode_and_a_training_row():
 
 
 def test_gpu_suite_without_a_gpu_says_so():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_suite", "--no_train"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
+    proc = _suite("--no_train", timeout=120, CUDA_VISIBLE_DEVICES="")
     assert proc.returncode != 0 and "--smoke" in proc.stderr
