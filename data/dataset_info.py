@@ -60,6 +60,14 @@ DATASET_INFO: dict[str, dict[str, dict]] = {
             "parquet_info_path": "shapeworld/parquet_info/shapeworld_multi_candidate.json",
         },
     },
+    # s2i rows with a think-mode plan column (data/s2i_dataset.py: S2IThinkDataset)
+    "s2i_think": {
+        # python -m data.synthetic.make_shapeworld --num_think N
+        "shapeworld_think": {
+            "data_dir": "shapeworld/parquet_data/shapeworld_think",
+            "parquet_info_path": "shapeworld/parquet_info/shapeworld_think.json",
+        },
+    },
     "t2i_pretrain": {
         "t2i": {"data_dir": "bagel_example/t2i", "num_files": 10, "num_total_samples": 1000},
     },
@@ -84,6 +92,15 @@ DATASET_INFO: dict[str, dict[str, dict]] = {
             "data_dir": "shapeworld/vlm/images",
             "jsonl_path": "shapeworld/vlm/shapeworld_vlm.jsonl",
         },
+        # make_shapeworld --num_vqa N / --num_vqa_eval M (questions with known answers, data/synthetic/vqa.py)
+        "shapeworld_vqa": {
+            "data_dir": "shapeworld/vqa/images",
+            "jsonl_path": "shapeworld/vqa/shapeworld_vqa.jsonl",
+        },
+        "shapeworld_vqa_eval": {
+            "data_dir": "shapeworld/vqa_eval/images",
+            "jsonl_path": "shapeworld/vqa_eval/shapeworld_vqa_eval.jsonl",
+        },
     },
 }
 
@@ -93,7 +110,7 @@ PATH_KEYS = ("data_dir", "parquet_info_path", "jsonl_path", "json_dir")
 def registry_classes() -> dict[str, type]:
     """Group key -> dataset class (imported lazily to keep this module import-light)."""
     from data.edit_dataset import UnifiedEditDataset
-    from data.s2i_dataset import S2IDataset
+    from data.s2i_dataset import S2IDataset, S2IThinkDataset
     from data.t2i_dataset import T2IDataset
     from data.vlm_dataset import VlmSftDataset
 
@@ -102,6 +119,7 @@ def registry_classes() -> dict[str, type]:
         "vlm_sft": VlmSftDataset,
         "unified_edit": UnifiedEditDataset,
         "s2i": S2IDataset,
+        "s2i_think": S2IThinkDataset,
     }
 
 

@@ -35,6 +35,7 @@ from data.benchmark_cases import BenchmarkCase, input_image_paths, read_cases
 from inference.cli_common import (
     USER_ERRORS,
     add_model_args,
+    add_think_args,
     default_model_path,
     load_pipeline,
     report_user_error,
@@ -146,11 +147,14 @@ def run_jobs(
     log_file: Path | None = None,
     log_extra: dict | None = None,
     progress: bool = True,
+    think: dict | None = None,
 ) -> RunReport:
     """Generate this rank's `jobs` with `pipe` (anything with `generate_batch(requests, sampling=...)`).
 
     Existing readable outputs are skipped; cases whose inputs are bad (path escaping the benchmark
     folder, missing file) or whose generation raises are recorded in the report; the rest go on.
+    ``think``: think-mode arguments of ``generate_batch`` (``{"think": True, "max_think_tokens": n}``);
+    each case's reasoning is logged with it.
     """
     from inference.pipeline import GenerationRequest
 
@@ -168,7 +172,7 @@ def run_jobs(
         except (ValueError, OSError) as e:
             report.failures.append({"round": job.round, "case": job.case.uid, "reason": str(e)})
 
-    def write_log(job: Job, seconds: float) -> None:
+    def write_log(job: Job, seconds: float, thought: str | None) -> None:
         if log_file is None:
             return
         line = {
@@ -185,6 +189,7 @@ def run_jobs(
             "seconds": round(seconds, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **(log_extra or {}),
+            **({"thought": thought} if thought is not None else {}),
         }
         with open(log_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -196,7 +201,7 @@ def run_jobs(
             for j, paths in batch
         ]
         try:
-            outs = pipe.generate_batch(reqs, sampling=settings)
+            outs = pipe.generate_batch(reqs, sampling=settings, **(think or {}))
             if len(outs) != len(batch):
                 raise RuntimeError(f"pipeline returned {len(outs)} images for {len(batch)} requests")
         except Exception as e:  # noqa: BLE001 -- one bad case must not kill the others
@@ -221,7 +226,7 @@ def run_jobs(
         dt = (time.time() - t0) / len(batch)
         for (job, _), out in zip(batch, outs):
             atomic_save_png(out.image, job.out_path)
-            write_log(job, dt)
+            write_log(job, dt, getattr(out, "thought", None))
             report.generated += 1
 
     bar = tqdm(total=len(todo), desc=f"rank {rank}", position=rank, disable=not progress, dynamic_ncols=True)
@@ -264,6 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--batch_size", type=int, default=1, help="cases per forward pass")
     add_sampling_args(p)
+    add_think_args(p)
     p.add_argument(
         "--vae_transform", type=int, nargs=3, default=None, help="max min stride (default: the model's)"
     )
@@ -324,6 +330,7 @@ def generate_benchmark(
     world_size: int = 1,
     log_extra: dict | None = None,
     progress: bool = True,
+    think: dict | None = None,
 ) -> RunReport:
     """Generate this rank's share of ``rounds`` x ``cases`` into ``output_dir`` (resumable, see the module
     docstring). ``sampling`` defaults to the pipeline's own settings (``pipe.sampling``)."""
@@ -333,7 +340,9 @@ def generate_benchmark(
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_images(output_dir, before=_STARTED)
     log_file = output_dir / f"generation_log.rank{rank}.jsonl"
-    return run_jobs(pipe, jobs, benchmark_dir, settings, batch_size, rank, log_file, log_extra, progress)
+    return run_jobs(
+        pipe, jobs, benchmark_dir, settings, batch_size, rank, log_file, log_extra, progress, think
+    )
 
 
 def main(argv: list[str] | None = None, pipe=None) -> int:
@@ -379,6 +388,7 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
         "model_path": args.model_path,
         "weights_file": args.weights_file,
         "seed_mode": args.seed_mode,
+        "think": args.think,
         "base_seed": args.seed,
         "world_size": world,
         "dtype": float_format_name(resolve_device_dtype(device, args.dtype)[1]),
@@ -397,6 +407,7 @@ def main(argv: list[str] | None = None, pipe=None) -> int:
         world_size=world,
         log_extra=extra,
         progress=not args.no_progress,
+        think={"think": True, "max_think_tokens": args.max_think_tokens} if args.think else None,
     )
     failures = list(report.failures)
     if rank == 0:

@@ -140,6 +140,20 @@ def add_model_args(p: argparse.ArgumentParser, several_lora: bool = False) -> No
     g.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
+def add_think_args(p: argparse.ArgumentParser, what: str = "generate", budget: bool = True) -> None:
+    """Think mode, one definition for every front end: the model writes its reasoning first (the think
+    system prompt of modeling/prompts.py), then answers or draws. ``budget``: a separate token budget for
+    the reasoning (image generation); an answer's reasoning counts against its own answer budget."""
+    p.add_argument("--think", action="store_true", help=f"reason in text first, then {what}")
+    if budget:
+        p.add_argument(
+            "--max_think_tokens",
+            type=int,
+            default=1000,
+            help="the most tokens the reasoning may take (--think)",
+        )
+
+
 def pipeline_load_kwargs(args: argparse.Namespace) -> dict:
     """The ``add_model_args`` weight, offload and LoRA flags as ``from_pretrained`` keywords."""
     return dict(

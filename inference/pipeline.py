@@ -32,6 +32,7 @@ from inference.offload import OFFLOAD_MODES, ModelOffload, apply_group_offload
 from inference.sampling import SamplingConfig
 from modeling.checkpoint import LoadedModel, load_pretrained
 from modeling.lora import attach_adapter, load_adapter, read_adapter, remove_lora, resolve_adapter
+from modeling.prompts import THINK_PROMPT_GENERATE, THINK_PROMPT_UNDERSTAND
 from modeling.sequence import unpatchify
 from modeling.tokenizer import encode
 
@@ -39,16 +40,6 @@ log = logging.getLogger(__name__)
 
 # Positions of the context kept free of the instruction's tokens: markers, one per image, the answer's start.
 CONTEXT_MARGIN = 64
-
-# Our own wording of the two "think" system prompts (upstream's exact text is not reproduced here);
-# pass ``think_prompt=`` to use another one.
-THINK_PROMPT_GENERATE = (
-    "Before producing the image, plan it: write your reasoning about the requested content, layout and "
-    "details between <think> and </think>, then generate the image."
-)
-THINK_PROMPT_UNDERSTAND = (
-    "Before answering, reason step by step between <think> and </think>, then give the final answer."
-)
 
 
 @dataclass
@@ -132,6 +123,7 @@ class SconePipeline:
         self.vae_transform = ImageTransform(*(vae_transform or transforms["vae_transform"]))
         self.vit_transform = ImageTransform(*(vit_transform or transforms["vit_transform"]))
         self.offloader = None  # set by from_pretrained(offload=...)
+        self._warned_generation_only = False
         # named LoRA adapters a server switches between per batch (add_adapter / use_adapter)
         self.adapters: dict[str, tuple] = {}
         self.active_adapter: str | None = None
@@ -491,7 +483,8 @@ class SconePipeline:
     def _understand(
         self, images, prompt, max_new_tokens, do_sample, temperature, seed, think, think_prompt, return_logits
     ):
-        if self.config.extra.get("generation_only"):
+        if self.config.extra.get("generation_only") and not self._warned_generation_only:
+            self._warned_generation_only = True  # once per pipeline, not once per question
             log.warning(
                 "%s was trained for image generation only (scone_config.json: generation_only): its answers "
                 "are not meaningful",

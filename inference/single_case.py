@@ -22,6 +22,7 @@ import torch
 from inference.cli_common import (
     USER_ERRORS,
     add_model_args,
+    add_think_args,
     check_inputs,
     default_model_path,
     load_pipeline,
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input_image_paths", nargs="*", default=[], help="reference images, in order")
     p.add_argument("--seed", type=int, default=1234)
     add_sampling_args(p)
-    p.add_argument("--think", action="store_true", help="reason in text first, then generate")
+    add_think_args(p)
     p.add_argument("--output", default=None, help="output PNG path (default: outputs/seed_{seed}/...)")
     p.add_argument("--output_dir", default="outputs")
     return p
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             prompt=args.instruction,
             seed=args.seed,
             think=args.think,
+            max_think_tokens=args.max_think_tokens,
             progress=True,
             **sampling_overrides(args),
         )

@@ -12,6 +12,7 @@ import sys
 from inference.cli_common import (
     USER_ERRORS,
     add_model_args,
+    add_think_args,
     check_inputs,
     default_model_path,
     load_pipeline,
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--do_sample", action="store_true")
     p.add_argument("--temperature", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--think", action="store_true")
+    add_think_args(p, "answer (the reasoning counts against --max_new_tokens)", budget=False)
     args = p.parse_args(argv)
     try:
         args.model_path = default_model_path(args.model_path)

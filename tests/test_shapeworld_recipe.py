@@ -223,6 +223,14 @@ def test_export_writes_half_precision_and_generates_the_same_image(tiny_folder, 
     assert (a.decoded - b.decoded).abs().max() < 0.05
     with pytest.raises(ValueError, match="differ"):
         export_folder(str(out), str(out))
+    # --answers: a model trained to answer loses the generation_only flag, and nothing else changes
+    assert json.loads((src / "scone_config.json").read_text())["generation_only"] is True
+    answering = tmp_path / "answering"
+    export_folder(str(src), str(answering), "fp16", answers=True)
+    expected = json.loads((src / "scone_config.json").read_text())
+    del expected["generation_only"]
+    assert json.loads((answering / "scone_config.json").read_text()) == expected
+    assert "generation_only" not in SconePipeline.from_pretrained(str(answering)).config.extra
 
 
 def _run(cmd: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
@@ -231,7 +239,8 @@ def _run(cmd: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess
 
 def test_end_to_end_recipe_smoke(tmp_path):
     """The whole recipe at a few steps per stage: data -> VAE -> init -> Stage I -> Stage II (mask on and
-    off) -> benchmark runner -> automatic judge -> leaderboard tables -> exported fp16 folder."""
+    off) -> understanding stage -> benchmark runner -> automatic judge -> leaderboard tables -> exported
+    fp16 folder that answers."""
     env = dict(os.environ)
     env.update(
         WORK=str(tmp_path / "work"),
@@ -242,6 +251,9 @@ def test_end_to_end_recipe_smoke(tmp_path):
         DECODER_STEPS="1000",  # VAE phase 3, decoder alone (shipped: 1500; 2 steps here)
         NUM_TRAIN="60",
         NUM_EVAL="6",
+        NUM_VQA="200",
+        NUM_VQA_EVAL="3",
+        NUM_THINK="20",
         TOKENS="1024",
         EVAL_ARGS="--num_timesteps 3",
         EVALS="untrained stage2_mask",
@@ -262,6 +274,7 @@ def test_end_to_end_recipe_smoke(tmp_path):
         "stage2_step3_mask",
         "stage2_step4_mask",
         "stage2_step4_nomask",
+        "stage_u",
     ):
         assert (work / stage / "0000001" / "model.safetensors").is_file(), stage
     log = (work / "results" / "stage2_step1_mask" / "train.log").read_text()
@@ -292,6 +305,11 @@ def test_end_to_end_recipe_smoke(tmp_path):
         )
     shipped = tmp_path / "shipped"
     assert load_pretrained(str(shipped)).config.semantic_mask_layers == (2, 3)
-    final = load_file(work / "stage2_step4_mask" / "0000001" / "model.safetensors")
-    exported = load_file(shipped / "model.safetensors")  # fp16 copy of the last long Stage II step
+    # the understanding stage starts from the final Stage II model and trains on all three kinds of data
+    log = (work / "results" / "stage_u" / "train.log").read_text()
+    assert f"weights from {work}/stage2_step4_mask/0000001/model.safetensors" in log
+    assert all(f"dataset {g}/" in log for g in ("s2i", "s2i_think", "vlm_sft"))
+    final = load_file(work / "stage_u" / "0000001" / "model.safetensors")
+    exported = load_file(shipped / "model.safetensors")  # fp16 copy of the understanding stage's last step
     assert exported and all(torch.equal(final[k].to(v.dtype), v) for k, v in exported.items())
+    assert "generation_only" not in json.loads((shipped / "scone_config.json").read_text())

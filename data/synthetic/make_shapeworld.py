@@ -38,11 +38,15 @@ from tqdm import tqdm
 from data.synthetic.captions import write_vlm_dataset
 from data.synthetic.render import NOVEL_SHAPES, png_bytes
 from data.synthetic.shapeworld import Case, case_record, case_signature, generate_cases, render_case
+from data.synthetic.vqa import plan_text, write_vqa_dataset
 
 logger = logging.getLogger(__name__)
 
 PARQUET_SCHEMA = pa.schema([("image", pa.list_(pa.binary())), ("instruction", pa.string())])
+# s2i rows with a think-mode plan (data/s2i_dataset.py: S2IThinkDataset)
+THINK_SCHEMA = pa.schema([*PARQUET_SCHEMA, ("plan", pa.string())])
 DATASET_NAMES = {"single": "shapeworld_single_candidate", "multi": "shapeworld_multi_candidate"}
+THINK_DATASET = "shapeworld_think"
 
 
 def dataset_names(novel_shape: str | None = None) -> dict[str, str]:
@@ -58,20 +62,31 @@ def dataset_of(case: Case, novel_shape: str | None = None) -> str:
     return dataset_names(novel_shape)["single" if case.task_type.startswith("composition") else "multi"]
 
 
-def case_row(case: Case) -> dict:
-    """One s2i parquet row: PNG bytes of the references then the target, and the instruction."""
+def case_row(case: Case, with_plan: bool = False) -> dict:
+    """One s2i parquet row: PNG bytes of the references then the target, and the instruction (and with
+    ``with_plan`` the think-mode plan, data.synthetic.vqa.plan_text)."""
     refs, target = render_case(case)
-    return {"image": [png_bytes(im) for im in refs] + [png_bytes(target)], "instruction": case.instruction}
+    row = {"image": [png_bytes(im) for im in refs] + [png_bytes(target)], "instruction": case.instruction}
+    if with_plan:
+        row["plan"] = plan_text(case)
+    return row
 
 
 def write_parquet_dataset(
-    cases: list[Case], data_dir: str, info_path: str, rows_per_file: int = 256, row_group_size: int = 32
+    cases: list[Case],
+    data_dir: str,
+    info_path: str,
+    rows_per_file: int = 256,
+    row_group_size: int = 32,
+    with_plan: bool = False,
 ) -> dict[str, dict]:
-    """Render ``cases`` into ``data_dir/part-XXXXX.parquet`` files and write the parquet_info JSON.
+    """Render ``cases`` into ``data_dir/part-XXXXX.parquet`` files and write the parquet_info JSON
+    (``with_plan``: rows carry a ``plan`` column too).
 
     Keys of the info map are ``os.path.join(abspath(data_dir), file)``: the training loader looks the
     files up by exactly that path. Returns the info map.
     """
+    schema = THINK_SCHEMA if with_plan else PARQUET_SCHEMA
     if rows_per_file <= 0 or row_group_size <= 0:
         raise ValueError(
             f"rows_per_file ({rows_per_file}) and row_group_size ({row_group_size}) must be positive"
@@ -82,12 +97,10 @@ def write_parquet_dataset(
     for file_idx, start in enumerate(range(0, len(cases), rows_per_file)):
         path = os.path.join(data_dir, f"part-{file_idx:05d}.parquet")
         chunk = cases[start : start + rows_per_file]
-        with pq.ParquetWriter(path, PARQUET_SCHEMA) as writer:
+        with pq.ParquetWriter(path, schema) as writer:
             for g in range(0, len(chunk), row_group_size):
-                rows = [case_row(c) for c in chunk[g : g + row_group_size]]
-                writer.write_table(
-                    pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA), row_group_size=row_group_size
-                )
+                rows = [case_row(c, with_plan) for c in chunk[g : g + row_group_size]]
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema), row_group_size=row_group_size)
         n_groups = pq.ParquetFile(path).num_row_groups
         info[path] = {"num_row_groups": n_groups, "num_rows": len(chunk)}
     os.makedirs(os.path.dirname(os.path.abspath(info_path)), exist_ok=True)
@@ -133,14 +146,27 @@ def make_shapeworld(
     overwrite: bool = False,
     num_vlm: int = 0,
     novel_shape: str | None = None,
+    num_vqa: int = 0,
+    num_vqa_eval: int = 0,
+    vqa_eval_seed: int | None = None,
+    num_think: int = 0,
 ) -> dict:
     """Generate everything under ``out``; returns the manifest (also written to ``out/manifest.json``).
 
     ``novel_shape`` (data.synthetic.render.NOVEL_SHAPES): a world where every case, training and
     benchmark, requests one subject of that shape (a concept the standard world never shows).
+    ``num_vqa``: questions about the training cases' references, training phrasings (``out/vqa``);
+    ``num_vqa_eval``: questions about the held-out world of ``vqa_eval_seed`` (default ``seed + 1``),
+    each reference asked once in training phrasings and once in held-out ones (``out/vqa_eval``);
+    ``num_think``: the first ``num_think`` training cases again, with their think-mode plan
+    (``shapeworld_think`` parquet).
     """
-    if num_train < 0 or num_eval < 0 or num_vlm < 0:
-        raise ValueError("num_train, num_eval and num_vlm must be >= 0")
+    counts = (num_train, num_eval, num_vlm, num_vqa, num_vqa_eval, num_think)
+    if min(counts) < 0:
+        raise ValueError("num_train, num_eval, num_vlm, num_vqa, num_vqa_eval and num_think must be >= 0")
+    vqa_eval_seed = seed + 1 if vqa_eval_seed is None else vqa_eval_seed
+    if num_vqa_eval and vqa_eval_seed == seed:
+        raise ValueError(f"vqa_eval_seed must differ from the training world's seed {seed}")
     if not 0.0 <= scene_prob <= 1.0:
         raise ValueError(f"scene_prob must be in [0, 1], got {scene_prob}")
     if size < 96:
@@ -150,7 +176,9 @@ def make_shapeworld(
             size,
             round(0.2 * size),
         )
-    targets = [os.path.join(out, d) for d in ("parquet_data", "parquet_info", "bench", "vlm")]
+    targets = [
+        os.path.join(out, d) for d in ("parquet_data", "parquet_info", "bench", "vlm", "vqa", "vqa_eval")
+    ]
     existing = [t for t in targets if os.path.exists(t)]
     if existing and not overwrite:
         raise FileExistsError(
@@ -190,9 +218,48 @@ def make_shapeworld(
             "num_files": len(info),
             "num_total_samples": len(subset),
         }
+    if num_think:
+        name = THINK_DATASET if novel_shape is None else f"shapeworld_{novel_shape}_think"
+        data_dir = os.path.join(out, "parquet_data", name)
+        info_path = os.path.join(out, "parquet_info", f"{name}.json")
+        subset = train_cases[:num_think]
+        info = write_parquet_dataset(
+            subset, data_dir, info_path, rows_per_file, row_group_size, with_plan=True
+        )
+        think = {
+            name: {
+                "data_dir": os.path.abspath(data_dir),
+                "parquet_info_path": os.path.abspath(info_path),
+                "num_files": len(info),
+                "num_total_samples": len(subset),
+            }
+        }
     if num_eval:
         write_benchmark(eval_cases, os.path.join(out, "bench"))
     vlm = {}
+    question_counts = {}
+    if num_vqa:
+        entry = write_vqa_dataset(
+            train_cases, os.path.join(out, "vqa"), "shapeworld_vqa", num_vqa, seed, "train"
+        )
+        question_counts["shapeworld_vqa"] = entry.pop("per_type")
+        vlm["shapeworld_vqa"] = entry
+    if num_vqa_eval:
+        # a world never trained on: the eval stream of another seed
+        world, _ = generate_cases(
+            vqa_eval_seed, "eval", num_vqa_eval, size, scene_prob, novel_shape=novel_shape
+        )
+        entry = write_vqa_dataset(
+            world,
+            os.path.join(out, "vqa_eval"),
+            "shapeworld_vqa_eval",
+            10**9,
+            vqa_eval_seed,
+            "eval",
+            (True, False),
+        )
+        question_counts["shapeworld_vqa_eval"] = entry.pop("per_type")
+        vlm["shapeworld_vqa_eval"] = entry
     if num_vlm:
         vlm["shapeworld_vlm"] = write_vlm_dataset(train_cases, os.path.join(out, "vlm"), num_vlm)
         if vlm["shapeworld_vlm"]["num_total_samples"] < num_vlm:
@@ -218,9 +285,18 @@ def make_shapeworld(
             "row_group_size": row_group_size,
             "num_vlm": num_vlm,
             "novel_shape": novel_shape,
+            "num_vqa": num_vqa,
+            "num_vqa_eval": num_vqa_eval,
+            "vqa_eval_seed": vqa_eval_seed,
+            "num_think": num_think,
         },
         # entries for the training registry (DATASET_INFO["s2i"] / ["vlm_sft"])
-        "dataset_info": {"s2i": datasets, **({"vlm_sft": vlm} if vlm else {})},
+        "dataset_info": {
+            "s2i": datasets,
+            **({"s2i_think": think} if num_think else {}),
+            **({"vlm_sft": vlm} if vlm else {}),
+        },
+        "questions": question_counts,
         "bench_dir": os.path.abspath(os.path.join(out, "bench")) if num_eval else None,
         "task_counts": task_counts,
         "redraws": {"eval_duplicates": eval_redraws, "train_eval_collisions": train_redraws},
@@ -254,6 +330,27 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a world where every case requests one subject of this shape, never drawn by the standard world",
     )
+    ap.add_argument(
+        "--num_vqa",
+        type=int,
+        default=0,
+        help="questions with known answers about training references, training phrasings (vlm_sft JSONL under OUT/vqa)",
+    )
+    ap.add_argument(
+        "--num_vqa_eval",
+        type=int,
+        default=0,
+        help="held-out world cases to ask about (seen and unseen phrasings; OUT/vqa_eval)",
+    )
+    ap.add_argument(
+        "--vqa_eval_seed", type=int, default=None, help="seed of the held-out world (default seed + 1)"
+    )
+    ap.add_argument(
+        "--num_think",
+        type=int,
+        default=0,
+        help="the first N training cases again with a think-mode plan (parquet set shapeworld_think)",
+    )
     ap.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -269,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overwrite,
         args.num_vlm,
         args.novel_shape,
+        args.num_vqa,
+        args.num_vqa_eval,
+        args.vqa_eval_seed,
+        args.num_think,
     )
     return 0
 

@@ -39,6 +39,8 @@ S2_LONG_STEPS=()
 for n in $LONG_STAGE2; do S2_LONG_STEPS+=("$(scaled "$n")"); done
 # DECODER_STEPS=N (> 0): VAE phase 3 in train_vae.sh, the decoder alone (the shipped model: 1500)
 DECODER_STEPS=${DECODER_STEPS:-0}
+# UNDERSTAND_STEPS: the understanding stage (understand.sh), questions + think plans + generation
+U_STEPS=$(scaled "${UNDERSTAND_STEPS:-3000}")
 
 # step folder written last by a stage of TOTAL steps (index of the last step, zero padded)
 last_folder() { printf "%s/%s/%07d" "$WORK" "$1" $(($2 - 1)); }

@@ -10,12 +10,14 @@ source "$HERE/common.sh"
 EVAL_ARGS=${EVAL_ARGS:-}          # e.g. "--limit 60" for a quick look
 SHIP=${SHIP:-1}
 ABLATION=${ABLATION:-1}           # 0: skip the Stage II run without the semantic mask
+UNDERSTAND=${UNDERSTAND:-1}       # 0: no understanding stage (the model then only generates)
 EVALS=${EVALS:-untrained stage1 stage2_step1_mask stage2_step1_nomask stage2_mask stage2_nomask}
 bash "$HERE/make_data.sh"
 bash "$HERE/train_vae.sh"
 bash "$HERE/stage1.sh"
 SEMANTIC_MASK=True bash "$HERE/stage2.sh"
 if [ "$ABLATION" = 1 ]; then SEMANTIC_MASK=False bash "$HERE/stage2.sh"; fi
+if [ "$UNDERSTAND" = 1 ]; then FROM="$(stage2_final mask)" bash "$HERE/understand.sh"; fi
 declare -A FOLDER=(
   [untrained]="$WORK/init"
   [stage1]="$(stage1_final)"
@@ -29,4 +31,4 @@ for name in $EVALS; do
   # shellcheck disable=SC2086
   bash "$HERE/eval.sh" "${FOLDER[$name]}" "$WORK/eval/$name" $EVAL_ARGS || echo "eval $name: exit $?" >&2
 done
-if [ "$SHIP" = 1 ]; then bash "$HERE/ship.sh"; fi
+if [ "$SHIP" = 1 ]; then UNDERSTAND=$UNDERSTAND bash "$HERE/ship.sh"; fi

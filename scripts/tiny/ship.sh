@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# 5. Export the final Stage II model (semantic mask on) as the shipped ckpts/scone-tiny (fp16, ~10 MB).
+# 7. Export the final model as the shipped ckpts/scone-tiny (fp16, ~10 MB): the understanding stage's last
+# step when UNDERSTAND=1 (the default; it answers questions, so generation_only is dropped from its
+# scone_config.json), else the final Stage II model (semantic mask on). SRC=folder overrides the choice.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-SRC=${SRC:-$(stage2_final mask)}
+UNDERSTAND=${UNDERSTAND:-1}
 OUT=${OUT:-./ckpts/scone-tiny}
-$PYTHON -m train.export_model --src "$SRC" --out "$OUT" --dtype fp16
+if [ "$UNDERSTAND" = 1 ]; then
+  SRC=${SRC:-$(last_folder stage_u "$U_STEPS")}
+  $PYTHON -m train.export_model --src "$SRC" --out "$OUT" --dtype fp16 --answers
+else
+  SRC=${SRC:-$(stage2_final mask)}
+  $PYTHON -m train.export_model --src "$SRC" --out "$OUT" --dtype fp16
+fi

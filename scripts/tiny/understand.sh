@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# 6. The understanding stage: a trained tiny Scone (FROM, default the shipped ckpts/scone-tiny) learns to
+# answer questions about its references and to plan in think mode, while it keeps training on generation:
+# data/configs/shapeworld_understand.yaml (world generation data, the same cases with a plan, questions
+# with known answers), everything trained, mask off, LR warm-restarted at 1e-3 (cosine to 1e-4) as in the
+# long Stage II. UNDERSTAND_STEPS (default 3000). Needs make_data.sh's questions and plans.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+FROM=${FROM:-./ckpts/scone-tiny}
+run_tiny_stage data/configs/shapeworld_understand.yaml "$FROM" stage_u "$U_STEPS" "$(scaled 100)" 1e-3 \
+  --freeze_llm_und False --freeze_llm_gen False --freeze_mlp_und False --freeze_mlp_gen False
