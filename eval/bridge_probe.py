@@ -16,7 +16,9 @@ training sample) and scores the kept set of every reference that holds subjects:
   chosen uniformly at random (kept · truth / tokens per reference, exact, no sampling);
 * **kept**: the share of reference tokens kept; **AUROC**: how well the similarity alone ranks truth
   tokens above the others (mean over references with both kinds; 0.5 is chance), which does not depend on
-  the threshold; the mean similarity of truth and other tokens (the threshold is in the model's
+  the threshold; **top-truth precision**: the precision of keeping, per reference, as many of its most
+  similar tokens as it has truth tokens (precision = recall there; random: Σ truth² / tokens over Σ truth),
+  also threshold-free; the mean similarity of truth and other tokens (the threshold is in the model's
   ``scone_config.json``, 0.88 by default).
 
 Written to ``--out``: ``probe.json`` (per task type and all) and ``probe.md``; the table is printed.
@@ -164,6 +166,13 @@ def summarise(rows: list[dict]) -> dict:
                 tokens, kept, truth, hit = tokens + n, kept + k, truth + t, hit + h
                 rand_hit += k * t / n
         aucs = [a for a in (auroc(r["similarity"], r["truth"]) for r in mine) if a is not None]
+        top_hit = top_truth = top_rand = 0.0  # keep each reference's |truth| most similar tokens
+        for r in mine:
+            g = int(r["truth"].sum())
+            top = torch.topk(r["similarity"], g).indices if g else torch.zeros(0, dtype=torch.long)
+            top_hit += float(r["truth"][top].sum())
+            top_truth += g
+            top_rand += g * g / r["truth"].numel()
         sims = torch.cat([r["similarity"] for r in mine])
         truths = torch.cat([r["truth"] for r in mine])
         out[task] = {
@@ -176,6 +185,8 @@ def summarise(rows: list[dict]) -> dict:
             "random_precision": rand_hit / kept if kept else None,
             "random_recall": rand_hit / truth if truth else None,
             "auroc": sum(aucs) / len(aucs) if aucs else None,
+            "precision_at_truth": top_hit / top_truth if top_truth else None,
+            "random_precision_at_truth": top_rand / top_truth if top_truth else None,
             "similarity_truth": float(sims[truths].mean()) if truths.any() else None,
             "similarity_other": float(sims[~truths].mean()) if (~truths).any() else None,
             "similarity_range": [float(sims.min()), float(sims.max())],
@@ -189,14 +200,15 @@ def markdown(summary: dict) -> str:
 
     lines = [
         "| task type | references | truth share | kept | precision (random) | recall (random) | AUROC "
-        "| similarity truth / other |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| top-truth precision (random) | similarity truth / other |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task, e in summary.items():
         lines.append(
             f"| {task} | {e['references']} | {f(e['truth_share'])} | {f(e['kept_share'])} | "
             f"{f(e['precision'])} ({f(e['random_precision'])}) | {f(e['recall'])} ({f(e['random_recall'])}) | "
-            f"{f(e['auroc'], pct=False)} | {f(e['similarity_truth'], False)} / {f(e['similarity_other'], False)} |"
+            f"{f(e['auroc'], pct=False)} | {f(e['precision_at_truth'])} ({f(e['random_precision_at_truth'])}) | "
+            f"{f(e['similarity_truth'], False)} / {f(e['similarity_other'], False)} |"
         )
     return "\n".join(lines)
 

@@ -64,6 +64,10 @@ def test_precision_recall_and_their_random_floor():
     assert s["random_precision"] == pytest.approx(0.75 / 3) and s["random_recall"] == pytest.approx(0.75 / 2)
     assert s["kept_share"] == pytest.approx(3 / 8) and s["truth_share"] == pytest.approx(2 / 8)
     assert "33.3% (25.0%)" in markdown(summarise([row]))
+    # top-|truth| (2 tokens: 0.95 at 5, 0.9 at 0): one hit of 2; random 2 * 2 / 8 of 2
+    assert s["precision_at_truth"] == pytest.approx(0.5) and s["random_precision_at_truth"] == pytest.approx(
+        0.25
+    )
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,8 @@ def test_tiny_eval_before_make_data_stops_cleanly(tmp_path):
 def test_every_benchmark_runs_as_python_m_eval_name():
     import sys
 
-    for name in ("generate", "omnicontext", "sconeeval", "psrbench", "shapeworld"):
+    names = ("generate", "omnicontext", "sconeeval", "psrbench", "shapeworld")
+    for name in (*names, "shapeworld_vqa", "shapeworld_plans", "bridge_probe"):
         r = subprocess.run([sys.executable, "-m", f"eval.{name}", "--help"], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)  # fmt: skip
         assert r.returncode == 0 and "usage:" in r.stdout, (name, r.stderr[-1000:])

@@ -254,6 +254,7 @@ def test_end_to_end_recipe_smoke(tmp_path):
         NUM_VQA="200",
         NUM_VQA_EVAL="3",
         NUM_THINK="20",
+        UNDERSTAND="1",  # the understanding stage, shipped
         TOKENS="1024",
         EVAL_ARGS="--num_timesteps 3",
         EVALS="untrained stage2_mask",

@@ -10,7 +10,7 @@ source "$HERE/common.sh"
 EVAL_ARGS=${EVAL_ARGS:-}          # e.g. "--limit 60" for a quick look
 SHIP=${SHIP:-1}
 ABLATION=${ABLATION:-1}           # 0: skip the Stage II run without the semantic mask
-UNDERSTAND=${UNDERSTAND:-1}       # 0: no understanding stage (the model then only generates)
+UNDERSTAND=${UNDERSTAND:-0}       # 1: the understanding stage (understand.sh) after Stage II, and ship it
 EVALS=${EVALS:-untrained stage1 stage2_step1_mask stage2_step1_nomask stage2_mask stage2_nomask}
 bash "$HERE/make_data.sh"
 bash "$HERE/train_vae.sh"

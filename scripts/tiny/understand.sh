@@ -9,3 +9,11 @@ source "$(dirname "$0")/common.sh"
 FROM=${FROM:-./ckpts/scone-tiny}
 run_tiny_stage data/configs/shapeworld_understand.yaml "$FROM" stage_u "$U_STEPS" "$(scaled 100)" 1e-3 \
   --freeze_llm_und False --freeze_llm_gen False --freeze_mlp_und False --freeze_mlp_gen False
+# VQA_ONLY_STEPS=N (> 0): then a diagnostic of N steps on questions alone (data/configs/shapeworld_vqa_only.yaml),
+# generation expert frozen, into stage_u_vqa_only: can the understanding side read its references at all?
+VQA_ONLY_STEPS=${VQA_ONLY_STEPS:-0}
+if [ "$VQA_ONLY_STEPS" -gt 0 ]; then
+  N=$(scaled "$VQA_ONLY_STEPS")
+  run_tiny_stage data/configs/shapeworld_vqa_only.yaml "$(last_folder stage_u "$U_STEPS")" stage_u_vqa_only "$N" \
+    "$(scaled 50)" 1e-3 --freeze_llm_und False --freeze_llm_gen True --freeze_mlp_und False --freeze_mlp_gen True
+fi
