@@ -51,7 +51,9 @@ from inference.cli_common import (
     report_user_error,
 )
 from inference.pipeline import load_image
-from train.losses import flow_matching_losses
+from modeling.flow import shift_timesteps
+from modeling.kv_cache import MaskedAttention
+from modeling.sequence import patchify
 
 log = logging.getLogger("scone.bridge_probe")
 
@@ -113,8 +115,17 @@ def probe_record(pipe, packing: PackingConfig, record: dict, bench_dir: str, see
     seq = pack_samples([sample], packing).to(model.device)
     g = torch.Generator().manual_seed(seed)
     latent = pipe.vae.encode(seq.vae_images, generator=g)  # the VAE lives with the model (no offload here)
-    out = flow_matching_losses(model, seq, latent, generator=g, use_semantic_mask=True)
-    sem = out.output.semantic
+    p = pipe.config.latent_patch_size
+    clean = torch.cat(
+        [patchify(latent[i, :, : h * p, : w * p].float(), p) for i, (h, w) in enumerate(seq.vae_grids)]
+    )
+    # The training forward's inputs: clean reference latents (t = 0) and a noised target. The target's
+    # noise does not move the bridge: references and instruction come before it and attend causally.
+    t = shift_timesteps(torch.sigmoid(seq.vae_timesteps.float()), pipe.config.timestep_shift)
+    eps = torch.randn(clean.shape, generator=g)
+    seq = seq.with_latents(((1 - t[:, None]) * clean + t[:, None] * eps).to(model.device), t.to(model.device))
+    plan = MaskedAttention(seq.sample_lens, seq.attention_masks(model.device))
+    sem = model(seq, plan, use_semantic_mask=True).semantic
     if len(sem.sim_vit) != len(images) or len(sem.sim_vae) != len(images):
         raise RuntimeError(
             f"{record['key']}: the bridge measured {len(sem.sim_vit)} of {len(images)} references"

@@ -19,7 +19,7 @@ CONFIGS = os.path.join(ROOT, "data", "configs")
 
 
 def test_registry_groups_and_scone_sets():
-    assert set(registry_classes()) == {"s2i", "t2i_pretrain", "unified_edit", "vlm_sft"}
+    assert set(registry_classes()) == {"s2i", "s2i_think", "t2i_pretrain", "unified_edit", "vlm_sft"}
     s2i = DATASET_INFO["s2i"]
     for name, files in (
         ("scone_single_candidate_base", 70),

@@ -254,7 +254,9 @@ def test_end_to_end_recipe_smoke(tmp_path):
         NUM_VQA="200",
         NUM_VQA_EVAL="3",
         NUM_THINK="20",
-        UNDERSTAND="1",  # the understanding stage, shipped
+        UNDERSTAND="1",  # the understanding stage, all three steps (2 each here), shipped
+        VQA_ONLY_STEPS="1000",
+        REALIGN_STEPS="1000",
         TOKENS="1024",
         EVAL_ARGS="--num_timesteps 3",
         EVALS="untrained stage2_mask",
@@ -276,6 +278,8 @@ def test_end_to_end_recipe_smoke(tmp_path):
         "stage2_step4_mask",
         "stage2_step4_nomask",
         "stage_u",
+        "stage_u_vqa_only",
+        "stage_u_realign",
     ):
         assert (work / stage / "0000001" / "model.safetensors").is_file(), stage
     log = (work / "results" / "stage2_step1_mask" / "train.log").read_text()
@@ -310,7 +314,10 @@ def test_end_to_end_recipe_smoke(tmp_path):
     log = (work / "results" / "stage_u" / "train.log").read_text()
     assert f"weights from {work}/stage2_step4_mask/0000001/model.safetensors" in log
     assert all(f"dataset {g}/" in log for g in ("s2i", "s2i_think", "vlm_sft"))
-    final = load_file(work / "stage_u" / "0000001" / "model.safetensors")
+    for step, before in (("stage_u_vqa_only", "stage_u"), ("stage_u_realign", "stage_u_vqa_only")):
+        log = (work / "results" / step / "train.log").read_text()
+        assert f"weights from {work}/{before}/0000001/model.safetensors" in log
+    final = load_file(work / "stage_u_realign" / "0000001" / "model.safetensors")
     exported = load_file(shipped / "model.safetensors")  # fp16 copy of the understanding stage's last step
     assert exported and all(torch.equal(final[k].to(v.dtype), v) for k, v in exported.items())
     assert "generation_only" not in json.loads((shipped / "scone_config.json").read_text())

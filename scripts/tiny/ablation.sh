@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # 8. The bridge ablation with power: Stage II step 1 (understanding expert trained, generation expert frozen)
-# with and without the semantic mask, from FROM (default: the understanding stage's last step), for each
+# with and without the semantic mask, from FROM (default: the understanding stage's final model), for each
 # training seed of SEEDS (default "0 1 2": the seed moves the data order, the noise and the CFG dropout),
 # each scored on the first EVAL_CASES held-out cases over two sampling rounds; then the table with the 95%
 # confidence interval of the mask's effect (scripts/tiny/ablation_table.py) and the bridge probe of FROM.
@@ -8,7 +8,7 @@
 set -euo pipefail
 HERE="$(dirname "$0")"
 source "$HERE/common.sh"
-FROM=${FROM:-$(last_folder stage_u "$U_STEPS")}
+FROM=${FROM:-$(understand_final)}
 SEEDS=${SEEDS:-0 1 2}
 EVAL_ARGS=${EVAL_ARGS:-}
 RUNS=()

@@ -39,8 +39,16 @@ S2_LONG_STEPS=()
 for n in $LONG_STAGE2; do S2_LONG_STEPS+=("$(scaled "$n")"); done
 # DECODER_STEPS=N (> 0): VAE phase 3 in train_vae.sh, the decoder alone (the shipped model: 1500)
 DECODER_STEPS=${DECODER_STEPS:-0}
-# UNDERSTAND_STEPS: the understanding stage (understand.sh), questions + think plans + generation
+# UNDERSTAND_STEPS: the understanding stage (understand.sh), questions + think plans + generation;
+# VQA_ONLY_STEPS and REALIGN_STEPS (both > 0) add its second and third steps
 U_STEPS=$(scaled "${UNDERSTAND_STEPS:-3000}")
+VQA_ONLY_STEPS=${VQA_ONLY_STEPS:-0}
+REALIGN_STEPS=${REALIGN_STEPS:-0}
+# the understanding stage's final model: its third step when it ran, else its first
+understand_final() {
+  if [ "$REALIGN_STEPS" -gt 0 ]; then last_folder stage_u_realign "$(scaled "$REALIGN_STEPS")"
+  else last_folder stage_u "$U_STEPS"; fi
+}
 
 # step folder written last by a stage of TOTAL steps (index of the last step, zero padded)
 last_folder() { printf "%s/%s/%07d" "$WORK" "$1" $(($2 - 1)); }

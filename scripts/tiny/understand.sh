@@ -11,9 +11,17 @@ run_tiny_stage data/configs/shapeworld_understand.yaml "$FROM" stage_u "$U_STEPS
   --freeze_llm_und False --freeze_llm_gen False --freeze_mlp_und False --freeze_mlp_gen False
 # VQA_ONLY_STEPS=N (> 0): then a diagnostic of N steps on questions alone (data/configs/shapeworld_vqa_only.yaml),
 # generation expert frozen, into stage_u_vqa_only: can the understanding side read its references at all?
-VQA_ONLY_STEPS=${VQA_ONLY_STEPS:-0}
 if [ "$VQA_ONLY_STEPS" -gt 0 ]; then
   N=$(scaled "$VQA_ONLY_STEPS")
   run_tiny_stage data/configs/shapeworld_vqa_only.yaml "$(last_folder stage_u "$U_STEPS")" stage_u_vqa_only "$N" \
     "$(scaled 50)" 1e-3 --freeze_llm_und False --freeze_llm_gen True --freeze_mlp_und False --freeze_mlp_gen True
+fi
+# REALIGN_STEPS=N (> 0, after VQA_ONLY_STEPS): everything trained again on generation, plans and three
+# times the questions (data/configs/shapeworld_understand_realign.yaml) from the questions-only step, into
+# stage_u_realign: the generator realigns with the changed understanding side.
+if [ "$REALIGN_STEPS" -gt 0 ]; then
+  if [ "$VQA_ONLY_STEPS" -le 0 ]; then echo "ERROR: REALIGN_STEPS needs VQA_ONLY_STEPS > 0" >&2; exit 2; fi
+  run_tiny_stage data/configs/shapeworld_understand_realign.yaml \
+    "$(last_folder stage_u_vqa_only "$(scaled "$VQA_ONLY_STEPS")")" stage_u_realign "$(scaled "$REALIGN_STEPS")" \
+    "$(scaled 50)" 5e-4 --freeze_llm_und False --freeze_llm_gen False --freeze_mlp_und False --freeze_mlp_gen False
 fi
