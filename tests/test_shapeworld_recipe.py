@@ -255,6 +255,7 @@ def test_end_to_end_recipe_smoke(tmp_path):
         NUM_VQA_EVAL="3",
         NUM_THINK="20",
         UNDERSTAND="1",  # the understanding stage, all three steps (2 each here), shipped
+        UNDERSTAND_STEPS="1000",
         VQA_ONLY_STEPS="1000",
         REALIGN_STEPS="1000",
         TOKENS="1024",

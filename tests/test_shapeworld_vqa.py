@@ -173,7 +173,7 @@ def test_think_dataset_teaches_the_plan_after_the_instruction(tmp_path):
     from modeling.tokenizer import encode, load_tokenizer
 
     m = make_shapeworld(str(tmp_path / "w"), 12, 0, seed=0, rows_per_file=10, num_think=4)
-    tok = load_tokenizer(str(ROOT / "ckpts" / "scone-tiny"))
+    tok = load_tokenizer(str(ROOT / "ckpts" / "scone-tiny"))[0]
     transforms = {
         "image_transform_args": {"image_stride": 16, "max_image_size": 96, "min_image_size": 32},
         "vit_image_transform_args": {"image_stride": 14, "max_image_size": 70, "min_image_size": 28},
