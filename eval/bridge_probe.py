@@ -31,18 +31,20 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data.benchmark_cases import resolve_in_dir
+from data.data_config import ModelGeometry
 from data.sample_builder import SampleBuilder, new_sample
 from data.sequence_packing import PackingConfig, pack_samples
 from data.synthetic.render import Background, render_image
 from data.synthetic.shapeworld import case_from_record
 from eval.shapeworld import load_bench
-from eval.shapeworld_vqa import image_path
 from inference.cli_common import (
     USER_ERRORS,
     add_model_args,
@@ -51,9 +53,9 @@ from inference.cli_common import (
     report_user_error,
 )
 from inference.pipeline import load_image
-from modeling.flow import shift_timesteps
+from modeling.flow import noise_levels
 from modeling.kv_cache import MaskedAttention
-from modeling.sequence import patchify
+from modeling.sequence import clean_latent_tokens
 
 log = logging.getLogger("scone.bridge_probe")
 
@@ -84,17 +86,14 @@ def auroc(scores: torch.Tensor, truth: torch.Tensor) -> float | None:
 
 
 def packing_config(pipe) -> PackingConfig:
-    cfg = pipe.config
+    """The training packer's settings for ``pipe``'s model, with no condition dropout."""
+    geometry = asdict(ModelGeometry.of(pipe.config))
     return PackingConfig.from_special_ids(
         pipe.special,
         text_cond_dropout_prob=0.0,
         vit_cond_dropout_prob=0.0,
         vae_cond_dropout_prob=0.0,
-        vit_patch_size=cfg.vit.patch_size,
-        max_num_patch_per_side=cfg.vit_max_num_patch_per_side,
-        vae_image_downsample=cfg.latent_downsample,
-        max_latent_size=cfg.max_latent_size,
-        interpolate_pos=cfg.interpolate_pos,
+        **geometry,
     )
 
 
@@ -103,8 +102,8 @@ def probe_record(pipe, packing: PackingConfig, record: dict, bench_dir: str, see
     """The bridge on one benchmark case: per reference that holds subjects, its tokens' similarities, the
     kept set and the truth set (ViT tokens first, then VAE tokens)."""
     case = case_from_record(record)
-    images = [load_image(image_path(bench_dir, p)) for p in record["input_images"]]
-    target = load_image(image_path(bench_dir, record["target_image"]))
+    images = [load_image(resolve_in_dir(bench_dir, p)) for p in record["input_images"]]
+    target = load_image(resolve_in_dir(bench_dir, record["target_image"]))
     builder = SampleBuilder(pipe.tokenizer, pipe.vae_transform, pipe.vit_transform)
     sample = new_sample()
     for im in images:
@@ -115,13 +114,10 @@ def probe_record(pipe, packing: PackingConfig, record: dict, bench_dir: str, see
     seq = pack_samples([sample], packing).to(model.device)
     g = torch.Generator().manual_seed(seed)
     latent = pipe.vae.encode(seq.vae_images, generator=g)  # the VAE lives with the model (no offload here)
-    p = pipe.config.latent_patch_size
-    clean = torch.cat(
-        [patchify(latent[i, :, : h * p, : w * p].float(), p) for i, (h, w) in enumerate(seq.vae_grids)]
-    )
+    clean = clean_latent_tokens(latent, seq.vae_grids, pipe.config.latent_patch_size)
     # The training forward's inputs: clean reference latents (t = 0) and a noised target. The target's
     # noise does not move the bridge: references and instruction come before it and attend causally.
-    t = shift_timesteps(torch.sigmoid(seq.vae_timesteps.float()), pipe.config.timestep_shift)
+    t = noise_levels(seq.vae_timesteps, pipe.config.timestep_shift)
     eps = torch.randn(clean.shape, generator=g)
     seq = seq.with_latents(((1 - t[:, None]) * clean + t[:, None] * eps).to(model.device), t.to(model.device))
     plan = MaskedAttention(seq.sample_lens, seq.attention_masks(model.device))

@@ -9,7 +9,8 @@ the known answer's length plus ``--max_new_tokens`` tokens (a longer answer cann
 ``answers.jsonl`` (one line per question: index, type, seen, answer, prediction, right; a question that
 raised is a ``failed`` line, counted and never scored) and ``summary.json`` / ``summary.md``: accuracy per
 type on held-out phrasings and on training phrasings, with chance beside it. A rerun continues after the
-answered questions. Images are looked up inside the questions file's ``images`` folder.
+answered questions. Images are looked up inside the questions file's ``images`` folder (a path that leaves
+it is refused).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 
 from tqdm import tqdm
 
+from data.benchmark_cases import resolve_in_dir
 from data.synthetic.vqa import QUESTION_TYPES, normalise_answer
 from inference.cli_common import (
     USER_ERRORS,
@@ -64,15 +66,6 @@ def load_questions(path: str) -> list[dict]:
             row.update(index=len(out), images=images, question=human.replace("<image>", "").strip())
             out.append(row)
     return out
-
-
-def image_path(image_dir: str, name: str) -> str:
-    """``name`` inside ``image_dir``; a name that leads outside it is refused."""
-    root = os.path.realpath(image_dir)
-    path = os.path.realpath(os.path.join(root, name))
-    if os.path.commonpath([root, path]) != root:
-        raise ValueError(f"image {name!r} lies outside {image_dir}")
-    return path
 
 
 def is_right(prediction: str, answer: str) -> bool:
@@ -134,7 +127,7 @@ def answer_all(
         for q in tqdm(todo, desc="questions"):
             row = {k: q[k] for k in ("index", "type", "seen", "chance", "answer")}
             try:
-                images = [image_path(image_dir, n) for n in q["images"]]
+                images = [resolve_in_dir(image_dir, n) for n in q["images"]]
                 budget = len(encode(pipe.tokenizer, q["answer"])) + max_new_tokens
                 pred = pipe.understand(
                     images=images, prompt=q["question"], max_new_tokens=budget, think=think

@@ -46,6 +46,15 @@ def patchify(image: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(1, 3, 2, 4, 0).reshape((h // p) * (w // p), p * p * c)
 
 
+def clean_latent_tokens(latent: torch.Tensor, grids: list[tuple[int, int]], patch: int) -> torch.Tensor:
+    """latent [n, C, Hmax, Wmax] (VAE output of the zero-padded images) -> tokens [V, p*p*C] fp32.
+
+    Each image's latent is cropped out of the padded batch to its own grid before patchifying."""
+    return torch.cat(
+        [patchify(latent[i, :, : h * patch, : w * patch].float(), patch) for i, (h, w) in enumerate(grids)]
+    )
+
+
 def unpatchify(tokens: torch.Tensor, h: int, w: int, p: int, channels: int) -> torch.Tensor:
     """tokens [h*w, p*p*C] -> [C, p*h, p*w] (inverse of ``patchify``)."""
     x = tokens.reshape(h, w, p, p, channels)

@@ -28,23 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from modeling.bagel import Bagel, BagelOutput
-from modeling.flow import shift_timesteps
+from modeling.flow import noise_levels
 from modeling.kv_cache import MaskedAttention
-from modeling.sequence import PackedSequence, SequenceBuilder, concat_sequences, patchify
-
-
-def noise_levels(raw_timesteps: torch.Tensor, shift: float) -> torch.Tensor:
-    """Raw draws [V] (``-inf`` for clean slots) -> noise levels t [V] in [0, 1]."""
-    return shift_timesteps(torch.sigmoid(raw_timesteps.float()), shift)
-
-
-def clean_latent_tokens(latent: torch.Tensor, grids: list[tuple[int, int]], patch: int) -> torch.Tensor:
-    """latent [n, C, Hmax, Wmax] (VAE output of the zero-padded images) -> tokens [V, p*p*C] fp32.
-
-    Each image's latent is cropped out of the padded batch to its own grid before patchifying."""
-    return torch.cat(
-        [patchify(latent[i, :, : h * patch, : w * patch].float(), patch) for i, (h, w) in enumerate(grids)]
-    )
+from modeling.sequence import PackedSequence, SequenceBuilder, clean_latent_tokens, concat_sequences
 
 
 def participation_sample(special, geometry) -> PackedSequence:

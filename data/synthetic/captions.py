@@ -64,7 +64,12 @@ def write_vlm_dataset(cases: list[Case], out_dir: str, max_images: int) -> dict:
             {"from": "gpt", "value": describe_reference(ref)},
         ]
         lines.append(json.dumps({"image": name, "conversations": conversation}) + "\n")
-    jsonl_path = os.path.join(out_dir, "shapeworld_vlm.jsonl")
+    return write_jsonl_entry(lines, os.path.join(out_dir, "shapeworld_vlm.jsonl"), image_dir)
+
+
+def write_jsonl_entry(lines: list[str], jsonl_path: str, image_dir: str) -> dict:
+    """Write ``lines`` to ``jsonl_path`` (through a temporary file: never half a file) and return the
+    ``vlm_sft`` registry entry (``data_dir``, ``jsonl_path``, ``num_total_samples``) with absolute paths."""
     tmp = jsonl_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(lines)

@@ -36,7 +36,7 @@ import random
 import re
 from collections.abc import Iterator
 
-from data.synthetic.captions import describe_reference
+from data.synthetic.captions import describe_reference, write_jsonl_entry
 from data.synthetic.render import PATTERNS, SHAPES, SIZES, SUBJECT_COLOURS, Placement, render_image
 from data.synthetic.shapeworld import Case, Reference
 
@@ -321,17 +321,8 @@ def write_vqa_dataset(
         for q in questions:
             counts[q["type"]] = counts.get(q["type"], 0) + 1
             lines.append(json.dumps(q) + "\n")
-    jsonl_path = os.path.join(out_dir, f"{name}.jsonl")
-    tmp = jsonl_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    os.replace(tmp, jsonl_path)
-    return {
-        "data_dir": os.path.abspath(image_dir),
-        "jsonl_path": os.path.abspath(jsonl_path),
-        "num_total_samples": len(lines),
-        "per_type": counts,
-    }
+    entry = write_jsonl_entry(lines, os.path.join(out_dir, f"{name}.jsonl"), image_dir)
+    return {**entry, "per_type": counts}
 
 
 def normalise_answer(text: str) -> str:
