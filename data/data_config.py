@@ -255,3 +255,24 @@ def check_groups(groups: list[DataGroup], geometry: ModelGeometry | None, num_wo
                         f"group {g.name!r}: {path} has no column {', '.join(map(repr, absent))} "
                         f"(it has {sorted(names)}); this dataset reads {list(columns)}"
                     )
+
+
+def image_views(groups: list[DataGroup]) -> dict[str, tuple[int, int, int]]:
+    """The image views a mix trains at, as ``scone_config.json``'s inference keys: ``"vae_transform"`` and
+    ``"vit_transform"`` -> (max side, min side, stride), each only when every group that feeds that side
+    agrees (a model trained on one view should be run at it; mixed views name none)."""
+    views: dict[str, set] = {"vae_transform": set(), "vit_transform": set()}
+    for g in groups:
+        ds = g.dataset
+        builder = getattr(ds, "builder", ds)  # the transforms live on the sample builder
+        # an understanding-only group's one transform feeds the ViT
+        sides = (
+            {"vit_transform": ds.transform}
+            if getattr(ds, "understanding_only", False)
+            else {"vae_transform": getattr(builder, "transform", None)}
+        )
+        sides.setdefault("vit_transform", getattr(builder, "vit_transform", None))
+        for side, t in sides.items():
+            if t is not None:
+                views[side].add((t.max_image_size, t.min_image_size, t.stride))
+    return {side: next(iter(v)) for side, v in views.items() if len(v) == 1}

@@ -51,6 +51,8 @@ def conversation_elements(conversations: list[dict], num_images: int) -> list[di
 
 
 class VlmSftDataset(ShardedSource):
+    understanding_only = True  # its one image transform is the ViT's (data_config.image_views)
+
     def __init__(
         self,
         dataset_name: str,

@@ -31,6 +31,7 @@ from inference.generation import CFGContexts, denoise, generate_text
 from inference.offload import OFFLOAD_MODES, ModelOffload, apply_group_offload
 from inference.sampling import SamplingConfig
 from modeling.checkpoint import LoadedModel, load_pretrained
+from modeling.config import UPSTREAM_TRANSFORMS
 from modeling.lora import attach_adapter, load_adapter, read_adapter, remove_lora, resolve_adapter
 from modeling.prompts import THINK_PROMPT_GENERATE, THINK_PROMPT_UNDERSTAND
 from modeling.sequence import unpatchify
@@ -85,10 +86,6 @@ def load_image(image) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise TypeError(f"images must be PIL images or paths, got {type(image).__name__}")
     return pil_img2rgb(image)
-
-
-# The references' preprocessing: ImageTransform(max side, min side, stride) of the VAE and ViT views.
-UPSTREAM_TRANSFORMS: dict = {"vae_transform": (1024, 512, 16), "vit_transform": (980, 224, 14)}
 
 
 def model_defaults(config) -> tuple[SamplingConfig, dict]:

@@ -17,6 +17,9 @@ MOT_LAYER = "Qwen2MoTDecoderLayer"
 #  "inference": {generation defaults: vae_transform, vit_transform, height, width, num_timesteps, ...},
 #  "generation_only": true when the understanding side was never trained to answer}
 SCONE_CONFIG_FILE = "scone_config.json"
+# The references' preprocessing, ImageTransform(max side, min side, stride) of the VAE and ViT views, at
+# which a folder without its own "inference" entries runs (upstream's).
+UPSTREAM_TRANSFORMS: dict = {"vae_transform": (1024, 512, 16), "vit_transform": (980, 224, 14)}
 SCONE_CONFIG_KEYS = (
     "semantic_layer",
     "semantic_mask_layers",
@@ -94,14 +97,15 @@ class BagelConfig:
         if unknown:
             raise ValueError(f"{where}: unknown keys {unknown} (known: {list(SCONE_CONFIG_KEYS)})")
         n = self.llm.num_hidden_layers
-        layer = int(raw.get("semantic_layer", self.semantic_layer))
-        lo, hi = (int(v) for v in raw.get("semantic_mask_layers", self.semantic_mask_layers))
-        if not (0 <= layer < lo <= hi < n):
-            raise ValueError(
-                f"{where}: need 0 <= semantic_layer < mask layers lo <= hi < {n} layers, "
-                f"got semantic_layer={layer}, semantic_mask_layers=[{lo}, {hi}]"
-            )
-        self.semantic_layer, self.semantic_mask_layers = layer, (lo, hi)
+        if "semantic_layer" in raw or "semantic_mask_layers" in raw:  # an inference-only file keeps upstream's
+            layer = int(raw.get("semantic_layer", self.semantic_layer))
+            lo, hi = (int(v) for v in raw.get("semantic_mask_layers", self.semantic_mask_layers))
+            if not (0 <= layer < lo <= hi < n):
+                raise ValueError(
+                    f"{where}: need 0 <= semantic_layer < mask layers lo <= hi < {n} layers, "
+                    f"got semantic_layer={layer}, semantic_mask_layers=[{lo}, {hi}]"
+                )
+            self.semantic_layer, self.semantic_mask_layers = layer, (lo, hi)
         self.semantic_threshold = float(raw.get("semantic_threshold", self.semantic_threshold))
         if "inference" in raw:
             if not isinstance(raw["inference"], dict):

@@ -125,8 +125,9 @@ def write_dataset(
 def model_image_sizes(model_path: str | None) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
     """(VAE view, ViT view, largest VAE side) of the target model, each view (max, min, stride); Scone's
     7B values when ``model_path`` is None. Reads only configs and file headers."""
-    from inference.pipeline import UPSTREAM_TRANSFORMS, model_defaults
+    from inference.pipeline import model_defaults
     from modeling.checkpoint import build_config, check_model_folder, max_output_side, pick_weights_file
+    from modeling.config import UPSTREAM_TRANSFORMS
 
     if model_path is None:
         return UPSTREAM_TRANSFORMS["vae_transform"], UPSTREAM_TRANSFORMS["vit_transform"], 1024

@@ -116,3 +116,37 @@ def test_make_tiny_data_cli(tmp_path):
     with open(vlm["jsonl_path"]) as f:
         lines = [json.loads(x) for x in f]
     assert len(lines) == 2 and all(os.path.isfile(os.path.join(vlm["data_dir"], x["image"])) for x in lines)
+
+
+def test_image_views_name_only_the_views_every_group_agrees_on(tmp_path):
+    from types import SimpleNamespace as NS
+
+    from data.data_config import image_views
+    from data.transforms import ImageTransform
+    from train.checkpointing import record_image_views
+
+    vae96, vit70 = ImageTransform(96, 32, 16), ImageTransform(70, 28, 14)
+    s2i = NS(dataset=NS(builder=NS(transform=vae96, vit_transform=vit70)))
+    vqa = NS(
+        dataset=NS(understanding_only=True, transform=ImageTransform(112, 28, 14))
+    )  # its one view: the ViT's
+    assert image_views([s2i]) == {"vae_transform": (96, 32, 16), "vit_transform": (70, 28, 14)}
+    assert image_views([s2i, vqa]) == {"vae_transform": (96, 32, 16)}  # two ViT views: none is named
+
+    # a step folder records a view only where it differs from what the folder would run at
+    own = {"semantic_layer": 1, "inference": {"vit_transform": [70, 28, 14], "height": 96}}
+    (tmp_path / "scone_config.json").write_text(json.dumps(own))
+    assert record_image_views(str(tmp_path), {"vit_transform": (70, 28, 14)}) == {}
+    assert json.loads((tmp_path / "scone_config.json").read_text()) == own
+    assert record_image_views(str(tmp_path), {"vit_transform": (112, 28, 14)}) == {
+        "vit_transform": [112, 28, 14]
+    }
+    own["inference"]["vit_transform"] = [112, 28, 14]
+    assert json.loads((tmp_path / "scone_config.json").read_text()) == own  # the rest kept
+    bare = tmp_path / "bagel"
+    bare.mkdir()  # a released folder (no scone_config.json) trained at upstream's views stays without one
+    assert (
+        record_image_views(str(bare), {"vit_transform": (980, 224, 14), "vae_transform": (1024, 512, 16)})
+        == {}
+    )
+    assert not (bare / "scone_config.json").exists()

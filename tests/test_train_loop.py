@@ -218,6 +218,10 @@ def test_kill_and_resume_matches_straight_run(tmp_path, tiny_data):
     assert out.image.size == (32, 32)
     trained = load_file(str(resumed / "ckpt" / "0000005" / "model.safetensors"))
     assert torch.equal(pipe.model.llm2vae.weight.detach(), trained["llm2vae.weight"])
+    # ... and runs at the image views its data trained at (data/configs/scone_tiny.yaml), not upstream's
+    own = json.loads((resumed / "ckpt" / "0000005" / "scone_config.json").read_text())
+    assert own == {"inference": {"vae_transform": [128, 64, 16], "vit_transform": [112, 56, 14]}}
+    assert (pipe.vae_transform.max_image_size, pipe.vit_transform.max_image_size) == (128, 112)
     assert not torch.equal(
         trained["llm2vae.weight"], wb["llm2vae.weight"]
     )  # EMA differs from the live weights

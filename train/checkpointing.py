@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 
+from modeling.config import SCONE_CONFIG_FILE, UPSTREAM_TRANSFORMS
 from modeling.files import give_default_mode, save_safetensors
 from modeling.lora import ADAPTER_WEIGHTS, read_adapter, write_adapter
 from train.config import CONFIG_FILE
@@ -141,6 +142,29 @@ def copy_folder_files(src_folder: str, dst: str) -> list[str]:
     return copied
 
 
+def record_image_views(folder: str, views: dict) -> dict:
+    """Make a step folder run at the image views its model was trained at: each of ``views``
+    (``{"vae_transform" | "vit_transform": (max, min, stride)}``, ``data.data_config.image_views``) that
+    differs from the view the folder would run at (its ``scone_config.json`` "inference" entry, else
+    upstream's) is written into that entry. Returns what changed ({} when nothing did)."""
+    path = os.path.join(folder, SCONE_CONFIG_FILE)
+    raw = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            raw = json.load(f)
+    inference = dict(raw.get("inference", {}))
+    changed = {
+        k: list(v) for k, v in views.items() if tuple(inference.get(k, UPSTREAM_TRANSFORMS[k])) != tuple(v)
+    }
+    if changed:
+        raw["inference"] = {**inference, **changed}
+        with open(path, "w") as f:
+            json.dump(raw, f, indent=2)
+            f.write("\n")
+        give_default_mode(path)
+    return changed
+
+
 def save_checkpoint(
     checkpoint_dir: str,
     step: int,
@@ -155,12 +179,14 @@ def save_checkpoint(
     ema=None,
     lora=None,
     config: dict | None = None,
+    image_views: dict | None = None,
 ) -> str:
     """Write ``{checkpoint_dir}/{step:07d}`` atomically. Collective: every rank must call it.
 
     ``data_status`` is this rank's data-pipeline state (any object ``torch.save`` can store with
     plain containers / tensors); the file holds the list over ranks. ``config``: the run's resolved
-    configuration (``train/config.py``), written as ``train_config.json``.
+    configuration (``train/config.py``), written as ``train_config.json``. ``image_views``: the views the
+    data trained at (``record_image_views``; a full model's folder only).
     """
     from torch.distributed.checkpoint import save as dcp_save
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -186,7 +212,17 @@ def save_checkpoint(
     error = None
     if rank == 0:
         try:
-            files = StepFiles(full, ema_full, lora, model_folder, scheduler, statuses, train_state, config)
+            files = StepFiles(
+                full,
+                ema_full,
+                lora,
+                model_folder,
+                scheduler,
+                statuses,
+                train_state,
+                config,
+                image_views or {},
+            )
             _write_step_folder(tmp, final, checkpoint_dir, step, files)
         except (OSError, RuntimeError, SafetensorError) as e:  # a full disk, a quota, a vanished mount
             shutil.rmtree(tmp, ignore_errors=True)
@@ -218,6 +254,7 @@ class StepFiles:
     statuses: list
     train_state: dict
     config: dict | None
+    image_views: dict
 
 
 def _write_step_folder(tmp: str, final: str, checkpoint_dir: str, step: int, files: StepFiles) -> None:
@@ -230,6 +267,9 @@ def _write_step_folder(tmp: str, final: str, checkpoint_dir: str, step: int, fil
             merged.update({clean_key(k): v for k, v in ema_full.items()})
             save_safetensors(merged, os.path.join(tmp, EMA_FILE))
         copy_folder_files(model_folder, tmp)
+        changed = record_image_views(tmp, files.image_views)
+        if changed:
+            logger.info("step %d runs at the image views it was trained at: %s", step, changed)
     else:
         write_adapter(full, lora, tmp, base=model_folder)
         if ema_full is not None:  # the EMA covers only the trainable (adapter) tensors

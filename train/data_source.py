@@ -15,14 +15,15 @@ from train.synthetic import SyntheticSource, SyntheticSpec
 logger = logging.getLogger(__name__)
 
 
-def check_data(data: DataSection, model_path: str, rank: int, world_size: int) -> None:
+def check_data(data: DataSection, model_path: str, rank: int, world_size: int) -> dict:
     """Check the YAML mix against the model before anything heavy loads: every file and parquet_info entry
     exists, the image sizes fit the model, every DataLoader worker gets data, the parquet files have the
     columns their dataset reads. Reads only configs, file headers and parquet footers. Raises
-    ``DataConfigError`` (a ValueError) or ``CheckpointError`` with a message saying what to change."""
+    ``DataConfigError`` (a ValueError) or ``CheckpointError`` with a message saying what to change.
+    Returns the mix's image views (``data.data_config.image_views``; ``{}`` for synthetic packs)."""
     if data.synthetic_data:
-        return
-    from data.data_config import ModelGeometry, build_groups, check_groups
+        return {}
+    from data.data_config import ModelGeometry, build_groups, check_groups, image_views
     from data.dataset_info import data_root_from_env
     from modeling.checkpoint import build_config, check_model_folder, latent_downsample, pick_weights_file
 
@@ -38,6 +39,7 @@ def check_data(data: DataSection, model_path: str, rank: int, world_size: int) -
         data_root=data_root_from_env(data.data_root),
     )
     check_groups(groups, geometry, data.num_workers)
+    return image_views(groups)
 
 
 def build_data_source(data: DataSection, accum: int, loaded, info, data_status):

@@ -328,9 +328,8 @@ def train(cfg: TrainConfig) -> dict:
     dtype = compute_dtype(cfg.parallel.dtype, info.device.type)
     obj, opt = cfg.objective, cfg.optimizer
     torch.manual_seed(obj.global_seed * info.world_size + info.rank)
-    check_data(
-        cfg.data, cfg.model.model_path, info.rank, info.world_size
-    )  # a bad mix fails before the model loads
+    # a bad mix fails before the model loads; the views it trains at go into every step folder's config
+    views = check_data(cfg.data, cfg.model.model_path, info.rank, info.world_size)
     weights = trained_weights(cfg.freeze, cfg.lora, obj.global_seed)
     loaded, start = build_model(cfg, weights, info, dtype)
     model, vae = loaded.model, loaded.vae
@@ -379,6 +378,7 @@ def train(cfg: TrainConfig) -> dict:
             ema=ema,
             lora=weights.adapter_config,
             config=config,
+            image_views=views,
         )
 
     tput = Throughput()
