@@ -4,7 +4,7 @@
 # training seed of SEEDS (default "0 1 2": the seed moves the data order, the noise and the CFG dropout),
 # each scored on the first EVAL_CASES held-out cases over two sampling rounds; then the table with the 95%
 # confidence interval of the mask's effect (scripts/tiny/ablation_table.py) and the bridge probe of FROM.
-#   bash scripts/tiny/ablation.sh          # ~6 x 20 min of training + 6 x 3 min of scoring on 2 cores
+#   bash scripts/tiny/ablation.sh          # 35 min on 2 cores: 6 x 4-6 min of training + 6 x 1 min of scoring
 set -euo pipefail
 HERE="$(dirname "$0")"
 source "$HERE/common.sh"
