@@ -168,11 +168,15 @@ def test_understanding_goes_through_the_same_worker_and_warns_for_a_generation_o
     batcher = RequestBatcher(make_runner(tiny), max_batch_size=4, gather_s=0.0)
     server = DemoServer(tiny, batcher, Limits(max_side=256))
     try:
+        text, note = server.understand([REFS[0]], "How many shapes are in the image?", False, 4)
+        assert (text, note) == ("2", "")  # the shipped model answers, and right
+        tiny.config.extra["generation_only"] = True  # as a model trained for generation only says
         text, note = server.understand([REFS[0]], "What is in the picture?", False, 4)
         assert isinstance(text, str) and "generation only" in note
         with pytest.raises(ValueError, match="Max new tokens must be from 1"):
             server.understand([], "What?", False, 0)
     finally:
+        tiny.config.extra.pop("generation_only", None)
         batcher.close()
     assert torch.is_grad_enabled()  # the worker's no_grad did not leak into this thread
 

@@ -16,12 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "ckpts" / "scone-tiny"
 
 
-def readme_quickstart_command() -> list[str]:
-    """The generate command of the README's quick start, as argv (line continuations joined)."""
+def readme_quickstart_command(module: str = "inference.single_case") -> list[str]:
+    """The README quick start's command of ``module``, as argv (line continuations joined)."""
     text = (ROOT / "README.md").read_text()
     section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
-    cmds = [c for b in blocks for c in b.replace("\\\n", " ").splitlines() if "inference.single_case" in c]
+    cmds = [c for b in blocks for c in b.replace("\\\n", " ").splitlines() if module in c]
     assert len(cmds) == 1, cmds
     return shlex.split(cmds[0])
 
@@ -76,12 +76,38 @@ def test_shipped_model_rescores_within_noise(tmp_path):
         assert got == pytest.approx(want, abs=sub["tolerance"]), (key, got, want)
 
 
-def test_shipped_model_says_it_is_generation_only(caplog):
+def test_readme_understand_command_answers_right_without_a_warning(monkeypatch, capsys, caplog):
+    """The shipped model was trained to answer (the understanding stage, docs/shapeworld.md §4.1): the
+    quick start's question about the first example reference (an orange dotted cross left of a green solid
+    cross) gets the right answer, and no generation-only warning."""
     import logging
+
+    from inference import understand
+
+    argv = readme_quickstart_command("inference.understand")
+    assert argv[:3] == ["python", "-m", "inference.understand"] and "--model_path" not in argv
+    assert argv[argv.index("--images") + 1] == "assets/examples/ref1.png"
+    assert argv[argv.index("--question") + 1] == "How many shapes are in the image?"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("SCONE_MODEL_PATH", raising=False)
+    with caplog.at_level(logging.WARNING):
+        assert understand.main(argv[3:]) == 0
+    assert capsys.readouterr().out.strip() == "2"
+    assert not any("generation only" in r.getMessage() for r in caplog.records)
+    assert "generation_only" not in json.loads((SHIPPED / "scone_config.json").read_text())
+
+
+def test_a_generation_only_model_says_so(tmp_path, caplog):
+    import logging
+    import shutil
 
     from inference.pipeline import SconePipeline
 
-    pipe = SconePipeline.from_pretrained(str(SHIPPED))
+    folder = tmp_path / "m"
+    shutil.copytree(SHIPPED, folder)
+    cfg = json.loads((folder / "scone_config.json").read_text())
+    (folder / "scone_config.json").write_text(json.dumps({**cfg, "generation_only": True}))
+    pipe = SconePipeline.from_pretrained(str(folder))
     assert pipe.config.extra["generation_only"] is True
     with caplog.at_level(logging.WARNING):
         pipe.understand(images=[str(ROOT / "assets" / "examples" / "ref1.png")], prompt="What colour?",
