@@ -97,7 +97,8 @@ class BagelConfig:
         if unknown:
             raise ValueError(f"{where}: unknown keys {unknown} (known: {list(SCONE_CONFIG_KEYS)})")
         n = self.llm.num_hidden_layers
-        if "semantic_layer" in raw or "semantic_mask_layers" in raw:  # an inference-only file keeps upstream's
+        # an inference-only file (as training writes for a trained image view) keeps upstream's layers
+        if "semantic_layer" in raw or "semantic_mask_layers" in raw:
             layer = int(raw.get("semantic_layer", self.semantic_layer))
             lo, hi = (int(v) for v in raw.get("semantic_mask_layers", self.semantic_mask_layers))
             if not (0 <= layer < lo <= hi < n):
