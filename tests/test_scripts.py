@@ -45,6 +45,16 @@ def test_tiny_eval_before_make_data_stops_cleanly(tmp_path):
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
 
+def test_understanding_stage_without_a_stage2_model_stops_cleanly(tmp_path):
+    """understand.sh starts from this WORK's final Stage II model (the shipped model already went through the
+    stage): without one it names the folder and what to do, and trains nothing."""
+    work = tmp_path / "work"
+    r = _bash("scripts/tiny/understand.sh", cwd=ROOT, WORK=str(work), PYTHON="python")
+    assert r.returncode == 2
+    assert f"no model folder at {work}/stage2_step2_mask/0000699" in r.stderr and "FROM=" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not work.exists()
+
+
 def test_every_benchmark_runs_as_python_m_eval_name():
     import sys
 
