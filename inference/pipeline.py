@@ -31,7 +31,7 @@ from inference.generation import CFGContexts, denoise, generate_text
 from inference.offload import OFFLOAD_MODES, ModelOffload, apply_group_offload
 from inference.sampling import SamplingConfig
 from modeling.checkpoint import LoadedModel, load_pretrained
-from modeling.config import UPSTREAM_TRANSFORMS
+from modeling.config import UPSTREAM_TRANSFORMS, run_transforms
 from modeling.lora import attach_adapter, load_adapter, read_adapter, remove_lora, resolve_adapter
 from modeling.prompts import THINK_PROMPT_GENERATE, THINK_PROMPT_UNDERSTAND
 from modeling.sequence import unpatchify
@@ -96,9 +96,8 @@ def model_defaults(config) -> tuple[SamplingConfig, dict]:
     unknown = sorted(set(own) - set(known))
     if unknown:
         raise ValueError(f"scone_config.json inference: unknown keys {unknown} (known: {known})")
-    transforms = {k: tuple(own.get(k, v)) for k, v in UPSTREAM_TRANSFORMS.items()}
     sampling = SamplingConfig().replace(**{k: v for k, v in own.items() if k not in UPSTREAM_TRANSFORMS})
-    return sampling, transforms
+    return sampling, run_transforms(own)
 
 
 class SconePipeline:

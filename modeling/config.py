@@ -20,6 +20,13 @@ SCONE_CONFIG_FILE = "scone_config.json"
 # The references' preprocessing, ImageTransform(max side, min side, stride) of the VAE and ViT views, at
 # which a folder without its own "inference" entries runs (upstream's).
 UPSTREAM_TRANSFORMS: dict = {"vae_transform": (1024, 512, 16), "vit_transform": (980, 224, 14)}
+
+
+def run_transforms(inference: dict) -> dict[str, tuple[int, int, int]]:
+    """The views a folder runs at: its ``scone_config.json`` "inference" entries, else upstream's."""
+    return {k: tuple(inference.get(k, v)) for k, v in UPSTREAM_TRANSFORMS.items()}
+
+
 SCONE_CONFIG_KEYS = (
     "semantic_layer",
     "semantic_mask_layers",

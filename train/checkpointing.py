@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 
-from modeling.config import SCONE_CONFIG_FILE, UPSTREAM_TRANSFORMS
+from modeling.config import SCONE_CONFIG_FILE, run_transforms
 from modeling.files import give_default_mode, save_safetensors
 from modeling.lora import ADAPTER_WEIGHTS, read_adapter, write_adapter
 from train.config import CONFIG_FILE
@@ -153,9 +153,8 @@ def record_image_views(folder: str, views: dict) -> dict:
         with open(path) as f:
             raw = json.load(f)
     inference = dict(raw.get("inference", {}))
-    changed = {
-        k: list(v) for k, v in views.items() if tuple(inference.get(k, UPSTREAM_TRANSFORMS[k])) != tuple(v)
-    }
+    current = run_transforms(inference)
+    changed = {k: list(v) for k, v in views.items() if current[k] != tuple(v)}
     if changed:
         raw["inference"] = {**inference, **changed}
         with open(path, "w") as f:
