@@ -10,7 +10,10 @@ ours with compiled layers -- and asks them in turn, rotating who goes first, for
 references, an instruction, ``--resolution``² output, ``--steps`` denoising steps with all three CFG
 branches, the model in ``--dtype`` (fp32 by default) and the VAE in fp32. Each reports its prefill seconds
 and its seconds per denoising step (the median of the steps), its torch version and the CPU capability its
-kernels use; the table gives the medians over ``--reps`` and the ratios to upstream.
+kernels use; the table gives the medians over ``--reps`` and the ratios to upstream. With ``--profile`` a
+second table splits each side's denoising step (profiled in a separate, untimed run) into the attention
+kernel, the matrix products and everything else: the kernels both sides share bound what either side's own
+code can save.
 
 Upstream's code runs unchanged from ``--upstream_dir``, with stand-ins that this script writes at run time
 and that are not part of upstream:
@@ -109,13 +112,58 @@ SETTINGS = dict(
 )
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_int_mm")
+
+
+class StepProfile:
+    """Wraps the function that runs one denoising forward; while ``on``, each call runs under the profiler and
+    its operators' self CPU seconds add up by kind: the attention kernel, matrix products, everything else."""
+
+    def __init__(self):
+        self.on, self.seconds = False, {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+
+    def wrap(self, fn):
+        import torch
+
+        def profiled(*args, **kwargs):
+            if not self.on:
+                return fn(*args, **kwargs)
+            with torch.profiler.profile() as prof:
+                out = fn(*args, **kwargs)
+            for e in prof.key_averages():
+                kind = (
+                    "attention"
+                    if "scaled_dot_product" in e.key
+                    else "matmul"
+                    if e.key in MATMUL_OPS
+                    else "other"
+                )
+                self.seconds[kind] += e.self_cpu_time_total / 1e6
+            return out
+
+        return profiled
+
+    def per_step(self, run, steps: int) -> dict:
+        """Seconds per denoising step by kind over one extra run of ``run``."""
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        self.on = True
+        try:
+            run()
+        finally:
+            self.on = False
+        return {k: v / steps for k, v in self.seconds.items()}
+
+
 # ---------------------------------------------------------------------------------------------- workers
-def worker_ours(folder: str, res: int, steps: int, dtype: str, compile: bool = False):
+def worker_ours(folder: str, res: int, steps: int, dtype: str, profile: StepProfile, compile: bool = False):
     import torch
 
+    import inference.generation
     from inference.pipeline import SconePipeline
     from modeling.weight_formats import FLOAT_FORMATS
 
+    # every denoising forward goes through generation.run_cached (one per step: the branches are batched)
+    inference.generation.run_cached = profile.wrap(inference.generation.run_cached)
     pipe = SconePipeline.from_pretrained(
         folder,
         dtype=FLOAT_FORMATS[dtype],
@@ -190,7 +238,7 @@ def write_shim() -> str:
     return shim
 
 
-def worker_upstream(folder: str, res: int, steps: int, dtype: str):
+def worker_upstream(folder: str, res: int, steps: int, dtype: str, profile: StepProfile):
     """Runs with PYTHONPATH = the upstream clone and the shim (set by ``main``): upstream's ``modeling`` and
     ``data`` packages, not ours, answer its imports."""
     import importlib.util
@@ -275,7 +323,7 @@ def worker_upstream(folder: str, res: int, steps: int, dtype: str):
     )
     refs = references(res)
     marks = []
-    flow = model._forward_flow
+    flow = profile.wrap(model._forward_flow)  # one call per step: all three branches, one after another
 
     def timed_flow(*a, **k):
         out = flow(*a, **k)
@@ -302,7 +350,7 @@ def worker_upstream(folder: str, res: int, steps: int, dtype: str):
     return run
 
 
-def serve(run) -> None:
+def serve(run, profile: StepProfile, steps: int) -> None:
     import torch
 
     run()  # warm-up
@@ -311,6 +359,8 @@ def serve(run) -> None:
     for line in sys.stdin:
         if line.strip() == "run":
             print(json.dumps(run()), flush=True)
+        elif line.strip() == "profile":
+            print(json.dumps(profile.per_step(run, steps)), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -328,6 +378,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--compile", action="store_true", help="also time ours with --compile (a third worker, same runs)"
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed runs, one profiled run per side: seconds per step in attention, matmuls, the rest",
+    )
     p.add_argument("--worker", choices=("ours", "ours_compiled", "upstream"), help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -335,11 +390,13 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+        profile = StepProfile()
         if args.worker in ("ours", "ours_compiled"):
             compiled = args.worker == "ours_compiled"
-            serve(worker_ours(args.folder, args.resolution, args.steps, args.dtype, compiled))
+            run = worker_ours(args.folder, args.resolution, args.steps, args.dtype, profile, compiled)
         else:
-            serve(worker_upstream(args.folder, args.resolution, args.steps, args.dtype))
+            run = worker_upstream(args.folder, args.resolution, args.steps, args.dtype, profile)
+        serve(run, profile, args.steps)
         return 0
 
     folder = tempfile.mkdtemp(prefix="upstream_compare_")
@@ -400,6 +457,11 @@ def main(argv=None) -> int:
                 w.stdin.flush()
                 results[name].append(json.loads(w.stdout.readline()))
                 print(f"rep {rep} {name}: {results[name][-1]}", flush=True)
+        profiles = {}
+        for name, w in workers.items() if args.profile else ():
+            w.stdin.write("profile\n")
+            w.stdin.flush()
+            profiles[name] = json.loads(w.stdout.readline())
     finally:
         for w in workers.values():
             w.stdin.close()
@@ -424,6 +486,15 @@ def main(argv=None) -> int:
             f"| {n} / upstream | {med[n]['prefill_s'] / up['prefill_s']:.2f} | "
             f"{med[n]['step_s'] / up['step_s']:.2f} |"
         )
+    if profiles:
+        print(
+            "\nOne profiled run per side (the profiler adds overhead), self CPU seconds per denoising step:\n"
+            "| | attention kernel | matrix products | everything else | total |\n|---|---|---|---|---|"
+        )
+        for n, pr in profiles.items():
+            print(
+                f"| {n} | {pr['attention']:.3f} | {pr['matmul']:.3f} | {pr['other']:.3f} | {sum(pr.values()):.3f} |"
+            )
     return 0
 
 
