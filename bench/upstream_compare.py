@@ -399,6 +399,11 @@ def main(argv=None) -> int:
         serve(run, profile, args.steps)
         return 0
 
+    # upstream's worker runs in another directory: a relative path must be resolved here, before any work
+    upstream_python = shutil.which(args.upstream_python)
+    if upstream_python is None:
+        raise SystemExit(f"--upstream_python {args.upstream_python}: no such executable")
+    upstream_python = os.path.abspath(upstream_python)
     folder = tempfile.mkdtemp(prefix="upstream_compare_")
     write_model(folder)
     common = [
@@ -422,7 +427,7 @@ def main(argv=None) -> int:
         # only upstream's clone and the shim on its path
         "ours": ([sys.executable, "-m", "bench.upstream_compare"], ROOT, env),
         "upstream": (
-            [args.upstream_python, os.path.abspath(__file__)],
+            [upstream_python, os.path.abspath(__file__)],
             tempfile.gettempdir(),
             dict(env, PYTHONPATH=upstream_path),
         ),

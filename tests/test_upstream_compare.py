@@ -33,3 +33,13 @@ def test_step_profile_splits_a_step_into_attention_matmuls_and_the_rest() -> Non
     assert abs(sum(per_step.values()) * 3 - sum(profile.seconds.values())) < 1e-9
     step(q, w)  # off again after the profiled run
     assert abs(sum(per_step.values()) * 3 - sum(profile.seconds.values())) < 1e-9
+
+
+def test_a_missing_upstream_python_stops_before_any_work(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    from bench import upstream_compare
+
+    monkeypatch.setattr(upstream_compare, "write_model", lambda folder: pytest.fail("wrote a model"))
+    with pytest.raises(SystemExit, match="--upstream_python ../nope/bin/python: no such executable"):
+        upstream_compare.main(["--upstream_dir", str(tmp_path), "--upstream_python", "../nope/bin/python"])
