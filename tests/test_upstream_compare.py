@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -36,8 +37,6 @@ def test_step_profile_splits_a_step_into_attention_matmuls_and_the_rest() -> Non
 
 
 def test_a_missing_upstream_python_stops_before_any_work(tmp_path, monkeypatch) -> None:
-    import pytest
-
     from bench import upstream_compare
 
     monkeypatch.setattr(upstream_compare, "write_model", lambda folder: pytest.fail("wrote a model"))
